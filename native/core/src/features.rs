@@ -1,0 +1,582 @@
+//! The feature contract: which columns of an Arrow batch become the model's
+//! input vector, and the one copy from Arrow columns into a dense, row-major
+//! f32 buffer (the buffer the engine hands to libtorch).
+//!
+//! A feature column is either a numeric scalar (int, float, boolean: one
+//! value) or a vector: `fixed_size_list<numeric>`, `list<numeric>` (every row
+//! the same length) or a Spark ML vector as PySpark's Arrow conversion writes
+//! it (`struct<type: int8, size: int32, indices: list<int32>, values:
+//! list<double>>`, dense or sparse). The input vector is the concatenation of
+//! the columns in the order given.
+
+use arrow::array::{Array, AsArray, RecordBatch, StructArray};
+use arrow::datatypes::{DataType, Schema};
+
+use crate::error::{Error, Result};
+use crate::numeric::{describe_non_finite, first_null, is_numeric, Values};
+
+/// How one feature column is laid out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ColumnShape {
+    /// One numeric value per row.
+    Scalar,
+    /// A list column whose rows all have this many elements.
+    Vector(usize),
+    /// A Spark ML vector (dense or sparse) of this size.
+    SparkVector(usize),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeatureColumn {
+    pub name: String,
+    pub shape: ColumnShape,
+}
+
+impl FeatureColumn {
+    pub fn width(&self) -> usize {
+        match self.shape {
+            ColumnShape::Scalar => 1,
+            ColumnShape::Vector(n) | ColumnShape::SparkVector(n) => n,
+        }
+    }
+}
+
+/// The resolved feature columns and the width of the input vector they make.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeatureLayout {
+    columns: Vec<FeatureColumn>,
+    width: usize,
+}
+
+fn column_list(schema: &Schema) -> String {
+    schema
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn is_spark_vector(dt: &DataType) -> bool {
+    match dt {
+        DataType::Struct(fields) => {
+            let names: Vec<&str> = fields.iter().map(|f| f.name().as_str()).collect();
+            names == ["type", "size", "indices", "values"]
+        }
+        _ => false,
+    }
+}
+
+impl FeatureLayout {
+    /// Resolves `names` against a schema. List columns whose length the type
+    /// does not fix take it from the first non-null row of `sample` (the
+    /// first batch that will be converted); every other row must match.
+    pub fn resolve(schema: &Schema, names: &[String], sample: Option<&RecordBatch>) -> Result<Self> {
+        if names.is_empty() {
+            return Err(Error::invalid(
+                "no feature columns given: name numeric columns and/or one vector column",
+            ));
+        }
+        let mut columns = Vec::with_capacity(names.len());
+        for name in names {
+            let field = schema.field_with_name(name).map_err(|_| {
+                Error::invalid(format!(
+                    "feature column '{name}' not found; the data has columns: {}",
+                    column_list(schema)
+                ))
+            })?;
+            let dt = field.data_type();
+            let shape = match dt {
+                t if is_numeric(t) => ColumnShape::Scalar,
+                DataType::FixedSizeList(child, n) if is_numeric(child.data_type()) => {
+                    ColumnShape::Vector(*n as usize)
+                }
+                DataType::List(child) | DataType::LargeList(child)
+                    if is_numeric(child.data_type()) =>
+                {
+                    ColumnShape::Vector(Self::sample_width(name, sample)?)
+                }
+                t if is_spark_vector(t) => {
+                    ColumnShape::SparkVector(Self::sample_width(name, sample)?)
+                }
+                other => {
+                    return Err(Error::invalid(format!(
+                        "feature column '{name}' has type {other}; expected a numeric column \
+                         (int, float, boolean), a list/fixed_size_list of numbers, or a Spark ML vector"
+                    )))
+                }
+            };
+            columns.push(FeatureColumn {
+                name: name.clone(),
+                shape,
+            });
+        }
+        let width = columns.iter().map(FeatureColumn::width).sum();
+        if width == 0 {
+            return Err(Error::invalid("the feature columns give zero features per row"));
+        }
+        Ok(FeatureLayout { columns, width })
+    }
+
+    fn sample_width(name: &str, sample: Option<&RecordBatch>) -> Result<usize> {
+        let Some(batch) = sample else {
+            return Err(Error::invalid(format!(
+                "vector column '{name}' has no rows to take its length from"
+            )));
+        };
+        let column = batch
+            .column_by_name(name)
+            .ok_or_else(|| Error::invalid(format!("feature column '{name}' not found")))?;
+        let first = (0..column.len()).find(|&i| column.is_valid(i)).ok_or_else(|| {
+            Error::invalid(format!("vector column '{name}' has no non-null rows"))
+        })?;
+        Ok(match column.data_type() {
+            DataType::List(_) => column.as_list::<i32>().value_length(first) as usize,
+            DataType::LargeList(_) => column.as_list::<i64>().value_length(first) as usize,
+            DataType::Struct(_) => spark_vector_size(column.as_struct(), name, first)?,
+            other => return Err(Error::internal(format!("no sample width for {other}"))),
+        })
+    }
+
+    pub fn columns(&self) -> &[FeatureColumn] {
+        &self.columns
+    }
+
+    /// Number of f32 values per row.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.columns.iter().map(|c| c.name.clone()).collect()
+    }
+
+    /// Copies `batch` into `out` (row-major, `batch.num_rows() * width`
+    /// values). `first_row` is the index of the batch's first row in the
+    /// whole input, so errors name the row the user sees.
+    pub fn write_batch(&self, batch: &RecordBatch, first_row: usize, out: &mut [f32]) -> Result<()> {
+        let rows = batch.num_rows();
+        if out.len() != rows * self.width {
+            return Err(Error::internal(format!(
+                "feature buffer holds {} values, {} rows x {} features need {}",
+                out.len(),
+                rows,
+                self.width,
+                rows * self.width
+            )));
+        }
+        let mut offset = 0;
+        for col in &self.columns {
+            let array = batch.column_by_name(&col.name).ok_or_else(|| {
+                Error::invalid(format!(
+                    "feature column '{}' not found; the data has columns: {}",
+                    col.name,
+                    column_list(&batch.schema())
+                ))
+            })?;
+            let target = Target {
+                column: &col.name,
+                out,
+                width: self.width,
+                offset,
+                first_row,
+            };
+            match &col.shape {
+                ColumnShape::Scalar => write_scalar(array.as_ref(), target)?,
+                ColumnShape::Vector(n) => write_list(array.as_ref(), *n, target)?,
+                ColumnShape::SparkVector(n) => write_spark_vector(array.as_struct_opt(), *n, target)?,
+            }
+            offset += col.width();
+        }
+        Ok(())
+    }
+
+    /// Converts a sequence of batches into one dense buffer.
+    pub fn to_dense(&self, batches: &[RecordBatch]) -> Result<Vec<f32>> {
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        let mut out = vec![0f32; rows * self.width];
+        self.write_batches(batches, &mut out)?;
+        Ok(out)
+    }
+
+    /// Like [`FeatureLayout::to_dense`], into a caller-provided buffer (for
+    /// example the storage of a freshly allocated tensor).
+    pub fn write_batches(&self, batches: &[RecordBatch], out: &mut [f32]) -> Result<()> {
+        let mut row = 0;
+        for batch in batches {
+            let n = batch.num_rows();
+            let end = (row + n) * self.width;
+            if end > out.len() {
+                return Err(Error::internal("feature buffer too small for the batches"));
+            }
+            self.write_batch(batch, row, &mut out[row * self.width..end])?;
+            row += n;
+        }
+        Ok(())
+    }
+}
+
+/// Where one column's values go in the row-major output.
+struct Target<'a> {
+    column: &'a str,
+    out: &'a mut [f32],
+    width: usize,
+    offset: usize,
+    first_row: usize,
+}
+
+impl Target<'_> {
+    fn null_error(&self, row: usize) -> Error {
+        Error::invalid(format!(
+            "feature column '{}' has a null at row {}; fill or drop nulls before training or prediction",
+            self.column,
+            self.first_row + row
+        ))
+    }
+
+    #[inline]
+    fn put(&mut self, row: usize, element: usize, v: f64) -> Result<()> {
+        let x = v as f32;
+        if !x.is_finite() {
+            return Err(Error::invalid(format!(
+                "feature column '{}' has {} at row {}{}",
+                self.column,
+                describe_non_finite(if v.is_finite() { x as f64 } else { v }),
+                self.first_row + row,
+                if element > 0 || self.width > 1 {
+                    format!(" (element {element})")
+                } else {
+                    String::new()
+                }
+            )));
+        }
+        self.out[row * self.width + self.offset + element] = x;
+        Ok(())
+    }
+}
+
+fn write_scalar(array: &dyn Array, mut t: Target<'_>) -> Result<()> {
+    let rows = array.len();
+    if let Some(row) = first_null(array.logical_nulls().as_ref(), 0..rows) {
+        return Err(t.null_error(row));
+    }
+    let values = Values::of(array, &format!("feature column '{}'", t.column))?;
+    let mut result = Ok(());
+    values.for_each(0..rows, |row, v| {
+        if result.is_ok() {
+            result = t.put(row, 0, v);
+        }
+    });
+    result
+}
+
+/// Element range of each row of a list-like column.
+fn list_ranges(array: &dyn Array) -> Result<(Vec<(usize, usize)>, &dyn Array)> {
+    Ok(match array.data_type() {
+        DataType::FixedSizeList(_, _) => {
+            let a = array.as_fixed_size_list();
+            let n = a.value_length() as usize;
+            let ranges = (0..a.len()).map(|i| (a.value_offset(i) as usize, n)).collect();
+            (ranges, a.values().as_ref())
+        }
+        DataType::List(_) => {
+            let a = array.as_list::<i32>();
+            let o = a.value_offsets();
+            let ranges = (0..a.len()).map(|i| (o[i] as usize, (o[i + 1] - o[i]) as usize)).collect();
+            (ranges, a.values().as_ref())
+        }
+        DataType::LargeList(_) => {
+            let a = array.as_list::<i64>();
+            let o = a.value_offsets();
+            let ranges = (0..a.len()).map(|i| (o[i] as usize, (o[i + 1] - o[i]) as usize)).collect();
+            (ranges, a.values().as_ref())
+        }
+        other => {
+            return Err(Error::invalid(format!(
+                "expected a list column, found {other}"
+            )))
+        }
+    })
+}
+
+fn write_list(array: &dyn Array, width: usize, mut t: Target<'_>) -> Result<()> {
+    if let Some(row) = first_null(array.logical_nulls().as_ref(), 0..array.len()) {
+        return Err(t.null_error(row));
+    }
+    let (ranges, child) = list_ranges(array).map_err(|e| e.context(format!("feature column '{}'", t.column)))?;
+    let values = Values::of(child, &format!("elements of feature column '{}'", t.column))?;
+    let child_nulls = child.logical_nulls();
+    for (row, &(start, len)) in ranges.iter().enumerate() {
+        if len != width {
+            return Err(Error::invalid(format!(
+                "vector column '{}' has {} elements at row {}, expected {} (vectors must all have the same length)",
+                t.column,
+                len,
+                t.first_row + row,
+                width
+            )));
+        }
+        if let Some(i) = first_null(child_nulls.as_ref(), start..start + len) {
+            return Err(Error::invalid(format!(
+                "vector column '{}' has a null element at row {} (element {})",
+                t.column,
+                t.first_row + row,
+                i - start
+            )));
+        }
+        let mut result = Ok(());
+        values.for_each(start..start + len, |i, v| {
+            if result.is_ok() {
+                result = t.put(row, i - start, v);
+            }
+        });
+        result?;
+    }
+    Ok(())
+}
+
+fn spark_vector_size(a: &StructArray, column: &str, row: usize) -> Result<usize> {
+    let kind = a.column(0).as_primitive_opt::<arrow::datatypes::Int8Type>();
+    let kind = kind.ok_or_else(|| {
+        Error::invalid(format!("Spark vector column '{column}' has a non-int8 'type' field"))
+    })?;
+    if kind.value(row) == 0 {
+        let size = a.column(1).as_primitive_opt::<arrow::datatypes::Int32Type>();
+        let size = size.ok_or_else(|| {
+            Error::invalid(format!("Spark vector column '{column}' has a non-int32 'size' field"))
+        })?;
+        Ok(size.value(row).max(0) as usize)
+    } else {
+        let (ranges, _) = list_ranges(a.column(3).as_ref())?;
+        Ok(ranges[row].1)
+    }
+}
+
+/// Spark ML vectors: type 1 is dense (all values in `values`), type 0 is
+/// sparse (`size`, `indices`, `values`); missing entries of a sparse vector
+/// are zero.
+fn write_spark_vector(a: Option<&StructArray>, width: usize, mut t: Target<'_>) -> Result<()> {
+    let a = a.ok_or_else(|| Error::internal("Spark vector column is not a struct"))?;
+    if let Some(row) = first_null(a.logical_nulls().as_ref(), 0..a.len()) {
+        return Err(t.null_error(row));
+    }
+    let (value_ranges, value_child) = list_ranges(a.column(3).as_ref())?;
+    let values = Values::of(value_child, &format!("values of Spark vector column '{}'", t.column))?;
+    let (index_ranges, index_child) = list_ranges(a.column(2).as_ref())?;
+    let indices = index_child.as_primitive_opt::<arrow::datatypes::Int32Type>();
+    for row in 0..a.len() {
+        let size = spark_vector_size(a, t.column, row)?;
+        if size != width {
+            return Err(Error::invalid(format!(
+                "vector column '{}' has size {} at row {}, expected {} (vectors must all have the same size)",
+                t.column,
+                size,
+                t.first_row + row,
+                width
+            )));
+        }
+        let (start, len) = value_ranges[row];
+        let sparse = a.column(0).as_primitive::<arrow::datatypes::Int8Type>().value(row) == 0;
+        let mut result = Ok(());
+        if sparse {
+            let indices = indices.ok_or_else(|| {
+                Error::invalid(format!("Spark vector column '{}' has non-int32 indices", t.column))
+            })?;
+            let (istart, ilen) = index_ranges[row];
+            if ilen != len {
+                return Err(Error::invalid(format!(
+                    "sparse vector in column '{}' at row {} has {} indices but {} values",
+                    t.column,
+                    t.first_row + row,
+                    ilen,
+                    len
+                )));
+            }
+            for e in 0..width {
+                t.out[row * t.width + t.offset + e] = 0.0;
+            }
+            let idx = &indices.values()[istart..istart + ilen];
+            values.for_each(start..start + len, |i, v| {
+                let pos = idx[i - start];
+                if result.is_ok() {
+                    result = if pos < 0 || pos as usize >= width {
+                        Err(Error::invalid(format!(
+                            "sparse vector in column '{}' at row {} has index {} outside its size {}",
+                            t.column,
+                            t.first_row + row,
+                            pos,
+                            width
+                        )))
+                    } else {
+                        t.put(row, pos as usize, v)
+                    };
+                }
+            });
+        } else {
+            values.for_each(start..start + len, |i, v| {
+                if result.is_ok() {
+                    result = t.put(row, i - start, v);
+                }
+            });
+        }
+        result?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+    use arrow::array::{
+        ArrayRef, FixedSizeListArray, Float32Array, Float64Array, Int32Array, Int8Array,
+        ListArray, StringArray,
+    };
+    use arrow::datatypes::{Field, Float64Type};
+    use std::sync::Arc;
+
+    fn batch(cols: Vec<(&str, ArrayRef)>) -> RecordBatch {
+        RecordBatch::try_from_iter(cols).unwrap()
+    }
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn dense(b: &RecordBatch, cols: &[&str]) -> Result<Vec<f32>> {
+        let layout = FeatureLayout::resolve(&b.schema(), &names(cols), Some(b))?;
+        layout.to_dense(std::slice::from_ref(b))
+    }
+
+    #[test]
+    fn scalars_and_vectors_concatenate_row_major() {
+        let list = ListArray::from_iter_primitive::<Float64Type, _, _>(vec![
+            Some(vec![Some(10.0), Some(11.0)]),
+            Some(vec![Some(20.0), Some(21.0)]),
+        ]);
+        let b = batch(vec![
+            ("a", Arc::new(Int32Array::from(vec![1, 2])) as ArrayRef),
+            ("v", Arc::new(list)),
+            ("b", Arc::new(Float32Array::from(vec![0.5, 0.25]))),
+        ]);
+        let out = dense(&b, &["a", "v", "b"]).unwrap();
+        assert_eq!(out, vec![1.0, 10.0, 11.0, 0.5, 2.0, 20.0, 21.0, 0.25]);
+    }
+
+    #[test]
+    fn fixed_size_list_of_a_sliced_batch() {
+        let values = Float32Array::from(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        let field = Arc::new(Field::new("item", DataType::Float32, true));
+        let fsl = FixedSizeListArray::new(field, 2, Arc::new(values), None);
+        let b = batch(vec![("v", Arc::new(fsl) as ArrayRef)]).slice(1, 2);
+        assert_eq!(dense(&b, &["v"]).unwrap(), vec![3.0, 4.0, 5.0, 6.0]);
+    }
+
+    #[test]
+    fn missing_column_names_it_and_lists_the_others() {
+        let b = batch(vec![("a", Arc::new(Int32Array::from(vec![1])) as ArrayRef)]);
+        let e = dense(&b, &["a", "zz"]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        assert!(e.message().contains("'zz' not found"), "{e}");
+        assert!(e.message().contains("columns: a"), "{e}");
+    }
+
+    #[test]
+    fn string_column_names_column_and_type() {
+        let b = batch(vec![("s", Arc::new(StringArray::from(vec!["x"])) as ArrayRef)]);
+        let e = dense(&b, &["s"]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        assert!(e.message().contains("'s' has type Utf8"), "{e}");
+    }
+
+    #[test]
+    fn null_names_column_and_row() {
+        let b = batch(vec![(
+            "x",
+            Arc::new(Float64Array::from(vec![Some(1.0), Some(2.0), None])) as ArrayRef,
+        )]);
+        let e = dense(&b, &["x"]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        assert!(e.message().contains("'x' has a null at row 2"), "{e}");
+    }
+
+    #[test]
+    fn nan_and_inf_name_column_and_row() {
+        for (v, word) in [(f64::NAN, "NaN"), (f64::INFINITY, "+Inf"), (1e300, "+Inf")] {
+            let b = batch(vec![("x", Arc::new(Float64Array::from(vec![1.0, v])) as ArrayRef)]);
+            let e = dense(&b, &["x"]).unwrap_err();
+            assert!(e.message().contains(&format!("'x' has {word}")), "{e}");
+            assert!(e.message().contains("at row 1"), "{e}");
+        }
+    }
+
+    #[test]
+    fn ragged_vectors_name_row_and_lengths() {
+        let list = ListArray::from_iter_primitive::<Float64Type, _, _>(vec![
+            Some(vec![Some(1.0), Some(2.0)]),
+            Some(vec![Some(1.0), Some(2.0)]),
+            Some(vec![Some(1.0)]),
+        ]);
+        let b = batch(vec![("v", Arc::new(list) as ArrayRef)]);
+        let e = dense(&b, &["v"]).unwrap_err();
+        assert!(
+            e.message().contains("'v' has 1 elements at row 2, expected 2"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn row_numbers_continue_across_batches() {
+        let b1 = batch(vec![("x", Arc::new(Float32Array::from(vec![1.0, 2.0])) as ArrayRef)]);
+        let b2 = batch(vec![(
+            "x",
+            Arc::new(Float32Array::from(vec![Some(1.0), None])) as ArrayRef,
+        )]);
+        let layout = FeatureLayout::resolve(&b1.schema(), &names(&["x"]), Some(&b1)).unwrap();
+        let e = layout.to_dense(&[b1, b2]).unwrap_err();
+        assert!(e.message().contains("at row 3"), "{e}");
+    }
+
+    fn spark_vectors(rows: Vec<(i8, i32, Vec<i32>, Vec<f64>)>) -> ArrayRef {
+        use arrow::array::{Int8Builder, Int32Builder, ListBuilder, Float64Builder, StructArray};
+        let mut kind = Int8Builder::new();
+        let mut size = Int32Builder::new();
+        let mut idx = ListBuilder::new(Int32Builder::new());
+        let mut val = ListBuilder::new(Float64Builder::new());
+        for (k, s, i, v) in rows {
+            kind.append_value(k);
+            size.append_value(s);
+            idx.append_value(i.into_iter().map(Some));
+            val.append_value(v.into_iter().map(Some));
+        }
+        let fields: Vec<(Arc<Field>, ArrayRef)> = vec![
+            (Arc::new(Field::new("type", DataType::Int8, false)), Arc::new(kind.finish())),
+            (Arc::new(Field::new("size", DataType::Int32, true)), Arc::new(size.finish())),
+            (Arc::new(Field::new("indices", DataType::List(Arc::new(Field::new("item", DataType::Int32, true))), true)), Arc::new(idx.finish())),
+            (Arc::new(Field::new("values", DataType::List(Arc::new(Field::new("item", DataType::Float64, true))), true)), Arc::new(val.finish())),
+        ];
+        let _ = Int8Array::from(vec![0i8]);
+        Arc::new(StructArray::from(fields))
+    }
+
+    #[test]
+    fn spark_ml_dense_and_sparse_vectors() {
+        let v = spark_vectors(vec![
+            (1, 0, vec![], vec![1.0, 2.0, 3.0]),
+            (0, 3, vec![2], vec![7.0]),
+        ]);
+        let b = batch(vec![("features", v)]);
+        assert_eq!(
+            dense(&b, &["features"]).unwrap(),
+            vec![1.0, 2.0, 3.0, 0.0, 0.0, 7.0]
+        );
+    }
+
+    #[test]
+    fn spark_ml_vectors_of_mixed_sizes_are_rejected() {
+        let v = spark_vectors(vec![(1, 0, vec![], vec![1.0, 2.0]), (0, 3, vec![2], vec![7.0])]);
+        let b = batch(vec![("features", v)]);
+        let e = dense(&b, &["features"]).unwrap_err();
+        assert!(e.message().contains("size 3 at row 1, expected 2"), "{e}");
+    }
+}

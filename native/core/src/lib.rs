@@ -1,0 +1,20 @@
+//! stoker-core: everything stoker needs that involves neither libtorch nor
+//! a network: the error type, the feature and label contract, the Arrow ↔
+//! dense conversion, prediction columns, and the state format with its
+//! weighted averaging. The engine, server, JNI and Python crates all build
+//! on it, so the JVM driver can average states without loading libtorch.
+
+pub mod error;
+pub mod features;
+pub mod labels;
+mod numeric;
+pub mod predictions;
+pub mod state;
+pub mod task;
+
+pub use error::{Error, ErrorKind, Result, ResultExt};
+pub use features::FeatureLayout;
+pub use labels::Labels;
+pub use predictions::Outputs;
+pub use state::{State, StateMeta, TensorData, WeightedSum};
+pub use task::{Loss, Task};

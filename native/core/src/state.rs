@@ -1,0 +1,494 @@
+//! Training state: model parameters plus optimizer state, serialized as
+//! safetensors bytes with a small metadata header.
+//!
+//! Parameters keep their model names (`fc1.weight`), so PyTorch loads them
+//! with `safetensors.torch.load_file` after dropping the `optimizer/`
+//! entries; optimizer tensors are named `optimizer/<param>/<slot>` and
+//! `optimizer/step`. Metadata (all strings, as safetensors requires):
+//! `format`, `model_id`, `round`, `samples`, plus free-form entries the
+//! engine adds (task, loss, optimizer, model spec).
+
+use std::collections::{BTreeMap, HashMap};
+
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+
+use crate::error::{Error, Result};
+
+/// The `format` metadata value of states this version writes.
+pub const FORMAT: &str = "stoker.state.v1";
+/// Prefix of optimizer tensors.
+pub const OPTIMIZER_PREFIX: &str = "optimizer/";
+
+/// Element type of a state tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DType {
+    F32,
+    F64,
+    I64,
+}
+
+impl DType {
+    pub fn size(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::F64 | DType::I64 => 8,
+        }
+    }
+
+    fn to_safetensors(self) -> Dtype {
+        match self {
+            DType::F32 => Dtype::F32,
+            DType::F64 => Dtype::F64,
+            DType::I64 => Dtype::I64,
+        }
+    }
+
+    fn from_safetensors(d: Dtype, name: &str) -> Result<DType> {
+        match d {
+            Dtype::F32 => Ok(DType::F32),
+            Dtype::F64 => Ok(DType::F64),
+            Dtype::I64 => Ok(DType::I64),
+            other => Err(Error::invalid(format!(
+                "state tensor '{name}' has dtype {other:?}; stoker states hold F32, F64 or I64"
+            ))),
+        }
+    }
+}
+
+/// One named tensor: little-endian element bytes in row-major order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorData {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    pub data: Vec<u8>,
+}
+
+impl TensorData {
+    pub fn from_f32(name: impl Into<String>, shape: Vec<usize>, values: &[f32]) -> Self {
+        TensorData {
+            name: name.into(),
+            dtype: DType::F32,
+            shape,
+            data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        }
+    }
+
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// The elements widened to f64.
+    pub fn to_f64(&self) -> Vec<f64> {
+        decode(self.dtype, &self.data)
+    }
+
+    /// The elements as f32 (F64 narrowed, I64 converted).
+    pub fn to_f32(&self) -> Vec<f32> {
+        match self.dtype {
+            DType::F32 => self
+                .data
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            _ => self.to_f64().into_iter().map(|v| v as f32).collect(),
+        }
+    }
+}
+
+fn decode(dtype: DType, data: &[u8]) -> Vec<f64> {
+    match dtype {
+        DType::F32 => data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
+            .collect(),
+        DType::F64 => data
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+            .collect(),
+        DType::I64 => data
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f64)
+            .collect(),
+    }
+}
+
+fn encode(dtype: DType, values: &[f64]) -> Vec<u8> {
+    match dtype {
+        DType::F32 => values.iter().flat_map(|&v| (v as f32).to_le_bytes()).collect(),
+        DType::F64 => values.iter().flat_map(|&v| v.to_le_bytes()).collect(),
+        DType::I64 => values.iter().flat_map(|&v| (v.round() as i64).to_le_bytes()).collect(),
+    }
+}
+
+/// The state's header.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct StateMeta {
+    /// Identifies the architecture (parameter names and shapes); states of
+    /// different models cannot be averaged.
+    pub model_id: String,
+    /// The training round that produced this state (0 = initial).
+    pub round: u64,
+    /// Samples this state was trained on (its weight when averaging).
+    pub samples: u64,
+    /// Anything else the engine records: task, loss, optimizer, spec.
+    pub extra: BTreeMap<String, String>,
+}
+
+/// Parameters plus optimizer state.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct State {
+    pub meta: StateMeta,
+    pub tensors: Vec<TensorData>,
+}
+
+fn corrupt(err: impl std::fmt::Display) -> Error {
+    Error::invalid(format!("state bytes are not a valid stoker state: {err}"))
+}
+
+impl State {
+    pub fn tensor(&self, name: &str) -> Option<&TensorData> {
+        self.tensors.iter().find(|t| t.name == name)
+    }
+
+    /// Parameter tensors only (what a PyTorch `state_dict` holds).
+    pub fn parameters(&self) -> impl Iterator<Item = &TensorData> {
+        self.tensors
+            .iter()
+            .filter(|t| !t.name.starts_with(OPTIMIZER_PREFIX))
+    }
+
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let mut meta: HashMap<String, String> = self
+            .meta
+            .extra
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        meta.insert("format".into(), FORMAT.into());
+        meta.insert("model_id".into(), self.meta.model_id.clone());
+        meta.insert("round".into(), self.meta.round.to_string());
+        meta.insert("samples".into(), self.meta.samples.to_string());
+        let views = self
+            .tensors
+            .iter()
+            .map(|t| {
+                TensorView::new(t.dtype.to_safetensors(), t.shape.clone(), &t.data)
+                    .map(|v| (t.name.clone(), v))
+                    .map_err(|e| Error::internal(format!("state tensor '{}': {e}", t.name)))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        safetensors::serialize(views, Some(meta))
+            .map_err(|e| Error::internal(format!("serializing state: {e}")))
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<State> {
+        let (_, header) = SafeTensors::read_metadata(bytes).map_err(corrupt)?;
+        let st = SafeTensors::deserialize(bytes).map_err(corrupt)?;
+        let mut extra: BTreeMap<String, String> = header
+            .metadata()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        match extra.remove("format") {
+            Some(f) if f == FORMAT => {}
+            Some(f) => return Err(corrupt(format!("unsupported format '{f}', expected {FORMAT}"))),
+            None => return Err(corrupt("no 'format' metadata (is it a plain safetensors file?)")),
+        }
+        let number = |extra: &mut BTreeMap<String, String>, key: &str| -> Result<u64> {
+            extra
+                .remove(key)
+                .unwrap_or_else(|| "0".into())
+                .parse()
+                .map_err(|_| corrupt(format!("metadata '{key}' is not a number")))
+        };
+        let round = number(&mut extra, "round")?;
+        let samples = number(&mut extra, "samples")?;
+        let model_id = extra.remove("model_id").unwrap_or_default();
+        let mut tensors = Vec::new();
+        for (name, view) in st.tensors() {
+            let dtype = DType::from_safetensors(view.dtype(), &name)?;
+            tensors.push(TensorData {
+                dtype,
+                shape: view.shape().to_vec(),
+                data: view.data().to_vec(),
+                name,
+            });
+        }
+        // safetensors orders tensors by dtype and name on disk; keep a
+        // canonical order so equal states compare equal.
+        tensors.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(State {
+            meta: StateMeta {
+                model_id,
+                round,
+                samples,
+                extra,
+            },
+            tensors,
+        })
+    }
+}
+
+/// A running weighted sum of states, for averaging. Holds one f64 sum per
+/// tensor; states are added one at a time from their bytes, so averaging N
+/// states never holds more than the sum and the state being added.
+#[derive(Debug, Clone)]
+pub struct WeightedSum {
+    meta: StateMeta,
+    tensors: Vec<SumTensor>,
+    weight: f64,
+    count: usize,
+}
+
+#[derive(Debug, Clone)]
+struct SumTensor {
+    name: String,
+    dtype: DType,
+    shape: Vec<usize>,
+    sum: Vec<f64>,
+}
+
+impl WeightedSum {
+    /// Starts a sum with its first state.
+    pub fn new(first: &State, weight: f64) -> Result<Self> {
+        check_weight(weight, 1)?;
+        Ok(WeightedSum {
+            meta: first.meta.clone(),
+            tensors: first
+                .tensors
+                .iter()
+                .map(|t| SumTensor {
+                    name: t.name.clone(),
+                    dtype: t.dtype,
+                    shape: t.shape.clone(),
+                    sum: t.to_f64().into_iter().map(|v| v * weight).collect(),
+                })
+                .collect(),
+            weight,
+            count: 1,
+        })
+    }
+
+    pub fn from_bytes(first: &[u8], weight: f64) -> Result<Self> {
+        Self::new(&State::from_bytes(first)?, weight)
+    }
+
+    /// Adds `weight * state`. The state must have the same model, tensor
+    /// names, shapes and dtypes; a mismatch names the tensor.
+    pub fn add(&mut self, state: &State, weight: f64) -> Result<()> {
+        let index = self.count + 1;
+        check_weight(weight, index)?;
+        if state.meta.model_id != self.meta.model_id {
+            return Err(Error::invalid(format!(
+                "state {index} is of model '{}', the others of '{}'; only states of one model can be averaged",
+                state.meta.model_id, self.meta.model_id
+            )));
+        }
+        if state.tensors.len() != self.tensors.len() {
+            let theirs: Vec<&str> = state.tensors.iter().map(|t| t.name.as_str()).collect();
+            if let Some(missing) = self.tensors.iter().find(|t| !theirs.contains(&t.name.as_str())) {
+                return Err(Error::invalid(format!(
+                    "state {index} lacks tensor '{}'",
+                    missing.name
+                )));
+            }
+        }
+        for t in &state.tensors {
+            let acc = self
+                .tensors
+                .iter_mut()
+                .find(|s| s.name == t.name)
+                .ok_or_else(|| {
+                    Error::invalid(format!(
+                        "state {index} has tensor '{}' that the first state lacks",
+                        t.name
+                    ))
+                })?;
+            if acc.shape != t.shape || acc.dtype != t.dtype {
+                return Err(Error::invalid(format!(
+                    "tensor '{}' is {:?}{:?} in state {index} but {:?}{:?} in the first state",
+                    t.name, t.dtype, t.shape, acc.dtype, acc.shape
+                )));
+            }
+            add_scaled(&mut acc.sum, t.dtype, &t.data, weight);
+        }
+        self.weight += weight;
+        self.meta.samples += state.meta.samples;
+        self.count += 1;
+        Ok(())
+    }
+
+    pub fn add_bytes(&mut self, bytes: &[u8], weight: f64) -> Result<()> {
+        self.add(&State::from_bytes(bytes)?, weight)
+    }
+
+    /// Total weight added so far.
+    pub fn weight(&self) -> f64 {
+        self.weight
+    }
+
+    /// Number of states added so far.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// The weighted average: each tensor's sum divided by the total weight,
+    /// cast back to its dtype (integers rounded). `samples` is the sum of
+    /// the states' samples.
+    pub fn average(&self) -> Result<State> {
+        if self.weight <= 0.0 {
+            return Err(Error::invalid("cannot average states whose weights sum to zero"));
+        }
+        let tensors = self
+            .tensors
+            .iter()
+            .map(|t| {
+                let avg: Vec<f64> = t.sum.iter().map(|v| v / self.weight).collect();
+                TensorData {
+                    name: t.name.clone(),
+                    dtype: t.dtype,
+                    shape: t.shape.clone(),
+                    data: encode(t.dtype, &avg),
+                }
+            })
+            .collect();
+        Ok(State {
+            meta: self.meta.clone(),
+            tensors,
+        })
+    }
+}
+
+fn check_weight(weight: f64, index: usize) -> Result<()> {
+    if weight.is_finite() && weight >= 0.0 {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "state {index} has weight {weight}; weights must be finite and non-negative"
+        )))
+    }
+}
+
+fn add_scaled(sum: &mut [f64], dtype: DType, data: &[u8], w: f64) {
+    match dtype {
+        DType::F32 => {
+            for (s, c) in sum.iter_mut().zip(data.chunks_exact(4)) {
+                *s += w * f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64;
+            }
+        }
+        DType::F64 | DType::I64 => {
+            for (s, v) in sum.iter_mut().zip(decode(dtype, data)) {
+                *s += w * v;
+            }
+        }
+    }
+}
+
+/// Weighted average of states given as bytes, streaming: one state is
+/// decoded at a time.
+pub fn average<'a>(states: impl IntoIterator<Item = (&'a [u8], f64)>) -> Result<State> {
+    let mut iter = states.into_iter();
+    let (first, w) = iter
+        .next()
+        .ok_or_else(|| Error::invalid("no states to average"))?;
+    let mut sum = WeightedSum::from_bytes(first, w)?;
+    for (bytes, w) in iter {
+        sum.add_bytes(bytes, w)?;
+    }
+    sum.average()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+
+    fn state(values: &[f32], bias: f32, samples: u64) -> State {
+        State {
+            meta: StateMeta {
+                model_id: "m1".into(),
+                round: 3,
+                samples,
+                extra: [("task".to_string(), "regression".to_string())].into(),
+            },
+            tensors: vec![
+                TensorData::from_f32("fc.bias", vec![1], &[bias]),
+                TensorData::from_f32("fc.weight", vec![1, values.len()], values),
+                TensorData {
+                    name: "optimizer/step".into(),
+                    dtype: DType::I64,
+                    shape: vec![],
+                    data: 10i64.to_le_bytes().to_vec(),
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn bytes_round_trip_with_metadata() {
+        let s = state(&[1.0, 2.0, 3.0], 0.5, 40);
+        let back = State::from_bytes(&s.to_bytes().unwrap()).unwrap();
+        assert_eq!(back, s);
+        assert_eq!(back.parameters().count(), 2);
+    }
+
+    #[test]
+    fn weighted_average() {
+        let a = state(&[1.0, 2.0], 1.0, 10).to_bytes().unwrap();
+        let b = state(&[3.0, 6.0], 0.0, 30).to_bytes().unwrap();
+        let avg = average([(a.as_slice(), 10.0), (b.as_slice(), 30.0)]).unwrap();
+        assert_eq!(avg.tensor("fc.weight").unwrap().to_f32(), vec![2.5, 5.0]);
+        assert_eq!(avg.tensor("fc.bias").unwrap().to_f32(), vec![0.25]);
+        assert_eq!(avg.tensor("optimizer/step").unwrap().to_f64(), vec![10.0]);
+        assert_eq!(avg.meta.samples, 40);
+    }
+
+    #[test]
+    fn identical_states_average_to_themselves() {
+        let s = state(&[0.1, -7.25, 3.3], 0.7, 5);
+        let bytes = s.to_bytes().unwrap();
+        let avg = average([(bytes.as_slice(), 2.0), (bytes.as_slice(), 5.0)]).unwrap();
+        for t in &s.tensors {
+            assert_eq!(avg.tensor(&t.name).unwrap().data, t.data, "{}", t.name);
+        }
+    }
+
+    #[test]
+    fn shape_mismatch_names_the_tensor() {
+        let a = state(&[1.0, 2.0], 1.0, 1).to_bytes().unwrap();
+        let b = state(&[1.0, 2.0, 3.0], 1.0, 1).to_bytes().unwrap();
+        let e = average([(a.as_slice(), 1.0), (b.as_slice(), 1.0)]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        assert!(e.message().contains("tensor 'fc.weight'"), "{e}");
+    }
+
+    #[test]
+    fn missing_tensor_is_named() {
+        let a = state(&[1.0], 1.0, 1);
+        let mut b = a.clone();
+        b.tensors.retain(|t| t.name != "fc.bias");
+        let mut sum = WeightedSum::new(&a, 1.0).unwrap();
+        let e = sum.add(&b, 1.0).unwrap_err();
+        assert!(e.message().contains("lacks tensor 'fc.bias'"), "{e}");
+    }
+
+    #[test]
+    fn corrupt_bytes_are_invalid_input() {
+        let e = State::from_bytes(b"definitely not safetensors").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        assert!(e.message().contains("not a valid stoker state"), "{e}");
+        let mut bytes = state(&[1.0], 1.0, 1).to_bytes().unwrap();
+        bytes.truncate(bytes.len() - 3);
+        assert_eq!(State::from_bytes(&bytes).unwrap_err().kind(), ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn bad_weights_are_rejected() {
+        let a = state(&[1.0], 1.0, 1);
+        assert!(WeightedSum::new(&a, f64::NAN).is_err());
+        let sum = WeightedSum::new(&a, 0.0).unwrap();
+        assert!(sum.average().is_err());
+    }
+}

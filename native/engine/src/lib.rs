@@ -1,0 +1,21 @@
+//! stoker-engine: the only crate that links libtorch. It builds models
+//! (built-in specs or TorchScript), trains them with optimizers whose state
+//! can be averaged, and runs batched inference. It knows nothing about
+//! networks or Spark: the server and the command line drive it.
+
+pub mod data;
+pub mod device;
+pub mod model;
+pub mod network;
+pub mod optim;
+mod rng;
+pub mod spec;
+pub mod torch;
+pub mod train;
+
+pub use data::Dataset;
+pub use device::DeviceSpec;
+pub use model::{Model, ModelSource};
+pub use optim::{OptimizerConfig, OptimizerKind};
+pub use spec::ModelSpec;
+pub use train::{EpochReport, TrainOptions, TrainReport, Trainer};

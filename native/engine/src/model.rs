@@ -1,0 +1,282 @@
+//! A model: a network on a device with the task and loss it was built for,
+//! plus loading parameters from a state and batched inference.
+
+use std::collections::BTreeMap;
+
+use stoker_core::{Error, FeatureLayout, Loss, Outputs, Result, State, StateMeta, Task, TensorData};
+use tch::{Device, Kind, Tensor};
+
+use crate::network::{Mlp, Network, Script};
+use crate::optim::copy_into;
+use crate::spec::{ModelSpec, ModelType};
+use crate::torch::{filled_matrix, internal, shape, to_vec_f32};
+
+/// Where a model's architecture comes from.
+#[derive(Debug, Clone)]
+pub enum ModelSource {
+    /// A built-in model from a JSON spec.
+    Spec(ModelSpec),
+    /// A TorchScript archive (the bytes of a `torch.jit.save` file).
+    TorchScript(Vec<u8>),
+}
+
+impl ModelSource {
+    /// Reads a spec (`.json`) or TorchScript file (anything else).
+    pub fn from_file(path: &std::path::Path) -> Result<ModelSource> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(format!("reading model {}", path.display()), e))?;
+        Self::from_bytes(bytes).map_err(|e| e.context(format!("model {}", path.display())))
+    }
+
+    /// A JSON spec if the bytes look like JSON, else TorchScript.
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<ModelSource> {
+        let text = std::str::from_utf8(&bytes).ok().map(str::trim_start);
+        match text {
+            Some(t) if t.starts_with('{') => Ok(ModelSource::Spec(ModelSpec::from_json(t)?)),
+            _ => Ok(ModelSource::TorchScript(bytes)),
+        }
+    }
+
+    /// The loss used when the user names none: a spec's classifier setting
+    /// decides; otherwise integer labels mean cross-entropy, float labels mse.
+    pub fn default_loss(&self, label_is_integer: bool) -> Loss {
+        match self {
+            ModelSource::Spec(s) if s.num_classes.is_some() => Loss::CrossEntropy,
+            ModelSource::Spec(s) if s.model_type == ModelType::LinearRegression => Loss::Mse,
+            _ if label_is_integer => Loss::CrossEntropy,
+            _ => Loss::Mse,
+        }
+    }
+
+    /// The text recorded in state metadata: the spec JSON, or `torchscript`.
+    pub fn describe(&self) -> String {
+        match self {
+            ModelSource::Spec(s) => s.to_json(),
+            ModelSource::TorchScript(_) => "torchscript".into(),
+        }
+    }
+}
+
+/// A network on a device, with its task and loss.
+pub struct Model {
+    network: Network,
+    task: Task,
+    loss: Loss,
+    device: Device,
+    input_width: usize,
+    source: String,
+}
+
+/// Rows per forward pass during inference: large enough to keep a GPU busy,
+/// small enough to bound activation memory.
+const INFERENCE_CHUNK: i64 = 65_536;
+
+impl Model {
+    /// Builds a model for inputs of `input_width` features trained with
+    /// `loss`. A spec needs `num_classes` for cross-entropy; a TorchScript
+    /// module's number of classes is its output width, found by running it
+    /// once on a row of zeros (which also checks it accepts the input).
+    pub fn build(source: &ModelSource, loss: Loss, input_width: usize, device: Device, seed: u64) -> Result<Model> {
+        let (network, task) = match source {
+            ModelSource::Spec(spec) => {
+                let task = spec.task(loss)?;
+                let mlp = Mlp::new(spec, input_width, task.outputs(), seed, device)?;
+                (Network::Builtin(mlp), task)
+            }
+            ModelSource::TorchScript(bytes) => {
+                let mut script = Network::Script(Script::load(bytes, device)?);
+                let probe = Tensor::f_zeros([1, input_width as i64], (Kind::Float, device))
+                    .map_err(internal("probe input"))?;
+                let out = tch::no_grad(|| script.forward(&probe, false))
+                    .map_err(|e| e.context(format!("with {input_width} input features")))?;
+                let width = out.size()[1] as usize;
+                let task = match loss {
+                    Loss::CrossEntropy => loss.task(Some(width))?,
+                    _ if width != 1 => {
+                        return Err(Error::invalid(format!(
+                            "TorchScript model returns {width} outputs per row; loss {loss} needs 1"
+                        )))
+                    }
+                    _ => loss.task(None)?,
+                };
+                (script, task)
+            }
+        };
+        Ok(Model {
+            network,
+            task,
+            loss,
+            device,
+            input_width,
+            source: source.describe(),
+        })
+    }
+
+    /// Builds the model a state was written for and loads its parameters.
+    pub fn from_state(source: &ModelSource, state: &State, device: Device) -> Result<Model> {
+        let meta = &state.meta.extra;
+        let loss: Loss = meta
+            .get("loss")
+            .ok_or_else(|| Error::invalid("state has no 'loss' metadata; was it written by stoker?"))?
+            .parse()?;
+        let width: usize = meta
+            .get("input_width")
+            .and_then(|w| w.parse().ok())
+            .ok_or_else(|| Error::invalid("state has no 'input_width' metadata"))?;
+        let mut model = Model::build(source, loss, width, device, 0)?;
+        model.load_parameters(state)?;
+        Ok(model)
+    }
+
+    pub fn task(&self) -> Task {
+        self.task
+    }
+
+    pub fn loss(&self) -> Loss {
+        self.loss
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    pub fn input_width(&self) -> usize {
+        self.input_width
+    }
+
+    pub fn model_id(&self) -> String {
+        self.network.model_id()
+    }
+
+    pub fn network(&self) -> &Network {
+        &self.network
+    }
+
+    pub(crate) fn network_mut(&mut self) -> &mut Network {
+        &mut self.network
+    }
+
+    /// Total number of parameters.
+    pub fn parameter_count(&self) -> usize {
+        self.network.parameters().iter().map(|(_, t)| t.numel()).sum()
+    }
+
+    /// Metadata every state of this model carries.
+    pub fn state_meta(&self, round: u64, samples: u64) -> StateMeta {
+        let mut extra = BTreeMap::new();
+        extra.insert("task".into(), self.task.encode());
+        extra.insert("loss".into(), self.loss.to_string());
+        extra.insert("model".into(), self.source.clone());
+        extra.insert("input_width".into(), self.input_width.to_string());
+        StateMeta {
+            model_id: self.model_id(),
+            round,
+            samples,
+            extra,
+        }
+    }
+
+    /// The parameters as state tensors.
+    pub fn export_parameters(&self) -> Result<Vec<TensorData>> {
+        self.network
+            .parameters()
+            .iter()
+            .map(|(name, t)| Ok(TensorData::from_f32(name.clone(), shape(t), &to_vec_f32(t)?)))
+            .collect()
+    }
+
+    /// Loads parameters from a state of this model; a missing tensor or a
+    /// shape mismatch names the tensor.
+    pub fn load_parameters(&mut self, state: &State) -> Result<()> {
+        let id = self.model_id();
+        if !state.meta.model_id.is_empty() && state.meta.model_id != id {
+            return Err(Error::invalid(format!(
+                "state is for model '{}' but this model is '{id}' (different architecture or input width)",
+                state.meta.model_id
+            )));
+        }
+        for (name, t) in self.network.parameters() {
+            let data = state
+                .tensor(name)
+                .ok_or_else(|| Error::invalid(format!("state has no tensor '{name}'")))?;
+            let mut target = t.shallow_clone();
+            copy_into(&mut target, data, t.size())?;
+        }
+        Ok(())
+    }
+
+    fn check_width(&self, width: usize) -> Result<()> {
+        if width != self.input_width {
+            return Err(Error::invalid(format!(
+                "model expects {} features per row, the input has {width}",
+                self.input_width
+            )));
+        }
+        Ok(())
+    }
+
+    /// Raw outputs `[rows, outputs]` for a host or device feature matrix.
+    pub(crate) fn logits(&mut self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let out = self.network.forward(x, train)?;
+        let width = out.size()[1] as usize;
+        if width != self.task.outputs() {
+            return Err(Error::invalid(format!(
+                "model returns {width} outputs per row but its task ({}) needs {}",
+                self.task.encode(),
+                self.task.outputs()
+            )));
+        }
+        Ok(out)
+    }
+
+    /// Predictions for a `[rows, width]` feature matrix (on any device),
+    /// in chunks, in eval mode, without gradients.
+    pub fn predict_tensor(&mut self, x: &Tensor) -> Result<Outputs> {
+        let size = x.size();
+        if size.len() != 2 {
+            return Err(Error::invalid(format!("features must be a matrix, got shape {size:?}")));
+        }
+        self.check_width(size[1] as usize)?;
+        let rows = size[0];
+        let _guard = tch::no_grad_guard();
+        let mut values = Vec::with_capacity(rows as usize * self.task.outputs());
+        let mut start = 0;
+        while start < rows {
+            let len = INFERENCE_CHUNK.min(rows - start);
+            let chunk = x
+                .f_narrow(0, start, len)
+                .and_then(|c| c.f_to_device(self.device))
+                .map_err(internal("moving features to the device"))?;
+            let out = self.logits(&chunk, false)?;
+            let probs = match self.task {
+                Task::Regression => out,
+                Task::Binary => out.f_sigmoid().map_err(internal("sigmoid"))?,
+                Task::Multiclass { .. } => out.f_softmax(-1, Kind::Float).map_err(internal("softmax"))?,
+            };
+            values.extend(to_vec_f32(&probs)?);
+            start += len;
+        }
+        Ok(Outputs {
+            task: self.task,
+            values,
+        })
+    }
+
+    /// Predictions for Arrow batches, converted with `layout`.
+    pub fn predict_batches(&mut self, batches: &[arrow::array::RecordBatch], layout: &FeatureLayout) -> Result<Outputs> {
+        self.check_width(layout.width())?;
+        let rows = batches.iter().map(|b| b.num_rows()).sum();
+        let x = filled_matrix(rows, layout.width(), |buf| layout.write_batches(batches, buf))?;
+        self.predict_tensor(&x)
+    }
+
+    /// Writes a TorchScript model with the current parameters (TorchScript
+    /// models only: built-in models are exported as safetensors weights).
+    pub fn save_torchscript(&self, path: &std::path::Path) -> Result<()> {
+        match &self.network {
+            Network::Script(s) => s.save(path),
+            Network::Builtin(_) => Err(Error::invalid(
+                "only TorchScript models can be saved as TorchScript; built-in models export safetensors weights",
+            )),
+        }
+    }
+}

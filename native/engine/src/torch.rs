@@ -1,0 +1,64 @@
+//! Small bridges between libtorch (tch) and stoker's error type and host
+//! buffers. Every libtorch call in the engine goes through a fallible `f_*`
+//! method and is mapped here; the plain tch methods panic on error.
+
+use stoker_core::{Error, ErrorKind};
+use tch::{Device, Kind, TchError, Tensor};
+
+/// libtorch error messages carry a C++ backtrace after the first lines;
+/// users need the first part only.
+pub fn clean_message(err: &TchError) -> String {
+    let text = err.to_string();
+    let cut = text
+        .find("\nException raised from")
+        .or_else(|| text.find("Exception raised from"))
+        .unwrap_or(text.len());
+    text[..cut].trim().to_string()
+}
+
+/// Maps a tch error to a stoker error of `kind`, prefixed with `context`.
+pub fn err(kind: ErrorKind, context: impl std::fmt::Display) -> impl FnOnce(TchError) -> Error {
+    move |e| Error::new(kind, format!("{context}: {}", clean_message(&e)))
+}
+
+/// Maps a tch error that only a bug could cause.
+pub fn internal(context: impl std::fmt::Display) -> impl FnOnce(TchError) -> Error {
+    err(ErrorKind::Internal, context)
+}
+
+/// A new contiguous CPU f32 tensor of `rows x width`, filled by `fill`
+/// straight into the tensor's storage: the one host copy on the way from
+/// Arrow to the device.
+pub fn filled_matrix(
+    rows: usize,
+    width: usize,
+    fill: impl FnOnce(&mut [f32]) -> stoker_core::Result<()>,
+) -> stoker_core::Result<Tensor> {
+    let t = Tensor::f_empty([rows as i64, width as i64], (Kind::Float, Device::Cpu))
+        .map_err(internal("allocating the feature matrix"))?;
+    let len = rows * width;
+    if len > 0 {
+        // SAFETY: `t` was just allocated as a contiguous CPU float tensor of
+        // exactly `len` elements; no other reference to its storage exists
+        // while the slice lives, and the slice does not outlive `t`.
+        let data = unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, len) };
+        fill(data)?;
+    }
+    Ok(t)
+}
+
+/// Copies a tensor's elements to a host `Vec<f32>` (casting if needed).
+pub fn to_vec_f32(t: &Tensor) -> stoker_core::Result<Vec<f32>> {
+    let flat = t
+        .f_to_kind(Kind::Float)
+        .and_then(|t| t.f_to_device(Device::Cpu))
+        .and_then(|t| t.f_contiguous())
+        .and_then(|t| t.f_view([-1]))
+        .map_err(internal("copying a tensor to the host"))?;
+    Vec::<f32>::try_from(&flat).map_err(internal("reading tensor values"))
+}
+
+/// Shape of a tensor as usizes.
+pub fn shape(t: &Tensor) -> Vec<usize> {
+    t.size().into_iter().map(|d| d as usize).collect()
+}
