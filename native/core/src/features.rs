@@ -195,13 +195,14 @@ impl FeatureLayout {
     pub fn to_dense(&self, batches: &[RecordBatch]) -> Result<Vec<f32>> {
         let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
         let mut out = vec![0f32; rows * self.width];
-        self.write_batches(batches, &mut out)?;
+        self.write_batches(batches, 0, &mut out)?;
         Ok(out)
     }
 
     /// Like [`FeatureLayout::to_dense`], into a caller-provided buffer (for
-    /// example the storage of a freshly allocated tensor).
-    pub fn write_batches(&self, batches: &[RecordBatch], out: &mut [f32]) -> Result<()> {
+    /// example the storage of a freshly allocated tensor). `first_row` is
+    /// the input row number of the first batch's first row, for errors.
+    pub fn write_batches(&self, batches: &[RecordBatch], first_row: usize, out: &mut [f32]) -> Result<()> {
         let mut row = 0;
         for batch in batches {
             let n = batch.num_rows();
@@ -209,7 +210,7 @@ impl FeatureLayout {
             if end > out.len() {
                 return Err(Error::internal("feature buffer too small for the batches"));
             }
-            self.write_batch(batch, row, &mut out[row * self.width..end])?;
+            self.write_batch(batch, first_row + row, &mut out[row * self.width..end])?;
             row += n;
         }
         Ok(())
@@ -276,7 +277,7 @@ fn list_ranges(array: &dyn Array) -> Result<(Vec<(usize, usize)>, &dyn Array)> {
         DataType::FixedSizeList(_, _) => {
             let a = array.as_fixed_size_list();
             let n = a.value_length() as usize;
-            let ranges = (0..a.len()).map(|i| (a.value_offset(i) as usize, n)).collect();
+            let ranges = (0..a.len()).map(|i| (a.value_offset_at(i) as usize, n)).collect();
             (ranges, a.values().as_ref())
         }
         DataType::List(_) => {

@@ -151,10 +151,6 @@ impl Model {
         &self.network
     }
 
-    pub(crate) fn network_mut(&mut self) -> &mut Network {
-        &mut self.network
-    }
-
     /// Total number of parameters.
     pub fn parameter_count(&self) -> usize {
         self.network.parameters().iter().map(|(_, t)| t.numel()).sum()
@@ -261,11 +257,17 @@ impl Model {
         })
     }
 
-    /// Predictions for Arrow batches, converted with `layout`.
-    pub fn predict_batches(&mut self, batches: &[arrow::array::RecordBatch], layout: &FeatureLayout) -> Result<Outputs> {
+    /// Predictions for Arrow batches, converted with `layout`; `first_row`
+    /// numbers the first row in errors.
+    pub fn predict_batches(
+        &mut self,
+        batches: &[arrow::array::RecordBatch],
+        layout: &FeatureLayout,
+        first_row: usize,
+    ) -> Result<Outputs> {
         self.check_width(layout.width())?;
         let rows = batches.iter().map(|b| b.num_rows()).sum();
-        let x = filled_matrix(rows, layout.width(), |buf| layout.write_batches(batches, buf))?;
+        let x = filled_matrix(rows, layout.width(), |buf| layout.write_batches(batches, first_row, buf))?;
         self.predict_tensor(&x)
     }
 

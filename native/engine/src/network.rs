@@ -174,7 +174,7 @@ impl Script {
     /// TorchScript archive are an `InvalidInput` error.
     pub fn load(bytes: &[u8], device: Device) -> Result<Script> {
         let mut reader = std::io::Cursor::new(bytes);
-        let module = CModule::f_load_data_on_device(&mut reader, device)
+        let module = CModule::load_data_on_device(&mut reader, device)
             .map_err(err(ErrorKind::InvalidInput, "TorchScript model could not be loaded (is it a file written by torch.jit.save?)"))?;
         let params = module
             .named_parameters()
@@ -220,7 +220,7 @@ impl Script {
     /// archive PyTorch can `torch.jit.load`.
     pub fn save(&self, path: &std::path::Path) -> Result<()> {
         self.module
-            .f_save(path)
+            .save(path)
             .map_err(err(ErrorKind::Io, format!("writing {}", path.display())))
     }
 }

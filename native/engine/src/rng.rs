@@ -7,6 +7,7 @@
 pub struct Rng(u64);
 
 impl Rng {
+    #[cfg(test)]
     pub fn new(seed: u64) -> Self {
         Rng(seed)
     }
