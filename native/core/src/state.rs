@@ -8,9 +8,9 @@
 //! `format`, `model_id`, `round`, `samples`, plus free-form entries the
 //! engine adds (task, loss, optimizer, model spec).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
-use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use safetensors::tensor::{Dtype, SafeTensors};
 
 use crate::error::{Error, Result};
 
@@ -158,28 +158,58 @@ impl State {
             .filter(|t| !t.name.starts_with(OPTIMIZER_PREFIX))
     }
 
+    /// Serializes to safetensors. The bytes are deterministic (header keys
+    /// sorted, tensors in name order): equal states give equal bytes.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        let mut meta: HashMap<String, String> = self
-            .meta
-            .extra
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let mut meta = serde_json::Map::new();
+        for (k, v) in &self.meta.extra {
+            meta.insert(k.clone(), v.clone().into());
+        }
         meta.insert("format".into(), FORMAT.into());
-        meta.insert("model_id".into(), self.meta.model_id.clone());
-        meta.insert("round".into(), self.meta.round.to_string());
-        meta.insert("samples".into(), self.meta.samples.to_string());
-        let views = self
-            .tensors
-            .iter()
-            .map(|t| {
-                TensorView::new(t.dtype.to_safetensors(), t.shape.clone(), &t.data)
-                    .map(|v| (t.name.clone(), v))
-                    .map_err(|e| Error::internal(format!("state tensor '{}': {e}", t.name)))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        safetensors::serialize(views, Some(meta))
-            .map_err(|e| Error::internal(format!("serializing state: {e}")))
+        meta.insert("model_id".into(), self.meta.model_id.clone().into());
+        meta.insert("round".into(), self.meta.round.to_string().into());
+        meta.insert("samples".into(), self.meta.samples.to_string().into());
+        let mut order: Vec<&TensorData> = self.tensors.iter().collect();
+        order.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut header = serde_json::Map::new();
+        header.insert("__metadata__".into(), meta.into());
+        let mut offset = 0usize;
+        for t in &order {
+            let expected = t.numel() * t.dtype.size();
+            if t.data.len() != expected {
+                return Err(Error::internal(format!(
+                    "state tensor '{}' has {} bytes, its shape {:?} needs {expected}",
+                    t.name,
+                    t.data.len(),
+                    t.shape
+                )));
+            }
+            if header.contains_key(&t.name) {
+                return Err(Error::invalid(format!("state has two tensors named '{}'", t.name)));
+            }
+            header.insert(
+                t.name.clone(),
+                serde_json::json!({
+                    "dtype": t.dtype.to_safetensors().to_string(),
+                    "shape": t.shape,
+                    "data_offsets": [offset, offset + expected],
+                }),
+            );
+            offset += expected;
+        }
+        let mut json = serde_json::to_vec(&header).map_err(|e| Error::internal(format!("state header: {e}")))?;
+        // Pad the header with spaces so tensor data starts 8-byte aligned,
+        // as the safetensors format recommends.
+        while json.len() % 8 != 0 {
+            json.push(b' ');
+        }
+        let mut out = Vec::with_capacity(8 + json.len() + offset);
+        out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+        out.extend_from_slice(&json);
+        for t in order {
+            out.extend_from_slice(&t.data);
+        }
+        Ok(out)
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<State> {
@@ -432,6 +462,18 @@ mod tests {
         let back = State::from_bytes(&s.to_bytes().unwrap()).unwrap();
         assert_eq!(back, s);
         assert_eq!(back.parameters().count(), 2);
+    }
+
+    #[test]
+    fn equal_states_serialize_to_equal_bytes() {
+        let a = state(&[1.0, 2.0], 0.5, 3);
+        let mut b = a.clone();
+        b.tensors.reverse();
+        assert_eq!(a.to_bytes().unwrap(), b.to_bytes().unwrap());
+        // And the bytes are what the safetensors reference reader accepts.
+        let bytes = a.to_bytes().unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        assert_eq!(st.tensor("fc.weight").unwrap().shape(), &[1, 2]);
     }
 
     #[test]

@@ -46,6 +46,16 @@ impl Network {
         }
     }
 
+    /// Whether training draws from libtorch's global random generator:
+    /// built-in models with dropout, and any TorchScript module (which may
+    /// hold dropout or other random layers stoker cannot see).
+    pub fn uses_torch_rng(&self) -> bool {
+        match self {
+            Network::Builtin(m) => m.spec.dropout > 0.0,
+            Network::Script(_) => true,
+        }
+    }
+
     /// `mlp`, `linear_regression`, ... or `torchscript`.
     pub fn kind(&self) -> &'static str {
         match self {

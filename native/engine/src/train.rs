@@ -12,6 +12,10 @@ use crate::optim::{Optimizer, OptimizerConfig};
 use crate::rng::Rng;
 use crate::torch::internal;
 
+/// Serialises training calls whose networks draw from libtorch's global
+/// random generator (dropout), so seeded runs repeat exactly.
+static RNG_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// How one call to [`Trainer::train`] runs (one local round in Spark).
 #[derive(Debug, Clone)]
 pub struct TrainOptions {
@@ -147,9 +151,15 @@ impl Trainer {
         if rows == 0 {
             return Err(Error::invalid("no rows to train on"));
         }
-        // Dropout draws from libtorch's global generator; seeding it per
-        // (job, round, partition) makes reruns repeat. Concurrent jobs in
-        // one process share that generator (documented in docs/engine.md).
+        // Dropout draws from libtorch's process-wide generator. Seeding it per
+        // (job, round, partition) makes reruns repeat, as long as no other
+        // training consumes it meanwhile: networks that draw from it hold
+        // RNG_LOCK for the whole call (others train concurrently).
+        let _rng = if self.model.network().uses_torch_rng() {
+            Some(RNG_LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+        } else {
+            None
+        };
         tch::manual_seed(Rng::derive(opts.seed, &[opts.round, opts.partition, 0xd0]).next_u64() as i64);
         let device = self.model.device();
         let started = Instant::now();

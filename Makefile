@@ -1,0 +1,91 @@
+# stoker: two commands on a fresh machine.
+#   make demo   installs everything, builds, and runs the demo
+#   make test   installs everything, builds, lints, and runs every test suite
+# Every download and build product stays inside the repository (.venv/,
+# target/), so a second run rebuilds nothing heavy.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+ROOT := $(CURDIR)
+VENV := $(ROOT)/.venv
+PY := $(VENV)/bin/python
+STAMPS := $(ROOT)/target/stamps
+
+export PATH := $(VENV)/bin:$(PATH)
+# tch links the libtorch that ships inside the pinned torch wheel.
+export LIBTORCH_USE_PYTORCH := 1
+export CARGO_HOME := $(ROOT)/target/cargo-home
+export PIP_CACHE_DIR := $(ROOT)/target/pip-cache
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+MVN := mvn -B -ntp -Dmaven.repo.local=$(ROOT)/target/m2 -f jvm-shim/pom.xml
+CARGO := cargo
+BIN := $(ROOT)/target/release/stoker
+JNI_LIB := $(ROOT)/target/release/libstoker_jni.so
+
+.PHONY: help setup venv native python-ext jvm build lint fmt test test-rust test-python test-jvm demo bench clean
+
+help:
+	@echo "make demo    install, build, run the demo (examples/)"
+	@echo "make test    install, build, lint, run all tests"
+	@echo "make build   install and build only"
+	@echo "make fmt     format Rust, Java and Python sources"
+
+# --- installs -----------------------------------------------------------
+$(STAMPS)/venv: python/requirements.txt
+	@mkdir -p $(STAMPS)
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r python/requirements.txt
+	@touch $@
+
+venv: $(STAMPS)/venv
+setup: venv
+
+# --- builds -------------------------------------------------------------
+# cargo and maturin are incremental themselves; they run every time and
+# finish in seconds when nothing changed.
+native: venv
+	$(CARGO) build --release --workspace --bins --lib
+
+python-ext: native
+	cd $(ROOT) && maturin develop --release -q
+
+jvm: native
+	$(MVN) -q package -DskipTests
+
+build: native python-ext jvm
+
+# --- checks -------------------------------------------------------------
+lint: venv
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
+	ruff check python tests examples bench
+	ruff format --check python tests examples bench
+
+fmt: venv
+	$(CARGO) fmt --all
+	ruff format python tests examples bench
+
+test-rust: native
+	$(CARGO) test --release --workspace
+
+test-python: python-ext
+	STOKER_BIN=$(BIN) $(PY) -m pytest -q
+
+test-jvm: jvm
+	$(MVN) test
+
+test: build lint test-rust test-python test-jvm
+	@echo "all test suites passed"
+
+# --- demo and benchmarks ------------------------------------------------
+demo: build
+	STOKER_BIN=$(BIN) $(PY) examples/engine_quickstart.py
+
+bench: build
+	STOKER_BIN=$(BIN) $(PY) bench/run.py
+
+clean:
+	rm -rf target/release target/stamps jvm-shim/target
