@@ -186,6 +186,9 @@ mod tests {
     #[test]
     fn missing_file_is_not_found() {
         let io = std::io::Error::new(std::io::ErrorKind::NotFound, "gone");
-        assert_eq!(Error::io("reading a.parquet", io).kind(), ErrorKind::NotFound);
+        assert_eq!(
+            Error::io("reading a.parquet", io).kind(),
+            ErrorKind::NotFound
+        );
     }
 }

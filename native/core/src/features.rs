@@ -71,7 +71,11 @@ impl FeatureLayout {
     /// Resolves `names` against a schema. List columns whose length the type
     /// does not fix take it from the first non-null row of `sample` (the
     /// first batch that will be converted); every other row must match.
-    pub fn resolve(schema: &Schema, names: &[String], sample: Option<&RecordBatch>) -> Result<Self> {
+    pub fn resolve(
+        schema: &Schema,
+        names: &[String],
+        sample: Option<&RecordBatch>,
+    ) -> Result<Self> {
         if names.is_empty() {
             return Err(Error::invalid(
                 "no feature columns given: name numeric columns and/or one vector column",
@@ -113,7 +117,9 @@ impl FeatureLayout {
         }
         let width = columns.iter().map(FeatureColumn::width).sum();
         if width == 0 {
-            return Err(Error::invalid("the feature columns give zero features per row"));
+            return Err(Error::invalid(
+                "the feature columns give zero features per row",
+            ));
         }
         Ok(FeatureLayout { columns, width })
     }
@@ -127,9 +133,11 @@ impl FeatureLayout {
         let column = batch
             .column_by_name(name)
             .ok_or_else(|| Error::invalid(format!("feature column '{name}' not found")))?;
-        let first = (0..column.len()).find(|&i| column.is_valid(i)).ok_or_else(|| {
-            Error::invalid(format!("vector column '{name}' has no non-null rows"))
-        })?;
+        let first = (0..column.len())
+            .find(|&i| column.is_valid(i))
+            .ok_or_else(|| {
+                Error::invalid(format!("vector column '{name}' has no non-null rows"))
+            })?;
         Ok(match column.data_type() {
             DataType::List(_) => column.as_list::<i32>().value_length(first) as usize,
             DataType::LargeList(_) => column.as_list::<i64>().value_length(first) as usize,
@@ -154,7 +162,12 @@ impl FeatureLayout {
     /// Copies `batch` into `out` (row-major, `batch.num_rows() * width`
     /// values). `first_row` is the index of the batch's first row in the
     /// whole input, so errors name the row the user sees.
-    pub fn write_batch(&self, batch: &RecordBatch, first_row: usize, out: &mut [f32]) -> Result<()> {
+    pub fn write_batch(
+        &self,
+        batch: &RecordBatch,
+        first_row: usize,
+        out: &mut [f32],
+    ) -> Result<()> {
         let rows = batch.num_rows();
         if out.len() != rows * self.width {
             return Err(Error::internal(format!(
@@ -180,11 +193,14 @@ impl FeatureLayout {
                 width: self.width,
                 offset,
                 first_row,
+                vector: col.shape != ColumnShape::Scalar,
             };
             match &col.shape {
                 ColumnShape::Scalar => write_scalar(array.as_ref(), target)?,
                 ColumnShape::Vector(n) => write_list(array.as_ref(), *n, target)?,
-                ColumnShape::SparkVector(n) => write_spark_vector(array.as_struct_opt(), *n, target)?,
+                ColumnShape::SparkVector(n) => {
+                    write_spark_vector(array.as_struct_opt(), *n, target)?
+                }
             }
             offset += col.width();
         }
@@ -202,7 +218,12 @@ impl FeatureLayout {
     /// Like [`FeatureLayout::to_dense`], into a caller-provided buffer (for
     /// example the storage of a freshly allocated tensor). `first_row` is
     /// the input row number of the first batch's first row, for errors.
-    pub fn write_batches(&self, batches: &[RecordBatch], first_row: usize, out: &mut [f32]) -> Result<()> {
+    pub fn write_batches(
+        &self,
+        batches: &[RecordBatch],
+        first_row: usize,
+        out: &mut [f32],
+    ) -> Result<()> {
         let mut row = 0;
         for batch in batches {
             let n = batch.num_rows();
@@ -224,6 +245,8 @@ struct Target<'a> {
     width: usize,
     offset: usize,
     first_row: usize,
+    /// Whether the column is a vector (errors then name the element).
+    vector: bool,
 }
 
 impl Target<'_> {
@@ -239,16 +262,20 @@ impl Target<'_> {
     fn put(&mut self, row: usize, element: usize, v: f64) -> Result<()> {
         let x = v as f32;
         if !x.is_finite() {
+            let what = if v.is_finite() {
+                format!("{v:e}, beyond float32 range,")
+            } else {
+                describe_non_finite(v).to_string()
+            };
+            let at = if self.vector {
+                format!(" (element {element})")
+            } else {
+                String::new()
+            };
             return Err(Error::invalid(format!(
-                "feature column '{}' has {} at row {}{}",
+                "feature column '{}' has {what} at row {}{at}",
                 self.column,
-                describe_non_finite(if v.is_finite() { x as f64 } else { v }),
                 self.first_row + row,
-                if element > 0 || self.width > 1 {
-                    format!(" (element {element})")
-                } else {
-                    String::new()
-                }
             )));
         }
         self.out[row * self.width + self.offset + element] = x;
@@ -271,25 +298,34 @@ fn write_scalar(array: &dyn Array, mut t: Target<'_>) -> Result<()> {
     result
 }
 
+/// `(start, length)` of one row's elements in a list column's child array.
+type ElementRange = (usize, usize);
+
 /// Element range of each row of a list-like column.
-fn list_ranges(array: &dyn Array) -> Result<(Vec<(usize, usize)>, &dyn Array)> {
+fn list_ranges(array: &dyn Array) -> Result<(Vec<ElementRange>, &dyn Array)> {
     Ok(match array.data_type() {
         DataType::FixedSizeList(_, _) => {
             let a = array.as_fixed_size_list();
             let n = a.value_length() as usize;
-            let ranges = (0..a.len()).map(|i| (a.value_offset_at(i) as usize, n)).collect();
+            let ranges = (0..a.len())
+                .map(|i| (a.value_offset_at(i), n))
+                .collect();
             (ranges, a.values().as_ref())
         }
         DataType::List(_) => {
             let a = array.as_list::<i32>();
             let o = a.value_offsets();
-            let ranges = (0..a.len()).map(|i| (o[i] as usize, (o[i + 1] - o[i]) as usize)).collect();
+            let ranges = (0..a.len())
+                .map(|i| (o[i] as usize, (o[i + 1] - o[i]) as usize))
+                .collect();
             (ranges, a.values().as_ref())
         }
         DataType::LargeList(_) => {
             let a = array.as_list::<i64>();
             let o = a.value_offsets();
-            let ranges = (0..a.len()).map(|i| (o[i] as usize, (o[i + 1] - o[i]) as usize)).collect();
+            let ranges = (0..a.len())
+                .map(|i| (o[i] as usize, (o[i + 1] - o[i]) as usize))
+                .collect();
             (ranges, a.values().as_ref())
         }
         other => {
@@ -304,7 +340,8 @@ fn write_list(array: &dyn Array, width: usize, mut t: Target<'_>) -> Result<()> 
     if let Some(row) = first_null(array.logical_nulls().as_ref(), 0..array.len()) {
         return Err(t.null_error(row));
     }
-    let (ranges, child) = list_ranges(array).map_err(|e| e.context(format!("feature column '{}'", t.column)))?;
+    let (ranges, child) =
+        list_ranges(array).map_err(|e| e.context(format!("feature column '{}'", t.column)))?;
     let values = Values::of(child, &format!("elements of feature column '{}'", t.column))?;
     let child_nulls = child.logical_nulls();
     for (row, &(start, len)) in ranges.iter().enumerate() {
@@ -339,12 +376,18 @@ fn write_list(array: &dyn Array, width: usize, mut t: Target<'_>) -> Result<()> 
 fn spark_vector_size(a: &StructArray, column: &str, row: usize) -> Result<usize> {
     let kind = a.column(0).as_primitive_opt::<arrow::datatypes::Int8Type>();
     let kind = kind.ok_or_else(|| {
-        Error::invalid(format!("Spark vector column '{column}' has a non-int8 'type' field"))
+        Error::invalid(format!(
+            "Spark vector column '{column}' has a non-int8 'type' field"
+        ))
     })?;
     if kind.value(row) == 0 {
-        let size = a.column(1).as_primitive_opt::<arrow::datatypes::Int32Type>();
+        let size = a
+            .column(1)
+            .as_primitive_opt::<arrow::datatypes::Int32Type>();
         let size = size.ok_or_else(|| {
-            Error::invalid(format!("Spark vector column '{column}' has a non-int32 'size' field"))
+            Error::invalid(format!(
+                "Spark vector column '{column}' has a non-int32 'size' field"
+            ))
         })?;
         Ok(size.value(row).max(0) as usize)
     } else {
@@ -362,7 +405,10 @@ fn write_spark_vector(a: Option<&StructArray>, width: usize, mut t: Target<'_>) 
         return Err(t.null_error(row));
     }
     let (value_ranges, value_child) = list_ranges(a.column(3).as_ref())?;
-    let values = Values::of(value_child, &format!("values of Spark vector column '{}'", t.column))?;
+    let values = Values::of(
+        value_child,
+        &format!("values of Spark vector column '{}'", t.column),
+    )?;
     let (index_ranges, index_child) = list_ranges(a.column(2).as_ref())?;
     let indices = index_child.as_primitive_opt::<arrow::datatypes::Int32Type>();
     for row in 0..a.len() {
@@ -377,11 +423,18 @@ fn write_spark_vector(a: Option<&StructArray>, width: usize, mut t: Target<'_>) 
             )));
         }
         let (start, len) = value_ranges[row];
-        let sparse = a.column(0).as_primitive::<arrow::datatypes::Int8Type>().value(row) == 0;
+        let sparse = a
+            .column(0)
+            .as_primitive::<arrow::datatypes::Int8Type>()
+            .value(row)
+            == 0;
         let mut result = Ok(());
         if sparse {
             let indices = indices.ok_or_else(|| {
-                Error::invalid(format!("Spark vector column '{}' has non-int32 indices", t.column))
+                Error::invalid(format!(
+                    "Spark vector column '{}' has non-int32 indices",
+                    t.column
+                ))
             })?;
             let (istart, ilen) = index_ranges[row];
             if ilen != len {
@@ -430,8 +483,8 @@ mod tests {
     use super::*;
     use crate::error::ErrorKind;
     use arrow::array::{
-        ArrayRef, FixedSizeListArray, Float32Array, Float64Array, Int32Array, Int8Array,
-        ListArray, StringArray,
+        ArrayRef, FixedSizeListArray, Float32Array, Float64Array, Int32Array, Int8Array, ListArray,
+        StringArray,
     };
     use arrow::datatypes::{Field, Float64Type};
     use std::sync::Arc;
@@ -484,7 +537,10 @@ mod tests {
 
     #[test]
     fn string_column_names_column_and_type() {
-        let b = batch(vec![("s", Arc::new(StringArray::from(vec!["x"])) as ArrayRef)]);
+        let b = batch(vec![(
+            "s",
+            Arc::new(StringArray::from(vec!["x"])) as ArrayRef,
+        )]);
         let e = dense(&b, &["s"]).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidInput);
         assert!(e.message().contains("'s' has type Utf8"), "{e}");
@@ -503,8 +559,15 @@ mod tests {
 
     #[test]
     fn nan_and_inf_name_column_and_row() {
-        for (v, word) in [(f64::NAN, "NaN"), (f64::INFINITY, "+Inf"), (1e300, "+Inf")] {
-            let b = batch(vec![("x", Arc::new(Float64Array::from(vec![1.0, v])) as ArrayRef)]);
+        for (v, word) in [
+            (f64::NAN, "NaN"),
+            (f64::INFINITY, "+Inf"),
+            (1e300, "1e300, beyond float32 range,"),
+        ] {
+            let b = batch(vec![(
+                "x",
+                Arc::new(Float64Array::from(vec![1.0, v])) as ArrayRef,
+            )]);
             let e = dense(&b, &["x"]).unwrap_err();
             assert!(e.message().contains(&format!("'x' has {word}")), "{e}");
             assert!(e.message().contains("at row 1"), "{e}");
@@ -521,14 +584,18 @@ mod tests {
         let b = batch(vec![("v", Arc::new(list) as ArrayRef)]);
         let e = dense(&b, &["v"]).unwrap_err();
         assert!(
-            e.message().contains("'v' has 1 elements at row 2, expected 2"),
+            e.message()
+                .contains("'v' has 1 elements at row 2, expected 2"),
             "{e}"
         );
     }
 
     #[test]
     fn row_numbers_continue_across_batches() {
-        let b1 = batch(vec![("x", Arc::new(Float32Array::from(vec![1.0, 2.0])) as ArrayRef)]);
+        let b1 = batch(vec![(
+            "x",
+            Arc::new(Float32Array::from(vec![1.0, 2.0])) as ArrayRef,
+        )]);
         let b2 = batch(vec![(
             "x",
             Arc::new(Float32Array::from(vec![Some(1.0), None])) as ArrayRef,
@@ -539,7 +606,7 @@ mod tests {
     }
 
     fn spark_vectors(rows: Vec<(i8, i32, Vec<i32>, Vec<f64>)>) -> ArrayRef {
-        use arrow::array::{Int8Builder, Int32Builder, ListBuilder, Float64Builder, StructArray};
+        use arrow::array::{Float64Builder, Int32Builder, Int8Builder, ListBuilder, StructArray};
         let mut kind = Int8Builder::new();
         let mut size = Int32Builder::new();
         let mut idx = ListBuilder::new(Int32Builder::new());
@@ -551,10 +618,30 @@ mod tests {
             val.append_value(v.into_iter().map(Some));
         }
         let fields: Vec<(Arc<Field>, ArrayRef)> = vec![
-            (Arc::new(Field::new("type", DataType::Int8, false)), Arc::new(kind.finish())),
-            (Arc::new(Field::new("size", DataType::Int32, true)), Arc::new(size.finish())),
-            (Arc::new(Field::new("indices", DataType::List(Arc::new(Field::new("item", DataType::Int32, true))), true)), Arc::new(idx.finish())),
-            (Arc::new(Field::new("values", DataType::List(Arc::new(Field::new("item", DataType::Float64, true))), true)), Arc::new(val.finish())),
+            (
+                Arc::new(Field::new("type", DataType::Int8, false)),
+                Arc::new(kind.finish()),
+            ),
+            (
+                Arc::new(Field::new("size", DataType::Int32, true)),
+                Arc::new(size.finish()),
+            ),
+            (
+                Arc::new(Field::new(
+                    "indices",
+                    DataType::List(Arc::new(Field::new("item", DataType::Int32, true))),
+                    true,
+                )),
+                Arc::new(idx.finish()),
+            ),
+            (
+                Arc::new(Field::new(
+                    "values",
+                    DataType::List(Arc::new(Field::new("item", DataType::Float64, true))),
+                    true,
+                )),
+                Arc::new(val.finish()),
+            ),
         ];
         let _ = Int8Array::from(vec![0i8]);
         Arc::new(StructArray::from(fields))
@@ -575,7 +662,10 @@ mod tests {
 
     #[test]
     fn spark_ml_vectors_of_mixed_sizes_are_rejected() {
-        let v = spark_vectors(vec![(1, 0, vec![], vec![1.0, 2.0]), (0, 3, vec![2], vec![7.0])]);
+        let v = spark_vectors(vec![
+            (1, 0, vec![], vec![1.0, 2.0]),
+            (0, 3, vec![2], vec![7.0]),
+        ]);
         let b = batch(vec![("features", v)]);
         let e = dense(&b, &["features"]).unwrap_err();
         assert!(e.message().contains("size 3 at row 1, expected 2"), "{e}");

@@ -72,7 +72,13 @@ pub fn read_labels(batches: &[RecordBatch], label: &str, task: Task) -> Result<L
     Ok(labels)
 }
 
-fn append_labels(array: &dyn Array, name: &str, first_row: usize, task: Task, out: &mut Labels) -> Result<()> {
+fn append_labels(
+    array: &dyn Array,
+    name: &str,
+    first_row: usize,
+    task: Task,
+    out: &mut Labels,
+) -> Result<()> {
     if let Some(row) = first_null(array.logical_nulls().as_ref(), 0..array.len()) {
         return Err(Error::invalid(format!(
             "label column '{name}' has a null at row {}",

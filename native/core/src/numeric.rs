@@ -144,8 +144,8 @@ pub fn describe_non_finite(v: f64) -> &'static str {
     if v.is_nan() {
         "NaN"
     } else if v > 0.0 {
-        "+Inf (or a value beyond float32 range)"
+        "+Inf"
     } else {
-        "-Inf (or a value beyond float32 range)"
+        "-Inf"
     }
 }

@@ -33,7 +33,11 @@ impl Outputs {
     pub fn prediction(&self) -> Float64Array {
         match self.task {
             Task::Regression => self.values.iter().map(|&v| v as f64).collect(),
-            Task::Binary => self.values.iter().map(|&p| if p >= 0.5 { 1.0 } else { 0.0 }).collect(),
+            Task::Binary => self
+                .values
+                .iter()
+                .map(|&p| if p >= 0.5 { 1.0 } else { 0.0 })
+                .collect(),
             Task::Multiclass { classes } => self
                 .values
                 .chunks_exact(classes)
@@ -137,7 +141,10 @@ pub fn append(
     if let (Some(name), Some(prob)) = (&names.probability, outputs.probability()) {
         add(name, Arc::new(prob))?;
     }
-    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?)
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
 }
 
 #[cfg(test)]
@@ -156,7 +163,10 @@ mod tests {
         let p = o.probability().unwrap();
         assert_eq!(p.len(), 2);
         let row = p.value(1);
-        assert_eq!(row.as_primitive::<Float32Type>().values().to_vec(), vec![0.5, 0.2, 0.3]);
+        assert_eq!(
+            row.as_primitive::<Float32Type>().values().to_vec(),
+            vec![0.5, 0.2, 0.3]
+        );
     }
 
     #[test]

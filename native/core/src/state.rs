@@ -115,9 +115,15 @@ fn decode(dtype: DType, data: &[u8]) -> Vec<f64> {
 
 fn encode(dtype: DType, values: &[f64]) -> Vec<u8> {
     match dtype {
-        DType::F32 => values.iter().flat_map(|&v| (v as f32).to_le_bytes()).collect(),
+        DType::F32 => values
+            .iter()
+            .flat_map(|&v| (v as f32).to_le_bytes())
+            .collect(),
         DType::F64 => values.iter().flat_map(|&v| v.to_le_bytes()).collect(),
-        DType::I64 => values.iter().flat_map(|&v| (v.round() as i64).to_le_bytes()).collect(),
+        DType::I64 => values
+            .iter()
+            .flat_map(|&v| (v.round() as i64).to_le_bytes())
+            .collect(),
     }
 }
 
@@ -185,7 +191,10 @@ impl State {
                 )));
             }
             if header.contains_key(&t.name) {
-                return Err(Error::invalid(format!("state has two tensors named '{}'", t.name)));
+                return Err(Error::invalid(format!(
+                    "state has two tensors named '{}'",
+                    t.name
+                )));
             }
             header.insert(
                 t.name.clone(),
@@ -197,7 +206,8 @@ impl State {
             );
             offset += expected;
         }
-        let mut json = serde_json::to_vec(&header).map_err(|e| Error::internal(format!("state header: {e}")))?;
+        let mut json = serde_json::to_vec(&header)
+            .map_err(|e| Error::internal(format!("state header: {e}")))?;
         // Pad the header with spaces so tensor data starts 8-byte aligned,
         // as the safetensors format recommends.
         while json.len() % 8 != 0 {
@@ -223,8 +233,16 @@ impl State {
             .collect();
         match extra.remove("format") {
             Some(f) if f == FORMAT => {}
-            Some(f) => return Err(corrupt(format!("unsupported format '{f}', expected {FORMAT}"))),
-            None => return Err(corrupt("no 'format' metadata (is it a plain safetensors file?)")),
+            Some(f) => {
+                return Err(corrupt(format!(
+                    "unsupported format '{f}', expected {FORMAT}"
+                )))
+            }
+            None => {
+                return Err(corrupt(
+                    "no 'format' metadata (is it a plain safetensors file?)",
+                ))
+            }
         }
         let number = |extra: &mut BTreeMap<String, String>, key: &str| -> Result<u64> {
             extra
@@ -318,7 +336,11 @@ impl WeightedSum {
         }
         if state.tensors.len() != self.tensors.len() {
             let theirs: Vec<&str> = state.tensors.iter().map(|t| t.name.as_str()).collect();
-            if let Some(missing) = self.tensors.iter().find(|t| !theirs.contains(&t.name.as_str())) {
+            if let Some(missing) = self
+                .tensors
+                .iter()
+                .find(|t| !theirs.contains(&t.name.as_str()))
+            {
                 return Err(Error::invalid(format!(
                     "state {index} lacks tensor '{}'",
                     missing.name
@@ -369,7 +391,9 @@ impl WeightedSum {
     /// the states' samples.
     pub fn average(&self) -> Result<State> {
         if self.weight <= 0.0 {
-            return Err(Error::invalid("cannot average states whose weights sum to zero"));
+            return Err(Error::invalid(
+                "cannot average states whose weights sum to zero",
+            ));
         }
         let tensors = self
             .tensors
@@ -523,7 +547,10 @@ mod tests {
         assert!(e.message().contains("not a valid stoker state"), "{e}");
         let mut bytes = state(&[1.0], 1.0, 1).to_bytes().unwrap();
         bytes.truncate(bytes.len() - 3);
-        assert_eq!(State::from_bytes(&bytes).unwrap_err().kind(), ErrorKind::InvalidInput);
+        assert_eq!(
+            State::from_bytes(&bytes).unwrap_err().kind(),
+            ErrorKind::InvalidInput
+        );
     }
 
     #[test]

@@ -34,19 +34,19 @@ impl Loss {
         Ok(match self {
             Loss::Mse => Task::Regression,
             Loss::BinaryCrossEntropy => Task::Binary,
-            Loss::CrossEntropy => match classes {
-                Some(c) if c >= 2 => Task::Multiclass { classes: c },
-                Some(c) => {
-                    return Err(Error::invalid(format!(
-                        "cross-entropy needs at least 2 classes, the model has {c}"
-                    )))
-                }
-                None => {
-                    return Err(Error::invalid(
+            Loss::CrossEntropy => {
+                match classes {
+                    Some(c) if c >= 2 => Task::Multiclass { classes: c },
+                    Some(c) => {
+                        return Err(Error::invalid(format!(
+                            "cross-entropy needs at least 2 classes, the model has {c}"
+                        )))
+                    }
+                    None => return Err(Error::invalid(
                         "cross-entropy needs the number of classes (num_classes in the model spec)",
-                    ))
+                    )),
                 }
-            },
+            }
         })
     }
 }
@@ -144,7 +144,11 @@ mod tests {
 
     #[test]
     fn task_codes_round_trip() {
-        for t in [Task::Regression, Task::Binary, Task::Multiclass { classes: 7 }] {
+        for t in [
+            Task::Regression,
+            Task::Binary,
+            Task::Multiclass { classes: 7 },
+        ] {
             assert_eq!(Task::decode(&t.encode()).unwrap(), t);
         }
         assert!(Task::decode("multiclass:1").is_err());

@@ -29,7 +29,9 @@ impl Dataset {
     ) -> Result<Dataset> {
         let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
         let labels = read_labels(batches, label, task)?;
-        let features = filled_matrix(rows, layout.width(), |buf| layout.write_batches(batches, 0, buf))?;
+        let features = filled_matrix(rows, layout.width(), |buf| {
+            layout.write_batches(batches, 0, buf)
+        })?;
         Self::from_parts(features, labels, device)
     }
 
@@ -37,7 +39,9 @@ impl Dataset {
     pub fn from_parts(features: Tensor, labels: Labels, device: Device) -> Result<Dataset> {
         let size = features.size();
         if size.len() != 2 {
-            return Err(Error::invalid(format!("features must be a matrix, got shape {size:?}")));
+            return Err(Error::invalid(format!(
+                "features must be a matrix, got shape {size:?}"
+            )));
         }
         let (rows, width) = (size[0] as usize, size[1] as usize);
         if labels.len() != rows {
@@ -52,8 +56,12 @@ impl Dataset {
         }
         .map_err(internal("label tensor"))?;
         Ok(Dataset {
-            features: features.f_to_device(device).map_err(internal("moving features to the device"))?,
-            labels: labels.f_to_device(device).map_err(internal("moving labels to the device"))?,
+            features: features
+                .f_to_device(device)
+                .map_err(internal("moving features to the device"))?,
+            labels: labels
+                .f_to_device(device)
+                .map_err(internal("moving labels to the device"))?,
             rows,
             width,
         })

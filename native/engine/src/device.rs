@@ -72,7 +72,9 @@ impl DeviceSpec {
                 } else {
                     Err(Error::new(
                         ErrorKind::Unavailable,
-                        format!("device cuda:{n} requested but this host has {count} CUDA device(s)"),
+                        format!(
+                            "device cuda:{n} requested but this host has {count} CUDA device(s)"
+                        ),
                     ))
                 }
             }

@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use stoker_core::{Error, FeatureLayout, Loss, Outputs, Result, State, StateMeta, Task, TensorData};
+use stoker_core::{
+    Error, FeatureLayout, Loss, Outputs, Result, State, StateMeta, Task, TensorData,
+};
 use tch::{Device, Kind, Tensor};
 
 use crate::network::{Mlp, Network, Script};
@@ -23,7 +25,8 @@ pub enum ModelSource {
 impl ModelSource {
     /// Reads a spec (`.json`) or TorchScript file (anything else).
     pub fn from_file(path: &std::path::Path) -> Result<ModelSource> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(format!("reading model {}", path.display()), e))?;
+        let bytes = std::fs::read(path)
+            .map_err(|e| Error::io(format!("reading model {}", path.display()), e))?;
         Self::from_bytes(bytes).map_err(|e| e.context(format!("model {}", path.display())))
     }
 
@@ -75,7 +78,13 @@ impl Model {
     /// `loss`. A spec needs `num_classes` for cross-entropy; a TorchScript
     /// module's number of classes is its output width, found by running it
     /// once on a row of zeros (which also checks it accepts the input).
-    pub fn build(source: &ModelSource, loss: Loss, input_width: usize, device: Device, seed: u64) -> Result<Model> {
+    pub fn build(
+        source: &ModelSource,
+        loss: Loss,
+        input_width: usize,
+        device: Device,
+        seed: u64,
+    ) -> Result<Model> {
         let (network, task) = match source {
             ModelSource::Spec(spec) => {
                 let task = spec.task(loss)?;
@@ -116,7 +125,9 @@ impl Model {
         let meta = &state.meta.extra;
         let loss: Loss = meta
             .get("loss")
-            .ok_or_else(|| Error::invalid("state has no 'loss' metadata; was it written by stoker?"))?
+            .ok_or_else(|| {
+                Error::invalid("state has no 'loss' metadata; was it written by stoker?")
+            })?
             .parse()?;
         let width: usize = meta
             .get("input_width")
@@ -153,7 +164,11 @@ impl Model {
 
     /// Total number of parameters.
     pub fn parameter_count(&self) -> usize {
-        self.network.parameters().iter().map(|(_, t)| t.numel()).sum()
+        self.network
+            .parameters()
+            .iter()
+            .map(|(_, t)| t.numel())
+            .sum()
     }
 
     /// Metadata every state of this model carries.
@@ -176,7 +191,13 @@ impl Model {
         self.network
             .parameters()
             .iter()
-            .map(|(name, t)| Ok(TensorData::from_f32(name.clone(), shape(t), &to_vec_f32(t)?)))
+            .map(|(name, t)| {
+                Ok(TensorData::from_f32(
+                    name.clone(),
+                    shape(t),
+                    &to_vec_f32(t)?,
+                ))
+            })
             .collect()
     }
 
@@ -229,7 +250,9 @@ impl Model {
     pub fn predict_tensor(&mut self, x: &Tensor) -> Result<Outputs> {
         let size = x.size();
         if size.len() != 2 {
-            return Err(Error::invalid(format!("features must be a matrix, got shape {size:?}")));
+            return Err(Error::invalid(format!(
+                "features must be a matrix, got shape {size:?}"
+            )));
         }
         self.check_width(size[1] as usize)?;
         let rows = size[0];
@@ -246,7 +269,9 @@ impl Model {
             let probs = match self.task {
                 Task::Regression => out,
                 Task::Binary => out.f_sigmoid().map_err(internal("sigmoid"))?,
-                Task::Multiclass { .. } => out.f_softmax(-1, Kind::Float).map_err(internal("softmax"))?,
+                Task::Multiclass { .. } => out
+                    .f_softmax(-1, Kind::Float)
+                    .map_err(internal("softmax"))?,
             };
             values.extend(to_vec_f32(&probs)?);
             start += len;
@@ -267,7 +292,9 @@ impl Model {
     ) -> Result<Outputs> {
         self.check_width(layout.width())?;
         let rows = batches.iter().map(|b| b.num_rows()).sum();
-        let x = filled_matrix(rows, layout.width(), |buf| layout.write_batches(batches, first_row, buf))?;
+        let x = filled_matrix(rows, layout.width(), |buf| {
+            layout.write_batches(batches, first_row, buf)
+        })?;
         self.predict_tensor(&x)
     }
 

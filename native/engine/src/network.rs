@@ -28,7 +28,9 @@ impl Network {
             Network::Script(s) => s.forward(x, train)?,
         };
         if out.dim() == 1 {
-            return out.f_view([-1, 1]).map_err(internal("reshaping model output"));
+            return out
+                .f_view([-1, 1])
+                .map_err(internal("reshaping model output"));
         }
         if out.dim() != 2 {
             return Err(Error::invalid(format!(
@@ -85,7 +87,11 @@ impl Network {
                 feed(&d.to_le_bytes());
             }
         }
-        let numel: i64 = self.parameters().iter().map(|(_, t)| t.numel() as i64).sum();
+        let numel: i64 = self
+            .parameters()
+            .iter()
+            .map(|(_, t)| t.numel() as i64)
+            .sum();
         format!("{}-{}p-{:016x}", self.kind(), numel, h)
     }
 }
@@ -101,7 +107,13 @@ impl Mlp {
     /// Builds the layers for `input` features and `outputs` outputs and
     /// initialises them like PyTorch's `nn.Linear` (uniform in
     /// ±1/sqrt(fan_in)), from stoker's own seeded generator.
-    pub fn new(spec: &ModelSpec, input: usize, outputs: usize, seed: u64, device: Device) -> Result<Mlp> {
+    pub fn new(
+        spec: &ModelSpec,
+        input: usize,
+        outputs: usize,
+        seed: u64,
+        device: Device,
+    ) -> Result<Mlp> {
         if let Some(d) = spec.input_dim {
             if d != input {
                 return Err(Error::invalid(format!(
@@ -184,13 +196,18 @@ impl Script {
     /// TorchScript archive are an `InvalidInput` error.
     pub fn load(bytes: &[u8], device: Device) -> Result<Script> {
         let mut reader = std::io::Cursor::new(bytes);
-        let module = CModule::load_data_on_device(&mut reader, device)
-            .map_err(err(ErrorKind::InvalidInput, "TorchScript model could not be loaded (is it a file written by torch.jit.save?)"))?;
-        let params = module
-            .named_parameters()
-            .map_err(err(ErrorKind::InvalidInput, "reading TorchScript parameters"))?;
+        let module = CModule::load_data_on_device(&mut reader, device).map_err(err(
+            ErrorKind::InvalidInput,
+            "TorchScript model could not be loaded (is it a file written by torch.jit.save?)",
+        ))?;
+        let params = module.named_parameters().map_err(err(
+            ErrorKind::InvalidInput,
+            "reading TorchScript parameters",
+        ))?;
         if params.is_empty() {
-            return Err(Error::invalid("TorchScript model has no parameters to train"));
+            return Err(Error::invalid(
+                "TorchScript model has no parameters to train",
+            ));
         }
         for (name, t) in &params {
             if t.kind() != Kind::Float {

@@ -95,7 +95,10 @@ impl OptimizerConfig {
             )));
         }
         if !(0.0..1.0).contains(&self.momentum) {
-            return Err(Error::invalid(format!("momentum must be in [0, 1), got {}", self.momentum)));
+            return Err(Error::invalid(format!(
+                "momentum must be in [0, 1), got {}",
+                self.momentum
+            )));
         }
         if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) {
             return Err(Error::invalid("Adam betas must be in [0, 1)"));
@@ -293,7 +296,10 @@ mod tests {
 
     #[test]
     fn names_parse() {
-        assert_eq!("AdamW".parse::<OptimizerKind>().unwrap(), OptimizerKind::Adamw);
+        assert_eq!(
+            "AdamW".parse::<OptimizerKind>().unwrap(),
+            OptimizerKind::Adamw
+        );
         assert_eq!("sgd".parse::<OptimizerKind>().unwrap(), OptimizerKind::Sgd);
         assert!("lbfgs".parse::<OptimizerKind>().is_err());
     }
@@ -304,11 +310,16 @@ mod tests {
             lr: -1.0,
             ..Default::default()
         };
-        assert!(c.validate().unwrap_err().message().contains("learning rate"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .message()
+            .contains("learning rate"));
         c.lr = 0.1;
         c.nesterov = true;
         assert!(c.validate().is_err());
-        let j: OptimizerConfig = serde_json::from_str(r#"{"name":"sgd","lr":0.1,"momentum":0.9}"#).unwrap();
+        let j: OptimizerConfig =
+            serde_json::from_str(r#"{"name":"sgd","lr":0.1,"momentum":0.9}"#).unwrap();
         assert_eq!(j.kind, OptimizerKind::Sgd);
         assert!(j.validate().is_ok());
     }
@@ -330,10 +341,29 @@ mod tests {
     #[test]
     fn every_optimizer_converges_on_a_quadratic() {
         for config in [
-            OptimizerConfig { kind: OptimizerKind::Sgd, lr: 0.05, ..Default::default() },
-            OptimizerConfig { kind: OptimizerKind::Sgd, lr: 0.05, momentum: 0.9, nesterov: true, ..Default::default() },
-            OptimizerConfig { kind: OptimizerKind::Adam, lr: 0.1, ..Default::default() },
-            OptimizerConfig { kind: OptimizerKind::Adamw, lr: 0.1, weight_decay: Some(0.0), ..Default::default() },
+            OptimizerConfig {
+                kind: OptimizerKind::Sgd,
+                lr: 0.05,
+                ..Default::default()
+            },
+            OptimizerConfig {
+                kind: OptimizerKind::Sgd,
+                lr: 0.05,
+                momentum: 0.9,
+                nesterov: true,
+                ..Default::default()
+            },
+            OptimizerConfig {
+                kind: OptimizerKind::Adam,
+                lr: 0.1,
+                ..Default::default()
+            },
+            OptimizerConfig {
+                kind: OptimizerKind::Adamw,
+                lr: 0.1,
+                weight_decay: Some(0.0),
+                ..Default::default()
+            },
         ] {
             let v = quadratic_steps(config.clone());
             for x in v {
@@ -352,8 +382,18 @@ mod tests {
         opt.step(&params).unwrap();
         let exported = opt.export(&params).unwrap();
         let names: Vec<_> = exported.iter().map(|t| t.name.as_str()).collect();
-        assert_eq!(names, ["optimizer/w/exp_avg", "optimizer/w/exp_avg_sq", "optimizer/step"]);
-        let state = stoker_core::State { tensors: exported, ..Default::default() };
+        assert_eq!(
+            names,
+            [
+                "optimizer/w/exp_avg",
+                "optimizer/w/exp_avg_sq",
+                "optimizer/step"
+            ]
+        );
+        let state = stoker_core::State {
+            tensors: exported,
+            ..Default::default()
+        };
         let mut fresh = Optimizer::new(OptimizerConfig::default(), &params).unwrap();
         fresh.import(&params, &state).unwrap();
         assert_eq!(fresh.steps(), 1);

@@ -76,7 +76,9 @@ impl ModelSpec {
             )));
         }
         if self.hidden.contains(&0) {
-            return Err(Error::invalid("model spec: hidden layer sizes must be positive"));
+            return Err(Error::invalid(
+                "model spec: hidden layer sizes must be positive",
+            ));
         }
         if self.model_type != ModelType::Mlp && !self.hidden.is_empty() {
             return Err(Error::invalid(

@@ -127,7 +127,8 @@ impl Trainer {
     /// Loads parameters and, when present, optimizer state.
     pub fn load_state(&mut self, state: &State) -> Result<()> {
         self.model.load_parameters(state)?;
-        self.optimizer.import(self.model.network().parameters(), state)
+        self.optimizer
+            .import(self.model.network().parameters(), state)
     }
 
     /// Trains on `data`; `progress` is called after every epoch.
@@ -156,11 +157,17 @@ impl Trainer {
         // training consumes it meanwhile: networks that draw from it hold
         // RNG_LOCK for the whole call (others train concurrently).
         let _rng = if self.model.network().uses_torch_rng() {
-            Some(RNG_LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+            Some(
+                RNG_LOCK
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            )
         } else {
             None
         };
-        tch::manual_seed(Rng::derive(opts.seed, &[opts.round, opts.partition, 0xd0]).next_u64() as i64);
+        tch::manual_seed(
+            Rng::derive(opts.seed, &[opts.round, opts.partition, 0xd0]).next_u64() as i64,
+        );
         let device = self.model.device();
         let started = Instant::now();
         let mut steps = 0;
@@ -172,7 +179,8 @@ impl Trainer {
         for epoch in 0..epoch_count {
             let epoch_start = Instant::now();
             let order = if opts.shuffle {
-                let perm = Rng::derive(opts.seed, &[opts.round, opts.partition, epoch as u64]).permutation(rows);
+                let perm = Rng::derive(opts.seed, &[opts.round, opts.partition, epoch as u64])
+                    .permutation(rows);
                 Some(
                     Tensor::f_from_slice(&perm)
                         .and_then(|t| t.f_to_device(device))
@@ -183,7 +191,8 @@ impl Trainer {
             };
             // Loss is summed on the device and read once per epoch: reading
             // it every step would synchronise the GPU every step.
-            let mut loss_sum = Tensor::f_zeros([], (Kind::Double, device)).map_err(internal("loss accumulator"))?;
+            let mut loss_sum = Tensor::f_zeros([], (Kind::Double, device))
+                .map_err(internal("loss accumulator"))?;
             let mut seen = 0usize;
             let mut start = 0usize;
             while start < rows {
@@ -194,7 +203,12 @@ impl Trainer {
                 let (x, y) = batch(data, order.as_ref(), start, len)?;
                 let loss = self.step(&x, &y)?;
                 loss_sum = loss_sum
-                    .f_add(&loss.f_detach().and_then(|l| l.f_mul_scalar(len as f64)).map_err(internal("loss"))?)
+                    .f_add(
+                        &loss
+                            .f_detach()
+                            .and_then(|l| l.f_mul_scalar(len as f64))
+                            .map_err(internal("loss"))?,
+                    )
                     .map_err(internal("loss accumulator"))?;
                 seen += len;
                 steps += 1;
@@ -203,7 +217,10 @@ impl Trainer {
             if seen == 0 {
                 break;
             }
-            let loss = loss_sum.f_double_value(&[]).map_err(internal("reading loss"))? / seen as f64;
+            let loss = loss_sum
+                .f_double_value(&[])
+                .map_err(internal("reading loss"))?
+                / seen as f64;
             if !loss.is_finite() {
                 return Err(Error::invalid(format!(
                     "training diverged: loss is {loss} in epoch {}; lower the learning rate or scale the features",
@@ -240,7 +257,12 @@ impl Trainer {
     }
 }
 
-fn batch(data: &Dataset, order: Option<&Tensor>, start: usize, len: usize) -> Result<(Tensor, Tensor)> {
+fn batch(
+    data: &Dataset,
+    order: Option<&Tensor>,
+    start: usize,
+    len: usize,
+) -> Result<(Tensor, Tensor)> {
     let r = match order {
         Some(order) => order.f_narrow(0, start as i64, len as i64).and_then(|idx| {
             Ok((
@@ -259,11 +281,15 @@ fn batch(data: &Dataset, order: Option<&Tensor>, start: usize, len: usize) -> Re
 /// The mean loss of a batch. `out` is `[rows, outputs]`.
 pub fn loss(loss: Loss, task: Task, out: &Tensor, y: &Tensor) -> Result<Tensor> {
     let r = match (loss, task) {
-        (Loss::CrossEntropy, _) => out.f_cross_entropy_loss::<Tensor>(y, None, Reduction::Mean, -100, 0.0),
+        (Loss::CrossEntropy, _) => {
+            out.f_cross_entropy_loss::<Tensor>(y, None, Reduction::Mean, -100, 0.0)
+        }
         (Loss::BinaryCrossEntropy, _) => out.f_view([-1]).and_then(|o| {
             o.f_binary_cross_entropy_with_logits::<Tensor>(y, None, None, Reduction::Mean)
         }),
-        (Loss::Mse, _) => out.f_view([-1]).and_then(|o| o.f_mse_loss(y, Reduction::Mean)),
+        (Loss::Mse, _) => out
+            .f_view([-1])
+            .and_then(|o| o.f_mse_loss(y, Reduction::Mean)),
     };
     r.map_err(internal(format!("computing {loss} loss")))
 }

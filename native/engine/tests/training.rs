@@ -7,14 +7,19 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, Float32Array, Int64Array, RecordBatch};
 use stoker_core::{ErrorKind, FeatureLayout, Loss, State, Task, WeightedSum};
 use stoker_engine::model::ModelSource;
-use stoker_engine::{Dataset, Model, ModelSpec, OptimizerConfig, OptimizerKind, TrainOptions, Trainer};
+use stoker_engine::{
+    Dataset, Model, ModelSpec, OptimizerConfig, OptimizerKind, TrainOptions, Trainer,
+};
 use tch::Device;
 
 /// A small deterministic generator for test data.
 struct Lcg(u64);
 impl Lcg {
     fn next(&mut self) -> f32 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((self.0 >> 40) as f32) / (1u64 << 24) as f32
     }
     fn normal(&mut self) -> f32 {
@@ -86,11 +91,15 @@ fn options(epochs: usize, seed: u64) -> TrainOptions {
 
 fn accuracy(model: &mut Model, batch: &RecordBatch) -> f64 {
     let layout = FeatureLayout::resolve(&batch.schema(), &features(), Some(batch)).unwrap();
-    let out = model.predict_batches(std::slice::from_ref(batch), &layout, 0).unwrap();
+    let out = model
+        .predict_batches(std::slice::from_ref(batch), &layout, 0)
+        .unwrap();
     let pred = out.prediction();
     let y = batch.column_by_name("y").unwrap();
     let y = y.as_any().downcast_ref::<Int64Array>().unwrap();
-    let hits = (0..batch.num_rows()).filter(|&i| pred.value(i) as i64 == y.value(i)).count();
+    let hits = (0..batch.num_rows())
+        .filter(|&i| pred.value(i) as i64 == y.value(i))
+        .count();
     hits as f64 / batch.num_rows() as f64
 }
 
@@ -101,9 +110,14 @@ fn mlp_reaches_95_percent_held_out_on_a_nonlinear_task() {
     let mut t = trainer(&mlp(0.0), 7);
     let data = dataset(&train, t.model().task());
     let mut epochs_seen = 0;
-    let report = t.train(&data, &options(20, 7), &mut |_| epochs_seen += 1).unwrap();
+    let report = t
+        .train(&data, &options(20, 7), &mut |_| epochs_seen += 1)
+        .unwrap();
     assert_eq!(epochs_seen, 20);
-    assert!(report.final_loss() < report.epochs[0].loss, "loss did not fall: {report:?}");
+    assert!(
+        report.final_loss() < report.epochs[0].loss,
+        "loss did not fall: {report:?}"
+    );
     let acc = accuracy(t.model_mut(), &test);
     assert!(acc >= 0.95, "held-out accuracy {acc}");
 }
@@ -136,12 +150,23 @@ fn state_round_trip_restores_predictions_and_optimizer() {
     fresh.load_state(&state).unwrap();
     assert_eq!(fresh.optimizer().steps(), t.optimizer().steps());
     let layout = FeatureLayout::resolve(&train.schema(), &features(), Some(&train)).unwrap();
-    let a = t.model_mut().predict_batches(std::slice::from_ref(&train), &layout, 0).unwrap();
-    let b = fresh.model_mut().predict_batches(std::slice::from_ref(&train), &layout, 0).unwrap();
+    let a = t
+        .model_mut()
+        .predict_batches(std::slice::from_ref(&train), &layout, 0)
+        .unwrap();
+    let b = fresh
+        .model_mut()
+        .predict_batches(std::slice::from_ref(&train), &layout, 0)
+        .unwrap();
     assert_eq!(a, b);
 
     let mut loaded = Model::from_state(&mlp(0.0), &state, Device::Cpu).unwrap();
-    assert_eq!(loaded.predict_batches(std::slice::from_ref(&train), &layout, 0).unwrap(), a);
+    assert_eq!(
+        loaded
+            .predict_batches(std::slice::from_ref(&train), &layout, 0)
+            .unwrap(),
+        a
+    );
 }
 
 #[test]
@@ -155,7 +180,12 @@ fn averaging_identical_trained_states_is_the_identity() {
     sum.add(&state, 100.0).unwrap();
     let avg = sum.average().unwrap();
     for tensor in &state.tensors {
-        assert_eq!(avg.tensor(&tensor.name).unwrap().data, tensor.data, "{}", tensor.name);
+        assert_eq!(
+            avg.tensor(&tensor.name).unwrap().data,
+            tensor.data,
+            "{}",
+            tensor.name
+        );
     }
 }
 
@@ -216,17 +246,43 @@ fn regression_and_binary_models_train() {
         ..Default::default()
     };
     let mut t = Trainer::new(model, sgd).unwrap();
-    let data = Dataset::from_batches(std::slice::from_ref(&batch), &layout, "y", Task::Regression, Device::Cpu).unwrap();
+    let data = Dataset::from_batches(
+        std::slice::from_ref(&batch),
+        &layout,
+        "y",
+        Task::Regression,
+        Device::Cpu,
+    )
+    .unwrap();
     let report = t.train(&data, &options(10, 1), &mut |_| {}).unwrap();
     assert!(report.final_loss() < 1e-3, "{report:?}");
-    let w = t.state(0, 0).unwrap().tensor("layers.0.weight").unwrap().to_f32()[0];
+    let w = t
+        .state(0, 0)
+        .unwrap()
+        .tensor("layers.0.weight")
+        .unwrap()
+        .to_f32()[0];
     assert!((w - 3.0).abs() < 0.02, "weight {w}");
 
     let spec = ModelSource::Spec(ModelSpec::from_json(r#"{"type":"mlp","hidden":[8]}"#).unwrap());
     let model = Model::build(&spec, Loss::BinaryCrossEntropy, 1, Device::Cpu, 1).unwrap();
     assert_eq!(model.task(), Task::Binary);
-    let mut t = Trainer::new(model, OptimizerConfig { lr: 0.02, ..Default::default() }).unwrap();
-    let data = Dataset::from_batches(std::slice::from_ref(&batch), &layout, "yb", Task::Binary, Device::Cpu).unwrap();
+    let mut t = Trainer::new(
+        model,
+        OptimizerConfig {
+            lr: 0.02,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let data = Dataset::from_batches(
+        std::slice::from_ref(&batch),
+        &layout,
+        "yb",
+        Task::Binary,
+        Device::Cpu,
+    )
+    .unwrap();
     let report = t.train(&data, &options(10, 1), &mut |_| {}).unwrap();
     assert!(report.final_loss() < 0.2, "{report:?}");
 }
@@ -236,12 +292,22 @@ fn label_out_of_range_names_column_row_and_classes() {
     let mut batch = rings(10, 12);
     let mut y: Vec<i64> = (0..10).map(|i| i % 2).collect();
     y[7] = 5;
-    let cols: Vec<ArrayRef> = batch.columns()[..4].iter().cloned().chain([Arc::new(Int64Array::from(y)) as ArrayRef]).collect();
+    let cols: Vec<ArrayRef> = batch.columns()[..4]
+        .iter()
+        .cloned()
+        .chain([Arc::new(Int64Array::from(y)) as ArrayRef])
+        .collect();
     batch = RecordBatch::try_new(batch.schema(), cols).unwrap();
     let layout = FeatureLayout::resolve(&batch.schema(), &features(), Some(&batch)).unwrap();
-    let e = Dataset::from_batches(&[batch], &layout, "y", Task::Multiclass { classes: 2 }, Device::Cpu)
-        .err()
-        .unwrap();
+    let e = Dataset::from_batches(
+        &[batch],
+        &layout,
+        "y",
+        Task::Multiclass { classes: 2 },
+        Device::Cpu,
+    )
+    .err()
+    .unwrap();
     assert_eq!(e.kind(), ErrorKind::InvalidInput);
     assert!(e.message().contains("'y' has 5 at row 7"), "{e}");
     assert!(e.message().contains("2 classes"), "{e}");
@@ -250,7 +316,9 @@ fn label_out_of_range_names_column_row_and_classes() {
 #[test]
 fn a_state_of_another_architecture_is_refused_by_name() {
     let small = trainer(&mlp(0.0), 1).state(0, 0).unwrap();
-    let wide = ModelSource::Spec(ModelSpec::from_json(r#"{"type":"mlp","hidden":[64],"num_classes":2}"#).unwrap());
+    let wide = ModelSource::Spec(
+        ModelSpec::from_json(r#"{"type":"mlp","hidden":[64],"num_classes":2}"#).unwrap(),
+    );
     let mut model = Model::build(&wide, Loss::CrossEntropy, 4, Device::Cpu, 1).unwrap();
     let e = model.load_parameters(&small).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidInput);
@@ -260,7 +328,11 @@ fn a_state_of_another_architecture_is_refused_by_name() {
     let mut anonymous = small.clone();
     anonymous.meta.model_id.clear();
     let e = model.load_parameters(&anonymous).unwrap_err();
-    assert!(e.message().contains("tensor 'layers.0.weight' has shape [32, 4]"), "{e}");
+    assert!(
+        e.message()
+            .contains("tensor 'layers.0.weight' has shape [32, 4]"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -270,17 +342,33 @@ fn wrong_feature_width_is_an_error_not_a_crash() {
     let layout = FeatureLayout::resolve(&batch.schema(), &features(), Some(&batch)).unwrap();
     let e = model.predict_batches(&[batch], &layout, 0).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidInput);
-    assert!(e.message().contains("expects 3 features per row, the input has 4"), "{e}");
+    assert!(
+        e.message()
+            .contains("expects 3 features per row, the input has 4"),
+        "{e}"
+    );
 }
 
 #[test]
 fn corrupt_torchscript_and_state_bytes_are_invalid_input() {
-    let source = ModelSource::from_bytes(b"PK\x03\x04 definitely not a TorchScript archive".to_vec()).unwrap();
-    let e = Model::build(&source, Loss::Mse, 4, Device::Cpu, 1).err().unwrap();
+    let source =
+        ModelSource::from_bytes(b"PK\x03\x04 definitely not a TorchScript archive".to_vec())
+            .unwrap();
+    let e = Model::build(&source, Loss::Mse, 4, Device::Cpu, 1)
+        .err()
+        .unwrap();
     assert_eq!(e.kind(), ErrorKind::InvalidInput);
-    assert!(e.message().contains("TorchScript model could not be loaded"), "{e}");
+    assert!(
+        e.message()
+            .contains("TorchScript model could not be loaded"),
+        "{e}"
+    );
 
-    let mut bytes = trainer(&mlp(0.0), 1).state(0, 0).unwrap().to_bytes().unwrap();
+    let mut bytes = trainer(&mlp(0.0), 1)
+        .state(0, 0)
+        .unwrap()
+        .to_bytes()
+        .unwrap();
     bytes.truncate(bytes.len() / 2);
     let e = State::from_bytes(&bytes).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidInput);

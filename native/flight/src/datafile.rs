@@ -18,29 +18,44 @@ fn open(path: &Path) -> Result<File> {
 
 fn is_parquet(path: &Path) -> bool {
     matches!(
-        path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref(),
+        path.extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+            .as_deref(),
         Some("parquet" | "pq")
     )
 }
 
+/// The batches of a file, read one at a time.
+pub type Batches = Box<dyn Iterator<Item = Result<RecordBatch>>>;
+
 /// A streaming reader over a data file's batches.
-pub fn read(path: &Path) -> Result<(SchemaRef, Box<dyn Iterator<Item = Result<RecordBatch>>>)> {
+pub fn read(path: &Path) -> Result<(SchemaRef, Batches)> {
     let context = format!("reading {}", path.display());
     if is_parquet(path) {
-        let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(open(path)?)
-            .map_err(|e| Error::invalid(format!("{context}: not a readable Parquet file: {e}")))?;
+        let builder =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(open(path)?)
+                .map_err(|e| {
+                    Error::invalid(format!("{context}: not a readable Parquet file: {e}"))
+                })?;
         let reader = builder
             .with_batch_size(READ_BATCH_ROWS)
             .build()
             .map_err(|e| Error::invalid(format!("{context}: {e}")))?;
         let schema = reader.schema();
         let ctx = context.clone();
-        return Ok((schema, Box::new(reader.map(move |b| b.map_err(|e| Error::from(e).context(&ctx))))));
+        return Ok((
+            schema,
+            Box::new(reader.map(move |b| b.map_err(|e| Error::from(e).context(&ctx)))),
+        ));
     }
     if let Ok(reader) = arrow::ipc::reader::FileReader::try_new(open(path)?, None) {
         let schema = reader.schema();
         let ctx = context.clone();
-        return Ok((schema, Box::new(reader.map(move |b| b.map_err(|e| Error::from(e).context(&ctx))))));
+        return Ok((
+            schema,
+            Box::new(reader.map(move |b| b.map_err(|e| Error::from(e).context(&ctx)))),
+        ));
     }
     let reader = arrow::ipc::reader::StreamReader::try_new(open(path)?, None).map_err(|e| {
         Error::invalid(format!(
@@ -48,7 +63,10 @@ pub fn read(path: &Path) -> Result<(SchemaRef, Box<dyn Iterator<Item = Result<Re
         ))
     })?;
     let schema = reader.schema();
-    Ok((schema, Box::new(reader.map(move |b| b.map_err(|e| Error::from(e).context(&context))))))
+    Ok((
+        schema,
+        Box::new(reader.map(move |b| b.map_err(|e| Error::from(e).context(&context)))),
+    ))
 }
 
 /// All batches of a data file.
@@ -70,7 +88,8 @@ enum WriterKind {
 
 impl Writer {
     pub fn create(path: &Path, schema: SchemaRef) -> Result<Writer> {
-        let file = File::create(path).map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+        let file =
+            File::create(path).map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
         let inner = if is_parquet(path) {
             WriterKind::Parquet(
                 parquet::arrow::ArrowWriter::try_new(file, schema, None)
@@ -90,7 +109,12 @@ impl Writer {
             WriterKind::Parquet(w) => w.write(batch).map_err(|e| e.to_string()),
             WriterKind::Ipc(w) => w.write(batch).map_err(|e| e.to_string()),
         };
-        r.map_err(|e| Error::new(stoker_core::ErrorKind::Io, format!("writing {}: {e}", self.path)))
+        r.map_err(|e| {
+            Error::new(
+                stoker_core::ErrorKind::Io,
+                format!("writing {}: {e}", self.path),
+            )
+        })
     }
 
     pub fn finish(self) -> Result<()> {
@@ -98,7 +122,12 @@ impl Writer {
             WriterKind::Parquet(w) => w.close().map(|_| ()).map_err(|e| e.to_string()),
             WriterKind::Ipc(mut w) => w.finish().map_err(|e| e.to_string()),
         };
-        r.map_err(|e| Error::new(stoker_core::ErrorKind::Io, format!("finishing {}: {e}", self.path)))
+        r.map_err(|e| {
+            Error::new(
+                stoker_core::ErrorKind::Io,
+                format!("finishing {}: {e}", self.path),
+            )
+        })
     }
 }
 

@@ -97,7 +97,9 @@ impl<T: Default> ErrorPolicy<T, BridgeError> for ThrowStoker {
         }
         match err {
             BridgeError::Stoker(e) => throw(env, exception_class(e.kind()), e.message())?,
-            BridgeError::Jni(e) => throw(env, BASE_EXCEPTION, &format!("JNI error in stoker: {e}"))?,
+            BridgeError::Jni(e) => {
+                throw(env, BASE_EXCEPTION, &format!("JNI error in stoker: {e}"))?
+            }
         }
         Ok(T::default())
     }
@@ -107,7 +109,10 @@ impl<T: Default> ErrorPolicy<T, BridgeError> for ThrowStoker {
         _cap: &mut Self::Captures<'unowned_env_local, 'native_method>,
         payload: Box<dyn std::any::Any + Send + 'static>,
     ) -> jni::errors::Result<T> {
-        let message = format!("stoker native code panicked: {}", panic_message(payload.as_ref()));
+        let message = format!(
+            "stoker native code panicked: {}",
+            panic_message(payload.as_ref())
+        );
         if !env.exception_check() {
             throw(env, BASE_EXCEPTION, &message)?;
         }

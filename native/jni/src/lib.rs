@@ -19,11 +19,17 @@ pub extern "system" fn Java_dev_stoker_jni_NativeBridge_version<'caller>(
     mut env: EnvUnowned<'caller>,
     _class: JClass<'caller>,
 ) -> JString<'caller> {
-    env.with_env(|env| -> BridgeResult<_> { Ok(JString::from_str(env, env!("CARGO_PKG_VERSION"))?) })
-        .resolve::<ThrowStoker>()
+    env.with_env(|env| -> BridgeResult<_> {
+        Ok(JString::from_str(env, env!("CARGO_PKG_VERSION"))?)
+    })
+    .resolve::<ThrowStoker>()
 }
 
-fn read_states(env: &mut Env<'_>, states: &JObjectArray<'_, JByteArray<'_>>, weights: &JDoubleArray<'_>) -> BridgeResult<Vec<u8>> {
+fn read_states(
+    env: &mut Env<'_>,
+    states: &JObjectArray<'_, JByteArray<'_>>,
+    weights: &JDoubleArray<'_>,
+) -> BridgeResult<Vec<u8>> {
     let n = states.len(env)?;
     let w_len = weights.len(env)?;
     if n != w_len {

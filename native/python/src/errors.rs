@@ -5,13 +5,48 @@ use pyo3::exceptions::PyException;
 use pyo3::{create_exception, PyErr};
 use stoker_core::{Error, ErrorKind};
 
-create_exception!(_native, StokerError, PyException, "Base class of every stoker error.");
-create_exception!(_native, InvalidInputError, StokerError, "Bad input: column, type, value, model or state bytes.");
-create_exception!(_native, NotFoundError, StokerError, "A job, model, file or tensor that does not exist.");
-create_exception!(_native, CacheMissError, StokerError, "The server no longer holds a partition; send it again.");
-create_exception!(_native, ResourceExhaustedError, StokerError, "A byte budget or message limit would be exceeded.");
-create_exception!(_native, UnauthenticatedError, StokerError, "Missing or wrong credentials.");
-create_exception!(_native, ServerUnavailableError, StokerError, "The stoker server or device is not reachable.");
+create_exception!(
+    _native,
+    StokerError,
+    PyException,
+    "Base class of every stoker error."
+);
+create_exception!(
+    _native,
+    InvalidInputError,
+    StokerError,
+    "Bad input: column, type, value, model or state bytes."
+);
+create_exception!(
+    _native,
+    NotFoundError,
+    StokerError,
+    "A job, model, file or tensor that does not exist."
+);
+create_exception!(
+    _native,
+    CacheMissError,
+    StokerError,
+    "The server no longer holds a partition; send it again."
+);
+create_exception!(
+    _native,
+    ResourceExhaustedError,
+    StokerError,
+    "A byte budget or message limit would be exceeded."
+);
+create_exception!(
+    _native,
+    UnauthenticatedError,
+    StokerError,
+    "Missing or wrong credentials."
+);
+create_exception!(
+    _native,
+    ServerUnavailableError,
+    StokerError,
+    "The stoker server or device is not reachable."
+);
 
 /// The Python exception for a stoker error.
 pub fn to_py(e: Error) -> PyErr {

@@ -11,7 +11,11 @@ use stoker_core::{Error, WeightedSum};
 /// Weighted average of serialized states (safetensors bytes), returned as
 /// state bytes. Runs without the GIL.
 #[pyfunction]
-fn average_states<'py>(py: Python<'py>, states: Vec<Vec<u8>>, weights: Vec<f64>) -> PyResult<Bound<'py, PyBytes>> {
+fn average_states<'py>(
+    py: Python<'py>,
+    states: Vec<Vec<u8>>,
+    weights: Vec<f64>,
+) -> PyResult<Bound<'py, PyBytes>> {
     let out = py
         .detach(move || -> stoker_core::Result<Vec<u8>> {
             if states.len() != weights.len() {
@@ -42,11 +46,23 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(average_states, m)?)?;
     m.add("StokerError", py.get_type::<errors::StokerError>())?;
-    m.add("InvalidInputError", py.get_type::<errors::InvalidInputError>())?;
+    m.add(
+        "InvalidInputError",
+        py.get_type::<errors::InvalidInputError>(),
+    )?;
     m.add("NotFoundError", py.get_type::<errors::NotFoundError>())?;
     m.add("CacheMissError", py.get_type::<errors::CacheMissError>())?;
-    m.add("ResourceExhaustedError", py.get_type::<errors::ResourceExhaustedError>())?;
-    m.add("UnauthenticatedError", py.get_type::<errors::UnauthenticatedError>())?;
-    m.add("ServerUnavailableError", py.get_type::<errors::ServerUnavailableError>())?;
+    m.add(
+        "ResourceExhaustedError",
+        py.get_type::<errors::ResourceExhaustedError>(),
+    )?;
+    m.add(
+        "UnauthenticatedError",
+        py.get_type::<errors::UnauthenticatedError>(),
+    )?;
+    m.add(
+        "ServerUnavailableError",
+        py.get_type::<errors::ServerUnavailableError>(),
+    )?;
     Ok(())
 }

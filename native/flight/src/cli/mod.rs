@@ -12,7 +12,11 @@ use clap::{Parser, Subcommand};
 use stoker_core::{Error, ErrorKind, Result};
 
 #[derive(Parser, Debug)]
-#[command(name = "stoker", version, about = "Train and run libtorch models on Arrow data")]
+#[command(
+    name = "stoker",
+    version,
+    about = "Train and run libtorch models on Arrow data"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -69,10 +73,13 @@ fn split_columns(list: &str) -> Vec<String> {
 }
 
 fn read_state(path: &PathBuf) -> Result<stoker_core::State> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(format!("reading state {}", path.display()), e))?;
-    stoker_core::State::from_bytes(&bytes).map_err(|e| e.context(format!("state {}", path.display())))
+    let bytes = std::fs::read(path)
+        .map_err(|e| Error::io(format!("reading state {}", path.display()), e))?;
+    stoker_core::State::from_bytes(&bytes)
+        .map_err(|e| e.context(format!("state {}", path.display())))
 }
 
 fn write_state(path: &PathBuf, state: &stoker_core::State) -> Result<()> {
-    std::fs::write(path, state.to_bytes()?).map_err(|e| Error::io(format!("writing {}", path.display()), e))
+    std::fs::write(path, state.to_bytes()?)
+        .map_err(|e| Error::io(format!("writing {}", path.display()), e))
 }

@@ -42,12 +42,21 @@ pub fn run(a: PredictArgs) -> Result<()> {
     let device = a.device.parse::<DeviceSpec>()?.resolve()?;
     let source = ModelSource::from_file(&a.model)?;
     let state = super::read_state(&a.state)?;
-    let mut model = Model::from_state(&source, &state, device)
-        .map_err(|e| e.context(format!("loading {} into {}", a.state.display(), a.model.display())))?;
+    let mut model = Model::from_state(&source, &state, device).map_err(|e| {
+        e.context(format!(
+            "loading {} into {}",
+            a.state.display(),
+            a.model.display()
+        ))
+    })?;
     let features = match (&a.features, state.meta.extra.get("features")) {
         (Some(f), _) => super::split_columns(f),
         (None, Some(f)) => super::split_columns(f),
-        (None, None) => return Err(Error::invalid("--features is required: the state does not record its feature columns")),
+        (None, None) => {
+            return Err(Error::invalid(
+                "--features is required: the state does not record its feature columns",
+            ))
+        }
     };
     let keep = a.keep.as_deref().map(super::split_columns);
     let names = OutputColumns {
@@ -67,8 +76,7 @@ pub fn run(a: PredictArgs) -> Result<()> {
             Some(l) => l,
             None => layout.insert(FeatureLayout::resolve(&schema, &features, Some(&batch))?),
         };
-        let outputs = model
-            .predict_batches(std::slice::from_ref(&batch), l, rows)?;
+        let outputs = model.predict_batches(std::slice::from_ref(&batch), l, rows)?;
         let out = append(&batch, keep.as_deref(), &outputs, &names)?;
         let w = match &mut writer {
             Some(w) => w,

@@ -5,7 +5,9 @@ use clap::Args;
 use stoker_core::labels::label_is_integer;
 use stoker_core::{Error, FeatureLayout, Loss, Result, Task};
 use stoker_engine::model::ModelSource;
-use stoker_engine::{Dataset, DeviceSpec, Model, OptimizerConfig, OptimizerKind, TrainOptions, Trainer};
+use stoker_engine::{
+    Dataset, DeviceSpec, Model, OptimizerConfig, OptimizerKind, TrainOptions, Trainer,
+};
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
@@ -85,28 +87,8 @@ fn infer_classes(batches: &[arrow::array::RecordBatch], label: &str) -> Result<u
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
+    // Flags first: a typo should fail before any data is read.
     let device = a.device.parse::<DeviceSpec>()?.resolve()?;
-    let mut source = ModelSource::from_file(&a.model)?;
-    let (schema, batches) = crate::datafile::read_all(&a.data)?;
-    let features = super::split_columns(&a.features);
-    let layout = FeatureLayout::resolve(&schema, &features, batches.iter().find(|b| b.num_rows() > 0))?;
-    let integer_label = label_is_integer(&schema, &a.label)?;
-    let loss: Loss = match &a.loss {
-        Some(l) => l.parse()?,
-        None => source.default_loss(integer_label),
-    };
-    if let ModelSource::Spec(spec) = &mut source {
-        if loss == Loss::CrossEntropy && spec.num_classes.is_none() {
-            let classes = infer_classes(&batches, &a.label)?;
-            if !a.quiet {
-                eprintln!("num_classes not in the spec: using {classes} (labels 0..{})", classes - 1);
-            }
-            spec.num_classes = Some(classes);
-        }
-    }
-    let model = Model::build(&source, loss, layout.width(), device, a.seed)?;
-    let data = Dataset::from_batches(&batches, &layout, &a.label, model.task(), device)?;
-    drop(batches);
     let optimizer = OptimizerConfig {
         kind: a.optimizer.parse::<OptimizerKind>()?,
         lr: a.lr,
@@ -114,11 +96,40 @@ pub fn run(a: TrainArgs) -> Result<()> {
         weight_decay: a.weight_decay,
         ..Default::default()
     };
+    optimizer.validate()?;
+    let requested_loss: Option<Loss> = a.loss.as_deref().map(str::parse).transpose()?;
+    let mut source = ModelSource::from_file(&a.model)?;
+    let (schema, batches) = crate::datafile::read_all(&a.data)?;
+    let features = super::split_columns(&a.features);
+    let layout = FeatureLayout::resolve(
+        &schema,
+        &features,
+        batches.iter().find(|b| b.num_rows() > 0),
+    )?;
+    let integer_label = label_is_integer(&schema, &a.label)?;
+    let loss = requested_loss.unwrap_or_else(|| source.default_loss(integer_label));
+    if let ModelSource::Spec(spec) = &mut source {
+        if loss == Loss::CrossEntropy && spec.num_classes.is_none() {
+            let classes = infer_classes(&batches, &a.label)?;
+            if !a.quiet {
+                eprintln!(
+                    "num_classes not in the spec: using {classes} (labels 0..{})",
+                    classes - 1
+                );
+            }
+            spec.num_classes = Some(classes);
+        }
+    }
+    let model = Model::build(&source, loss, layout.width(), device, a.seed)?;
+    let data = Dataset::from_batches(&batches, &layout, &a.label, model.task(), device)?;
+    drop(batches);
     let mut trainer = Trainer::new(model, optimizer)?;
     let mut round = 0;
     if let Some(init) = &a.init_state {
         let state = super::read_state(init)?;
-        trainer.load_state(&state).map_err(|e| e.context(format!("state {}", init.display())))?;
+        trainer
+            .load_state(&state)
+            .map_err(|e| e.context(format!("state {}", init.display())))?;
         round = state.meta.round + 1;
     }
     if !a.quiet {
@@ -162,7 +173,10 @@ pub fn run(a: TrainArgs) -> Result<()> {
         }
     })?;
     let mut state = trainer.state(round, report.samples as u64)?;
-    state.meta.extra.insert("features".into(), layout.names().join(","));
+    state
+        .meta
+        .extra
+        .insert("features".into(), layout.names().join(","));
     state.meta.extra.insert("label".into(), a.label.clone());
     super::write_state(&a.out, &state)?;
     if let Some(path) = &a.history {
@@ -177,7 +191,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
             })
             .collect();
         let text = serde_json::to_string_pretty(&history).unwrap_or_default();
-        std::fs::write(path, text).map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+        std::fs::write(path, text)
+            .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
     }
     if let Some(path) = &a.export_torchscript {
         trainer.model().save_torchscript(path)?;
