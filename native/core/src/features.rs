@@ -307,9 +307,7 @@ fn list_ranges(array: &dyn Array) -> Result<(Vec<ElementRange>, &dyn Array)> {
         DataType::FixedSizeList(_, _) => {
             let a = array.as_fixed_size_list();
             let n = a.value_length() as usize;
-            let ranges = (0..a.len())
-                .map(|i| (a.value_offset_at(i), n))
-                .collect();
+            let ranges = (0..a.len()).map(|i| (a.value_offset_at(i), n)).collect();
             (ranges, a.values().as_ref())
         }
         DataType::List(_) => {

@@ -9,6 +9,7 @@ pub mod features;
 pub mod labels;
 mod numeric;
 pub mod predictions;
+pub mod protocol;
 pub mod state;
 pub mod task;
 
