@@ -24,7 +24,7 @@ CARGO := cargo
 BIN := $(ROOT)/target/release/stoker
 JNI_LIB := $(ROOT)/target/release/libstoker_jni.so
 
-.PHONY: help setup venv native python-ext jvm build lint fmt test test-rust test-python test-jvm demo bench clean
+.PHONY: help setup venv native python-ext jvm build lint fmt test test-rust test-python test-jvm demo clean
 
 help:
 	@echo "make demo    install, build, run the demo (examples/)"
@@ -61,12 +61,12 @@ build: native python-ext jvm
 lint: venv
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
-	ruff check python tests examples bench
-	ruff format --check python tests examples bench
+	ruff check python tests examples
+	ruff format --check python tests examples
 
 fmt: venv
 	$(CARGO) fmt --all
-	ruff format python tests examples bench
+	ruff format python tests examples
 
 test-rust: native
 	$(CARGO) test --release --workspace
@@ -83,9 +83,6 @@ test: build lint test-rust test-python test-jvm
 # --- demo and benchmarks ------------------------------------------------
 demo: build
 	STOKER_BIN=$(BIN) $(PY) examples/engine_quickstart.py
-
-bench: build
-	STOKER_BIN=$(BIN) $(PY) bench/run.py
 
 clean:
 	rm -rf target/release target/stamps jvm-shim/target

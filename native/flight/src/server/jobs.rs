@@ -1,0 +1,328 @@
+//! Training jobs and their cached partitions.
+//!
+//! A job is created by `create_job`; its partitions arrive by DoPut and are
+//! converted once, on arrival, into device tensors (checked: a null or NaN
+//! fails the put and names the column and row). The cache holds partitions
+//! of all jobs within one byte budget, evicting the least recently used; a
+//! `train_round` for an evicted or never-sent partition is a `cache_miss`,
+//! and the client sends the partition again.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use arrow::array::RecordBatch;
+use stoker_core::labels::label_is_integer;
+use stoker_core::protocol::{CreateJob, PartitionKey, TrainRound, TrainRoundResult};
+use stoker_core::{Error, ErrorKind, FeatureLayout, Loss, Result, State};
+use stoker_engine::model::ModelSource;
+use stoker_engine::{Dataset, DeviceSpec, Model, ModelSpec, OptimizerConfig, TrainOptions, Trainer};
+use tch::Device;
+
+/// What `create_job` asked for, checked.
+pub struct Job {
+    pub name: String,
+    source: ModelSource,
+    requested_loss: Option<Loss>,
+    optimizer: OptimizerConfig,
+    pub features: Vec<String>,
+    pub label: String,
+    pub device: Device,
+    seed: u64,
+    batch_size: usize,
+    /// Fixed by the first partition: the feature layout and the loss.
+    resolved: Mutex<Option<(FeatureLayout, Loss)>>,
+}
+
+/// A partition on the server, ready to train on.
+pub struct Partition {
+    pub key: PartitionKey,
+    pub rows: usize,
+    pub bytes: usize,
+    data: Mutex<Dataset>,
+    last_used: Mutex<Instant>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves plain data behind;
+    // keep serving rather than poisoning every later request.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Job {
+    pub fn new(req: CreateJob, model_blob: Option<Vec<u8>>, default_device: DeviceSpec) -> Result<Job> {
+        if req.job.is_empty() || req.job.contains('/') {
+            return Err(Error::invalid(format!("job name '{}' must be non-empty and have no '/'", req.job)));
+        }
+        let source = match (req.spec, req.torchscript_path, model_blob) {
+            (Some(spec), None, None) => ModelSource::Spec(ModelSpec::from_json(&spec.to_string())?),
+            (None, Some(path), None) => ModelSource::from_file(std::path::Path::new(&path))?,
+            (None, None, Some(bytes)) => ModelSource::from_bytes(bytes)?,
+            _ => {
+                return Err(Error::invalid(
+                    "create_job needs exactly one of 'spec', 'torchscript_path' or a 'model' blob",
+                ))
+            }
+        };
+        let optimizer: OptimizerConfig = match req.optimizer {
+            Some(v) => serde_json::from_value(v).map_err(|e| Error::invalid(format!("optimizer: {e}")))?,
+            None => OptimizerConfig::default(),
+        };
+        optimizer.validate()?;
+        let device = match req.device {
+            Some(d) => d.parse::<DeviceSpec>()?,
+            None => default_device,
+        }
+        .resolve()?;
+        if req.batch_size == 0 {
+            return Err(Error::invalid("batch_size must be at least 1"));
+        }
+        if req.features.is_empty() {
+            return Err(Error::invalid("create_job needs at least one feature column"));
+        }
+        Ok(Job {
+            name: req.job,
+            source,
+            requested_loss: req.loss.as_deref().map(str::parse).transpose()?,
+            optimizer,
+            features: req.features,
+            label: req.label,
+            device,
+            seed: req.seed,
+            batch_size: req.batch_size,
+            resolved: Mutex::new(None),
+        })
+    }
+
+    /// Converts a partition's batches into device tensors, fixing the job's
+    /// layout and loss on the first partition and checking later ones
+    /// against them.
+    pub fn prepare(&self, key: PartitionKey, batches: &[RecordBatch]) -> Result<Partition> {
+        let first = batches
+            .iter()
+            .find(|b| b.num_rows() > 0)
+            .ok_or_else(|| Error::invalid(format!("partition {} of job '{}' has no rows", key.partition, self.name)))?;
+        let schema = first.schema();
+        let layout = FeatureLayout::resolve(&schema, &self.features, Some(first))?;
+        let integer_label = label_is_integer(&schema, &self.label)?;
+        let (layout, loss) = {
+            let mut resolved = lock(&self.resolved);
+            match &*resolved {
+                Some((l, loss)) => {
+                    if l.width() != layout.width() {
+                        return Err(Error::invalid(format!(
+                            "partition {} has {} features per row, earlier partitions of job '{}' had {}",
+                            key.partition,
+                            layout.width(),
+                            self.name,
+                            l.width()
+                        )));
+                    }
+                    (l.clone(), *loss)
+                }
+                None => {
+                    let loss = self.requested_loss.unwrap_or_else(|| self.source.default_loss(integer_label));
+                    *resolved = Some((layout.clone(), loss));
+                    (layout, loss)
+                }
+            }
+        };
+        let task = self.build_model(&layout, loss)?.task();
+        let data = Dataset::from_batches(batches, &layout, &self.label, task, self.device)
+            .map_err(|e| e.context(format!("partition {} of job '{}'", key.partition, self.name)))?;
+        Ok(Partition {
+            rows: data.rows(),
+            bytes: data.bytes(),
+            key,
+            data: Mutex::new(data),
+            last_used: Mutex::new(Instant::now()),
+        })
+    }
+
+    fn build_model(&self, layout: &FeatureLayout, loss: Loss) -> Result<Model> {
+        Model::build(&self.source, loss, layout.width(), self.device, self.seed)
+    }
+
+    /// Runs one local round on a partition: build the model, load the
+    /// input state (or start from the job's seeded initial weights), train,
+    /// and return the new state's bytes.
+    pub fn train_round(
+        &self,
+        partition: &Partition,
+        req: &TrainRound,
+        input: Option<&[u8]>,
+    ) -> Result<(TrainRoundResult, Vec<u8>)> {
+        let (layout, loss) = lock(&self.resolved)
+            .clone()
+            .ok_or_else(|| Error::new(ErrorKind::CacheMiss, "job has no partitions yet"))?;
+        let model = self.build_model(&layout, loss)?;
+        let mut trainer = Trainer::new(model, self.optimizer.clone())?;
+        if let Some(bytes) = input {
+            let state = State::from_bytes(bytes)?;
+            trainer.load_state(&state).map_err(|e| e.context("input state"))?;
+        }
+        let opts = TrainOptions {
+            epochs: req.epochs,
+            max_steps: req.steps,
+            batch_size: self.batch_size,
+            shuffle: true,
+            seed: self.seed,
+            round: req.round,
+            partition: req.partition as u64,
+        };
+        *lock(&partition.last_used) = Instant::now();
+        let data = lock(&partition.data);
+        let report = trainer.train(&data, &opts, &mut |_| {})?;
+        drop(data);
+        let mut state = trainer.state(req.round, report.samples as u64)?;
+        state.meta.extra.insert("features".into(), layout.names().join(","));
+        state.meta.extra.insert("label".into(), self.label.clone());
+        let result = TrainRoundResult {
+            job: self.name.clone(),
+            partition: req.partition,
+            round: req.round,
+            samples: report.samples as u64,
+            steps: report.steps as u64,
+            loss_first: report.epochs.first().map(|e| e.loss).unwrap_or(f64::NAN),
+            loss_last: report.final_loss(),
+            seconds: report.seconds,
+        };
+        Ok((result, state.to_bytes()?))
+    }
+
+    /// The job's initial state (round 0 weights from its seed), once its
+    /// layout is known.
+    pub fn initial_state(&self) -> Result<Vec<u8>> {
+        let (layout, loss) = lock(&self.resolved)
+            .clone()
+            .ok_or_else(|| Error::not_found(format!("job '{}' has no state before its first partition", self.name)))?;
+        let trainer = Trainer::new(self.build_model(&layout, loss)?, self.optimizer.clone())?;
+        trainer.state(0, 0)?.to_bytes()
+    }
+}
+
+/// All jobs and the partition cache.
+pub struct Jobs {
+    jobs: Mutex<HashMap<String, Arc<Job>>>,
+    partitions: Mutex<HashMap<(String, u32), Arc<Partition>>>,
+    budget: usize,
+    pub evictions: std::sync::atomic::AtomicU64,
+}
+
+/// Summary of a job for listings.
+pub struct JobInfo {
+    pub name: String,
+    pub partitions: usize,
+    pub rows: usize,
+    pub bytes: usize,
+}
+
+impl Jobs {
+    pub fn new(budget_bytes: usize) -> Jobs {
+        Jobs {
+            jobs: Mutex::new(HashMap::new()),
+            partitions: Mutex::new(HashMap::new()),
+            budget: budget_bytes,
+            evictions: Default::default(),
+        }
+    }
+
+    /// Adds a job; creating a job that exists with the same name replaces
+    /// it (and drops its partitions), so a restarted driver starts clean.
+    pub fn create(&self, job: Job) {
+        let name = job.name.clone();
+        lock(&self.partitions).retain(|(j, _), _| *j != name);
+        lock(&self.jobs).insert(name, Arc::new(job));
+    }
+
+    pub fn get(&self, name: &str) -> Result<Arc<Job>> {
+        lock(&self.jobs)
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::not_found(format!("no job named '{name}'; create it with create_job first")))
+    }
+
+    pub fn drop_job(&self, name: &str) -> Result<()> {
+        lock(&self.jobs)
+            .remove(name)
+            .ok_or_else(|| Error::not_found(format!("no job named '{name}'")))?;
+        lock(&self.partitions).retain(|(j, _), _| j != name);
+        Ok(())
+    }
+
+    /// Caches a partition, replacing any earlier put of the same (job,
+    /// partition), evicting least recently used partitions to fit.
+    pub fn insert(&self, partition: Partition) -> Result<bool> {
+        if partition.bytes > self.budget {
+            return Err(Error::new(
+                ErrorKind::ResourceExhausted,
+                format!(
+                    "partition {} of job '{}' needs {} bytes, more than the whole cache budget of {} bytes (--cache-mb)",
+                    partition.key.partition, partition.key.job, partition.bytes, self.budget
+                ),
+            ));
+        }
+        let id = (partition.key.job.clone(), partition.key.partition);
+        let mut parts = lock(&self.partitions);
+        let replaced = parts.remove(&id).is_some();
+        let mut used: usize = parts.values().map(|p| p.bytes).sum();
+        while used + partition.bytes > self.budget {
+            let oldest = parts
+                .iter()
+                .min_by_key(|(_, p)| *lock(&p.last_used))
+                .map(|(k, p)| (k.clone(), p.bytes));
+            let Some((k, bytes)) = oldest else { break };
+            parts.remove(&k);
+            used -= bytes;
+            self.evictions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(job = %k.0, partition = k.1, bytes, "evicted partition to fit the cache budget");
+        }
+        parts.insert(id, Arc::new(partition));
+        Ok(replaced)
+    }
+
+    /// The cached partition at exactly this version, or a cache miss.
+    pub fn partition(&self, key: &PartitionKey) -> Result<Arc<Partition>> {
+        let parts = lock(&self.partitions);
+        match parts.get(&(key.job.clone(), key.partition)) {
+            Some(p) if p.key.version == key.version => Ok(p.clone()),
+            Some(p) => Err(Error::new(
+                ErrorKind::CacheMiss,
+                format!(
+                    "partition {} of job '{}' is cached at version '{}', not '{}'; send it again",
+                    key.partition, key.job, p.key.version, key.version
+                ),
+            )),
+            None => Err(Error::new(
+                ErrorKind::CacheMiss,
+                format!("partition {} of job '{}' is not cached; send it (DoPut) and retry", key.partition, key.job),
+            )),
+        }
+    }
+
+    pub fn list(&self) -> Vec<JobInfo> {
+        let parts = lock(&self.partitions);
+        let mut out: Vec<JobInfo> = lock(&self.jobs)
+            .keys()
+            .map(|name| {
+                let mine: Vec<&Arc<Partition>> = parts.values().filter(|p| &p.key.job == name).collect();
+                JobInfo {
+                    name: name.clone(),
+                    partitions: mine.len(),
+                    rows: mine.iter().map(|p| p.rows).sum(),
+                    bytes: mine.iter().map(|p| p.bytes).sum(),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    pub fn cached_bytes(&self) -> usize {
+        lock(&self.partitions).values().map(|p| p.bytes).sum()
+    }
+
+    pub fn budget(&self) -> usize {
+        self.budget
+    }
+}
