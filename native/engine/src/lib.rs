@@ -18,4 +18,6 @@ pub use device::DeviceSpec;
 pub use model::{Model, ModelSource};
 pub use optim::{OptimizerConfig, OptimizerKind};
 pub use spec::ModelSpec;
+/// The libtorch device type, so users of the engine need not depend on tch.
+pub use tch::Device;
 pub use train::{EpochReport, TrainOptions, TrainReport, Trainer};

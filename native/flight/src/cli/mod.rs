@@ -1,8 +1,9 @@
 //! The `stoker` command line: `train`, `predict` and `average` run the
-//! engine on local files; `serve` (the Flight server) comes with the server.
+//! engine on local files; `serve` runs the Flight server.
 
 mod average;
 mod predict;
+mod serve;
 mod train;
 
 use std::path::PathBuf;
@@ -30,6 +31,8 @@ enum Command {
     Predict(predict::PredictArgs),
     /// Weighted average of states (what the Spark driver does each round).
     Average(average::AverageArgs),
+    /// Run the Arrow Flight server (prints its address on the first stdout line).
+    Serve(serve::ServeArgs),
 }
 
 /// Exit codes: 0 ok, 2 bad input, 3 not found, 4 unavailable, 1 anything else.
@@ -60,6 +63,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Train(a) => train::run(a),
         Command::Predict(a) => predict::run(a),
         Command::Average(a) => average::run(a),
+        Command::Serve(a) => serve::run(a),
     }
 }
 

@@ -16,8 +16,10 @@ use stoker_core::labels::label_is_integer;
 use stoker_core::protocol::{CreateJob, PartitionKey, TrainRound, TrainRoundResult};
 use stoker_core::{Error, ErrorKind, FeatureLayout, Loss, Result, State};
 use stoker_engine::model::ModelSource;
-use stoker_engine::{Dataset, DeviceSpec, Model, ModelSpec, OptimizerConfig, TrainOptions, Trainer};
-use tch::Device;
+use stoker_engine::Device;
+use stoker_engine::{
+    Dataset, DeviceSpec, Model, ModelSpec, OptimizerConfig, TrainOptions, Trainer,
+};
 
 /// What `create_job` asked for, checked.
 pub struct Job {
@@ -50,9 +52,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Job {
-    pub fn new(req: CreateJob, model_blob: Option<Vec<u8>>, default_device: DeviceSpec) -> Result<Job> {
+    pub fn new(
+        req: CreateJob,
+        model_blob: Option<Vec<u8>>,
+        default_device: DeviceSpec,
+    ) -> Result<Job> {
         if req.job.is_empty() || req.job.contains('/') {
-            return Err(Error::invalid(format!("job name '{}' must be non-empty and have no '/'", req.job)));
+            return Err(Error::invalid(format!(
+                "job name '{}' must be non-empty and have no '/'",
+                req.job
+            )));
         }
         let source = match (req.spec, req.torchscript_path, model_blob) {
             (Some(spec), None, None) => ModelSource::Spec(ModelSpec::from_json(&spec.to_string())?),
@@ -65,7 +74,9 @@ impl Job {
             }
         };
         let optimizer: OptimizerConfig = match req.optimizer {
-            Some(v) => serde_json::from_value(v).map_err(|e| Error::invalid(format!("optimizer: {e}")))?,
+            Some(v) => {
+                serde_json::from_value(v).map_err(|e| Error::invalid(format!("optimizer: {e}")))?
+            }
             None => OptimizerConfig::default(),
         };
         optimizer.validate()?;
@@ -78,7 +89,9 @@ impl Job {
             return Err(Error::invalid("batch_size must be at least 1"));
         }
         if req.features.is_empty() {
-            return Err(Error::invalid("create_job needs at least one feature column"));
+            return Err(Error::invalid(
+                "create_job needs at least one feature column",
+            ));
         }
         Ok(Job {
             name: req.job,
@@ -98,10 +111,12 @@ impl Job {
     /// layout and loss on the first partition and checking later ones
     /// against them.
     pub fn prepare(&self, key: PartitionKey, batches: &[RecordBatch]) -> Result<Partition> {
-        let first = batches
-            .iter()
-            .find(|b| b.num_rows() > 0)
-            .ok_or_else(|| Error::invalid(format!("partition {} of job '{}' has no rows", key.partition, self.name)))?;
+        let first = batches.iter().find(|b| b.num_rows() > 0).ok_or_else(|| {
+            Error::invalid(format!(
+                "partition {} of job '{}' has no rows",
+                key.partition, self.name
+            ))
+        })?;
         let schema = first.schema();
         let layout = FeatureLayout::resolve(&schema, &self.features, Some(first))?;
         let integer_label = label_is_integer(&schema, &self.label)?;
@@ -121,7 +136,9 @@ impl Job {
                     (l.clone(), *loss)
                 }
                 None => {
-                    let loss = self.requested_loss.unwrap_or_else(|| self.source.default_loss(integer_label));
+                    let loss = self
+                        .requested_loss
+                        .unwrap_or_else(|| self.source.default_loss(integer_label));
                     *resolved = Some((layout.clone(), loss));
                     (layout, loss)
                 }
@@ -129,7 +146,12 @@ impl Job {
         };
         let task = self.build_model(&layout, loss)?.task();
         let data = Dataset::from_batches(batches, &layout, &self.label, task, self.device)
-            .map_err(|e| e.context(format!("partition {} of job '{}'", key.partition, self.name)))?;
+            .map_err(|e| {
+                e.context(format!(
+                    "partition {} of job '{}'",
+                    key.partition, self.name
+                ))
+            })?;
         Ok(Partition {
             rows: data.rows(),
             bytes: data.bytes(),
@@ -159,7 +181,9 @@ impl Job {
         let mut trainer = Trainer::new(model, self.optimizer.clone())?;
         if let Some(bytes) = input {
             let state = State::from_bytes(bytes)?;
-            trainer.load_state(&state).map_err(|e| e.context("input state"))?;
+            trainer
+                .load_state(&state)
+                .map_err(|e| e.context("input state"))?;
         }
         let opts = TrainOptions {
             epochs: req.epochs,
@@ -175,7 +199,10 @@ impl Job {
         let report = trainer.train(&data, &opts, &mut |_| {})?;
         drop(data);
         let mut state = trainer.state(req.round, report.samples as u64)?;
-        state.meta.extra.insert("features".into(), layout.names().join(","));
+        state
+            .meta
+            .extra
+            .insert("features".into(), layout.names().join(","));
         state.meta.extra.insert("label".into(), self.label.clone());
         let result = TrainRoundResult {
             job: self.name.clone(),
@@ -193,9 +220,12 @@ impl Job {
     /// The job's initial state (round 0 weights from its seed), once its
     /// layout is known.
     pub fn initial_state(&self) -> Result<Vec<u8>> {
-        let (layout, loss) = lock(&self.resolved)
-            .clone()
-            .ok_or_else(|| Error::not_found(format!("job '{}' has no state before its first partition", self.name)))?;
+        let (layout, loss) = lock(&self.resolved).clone().ok_or_else(|| {
+            Error::not_found(format!(
+                "job '{}' has no state before its first partition",
+                self.name
+            ))
+        })?;
         let trainer = Trainer::new(self.build_model(&layout, loss)?, self.optimizer.clone())?;
         trainer.state(0, 0)?.to_bytes()
     }
@@ -236,10 +266,11 @@ impl Jobs {
     }
 
     pub fn get(&self, name: &str) -> Result<Arc<Job>> {
-        lock(&self.jobs)
-            .get(name)
-            .cloned()
-            .ok_or_else(|| Error::not_found(format!("no job named '{name}'; create it with create_job first")))
+        lock(&self.jobs).get(name).cloned().ok_or_else(|| {
+            Error::not_found(format!(
+                "no job named '{name}'; create it with create_job first"
+            ))
+        })
     }
 
     pub fn drop_job(&self, name: &str) -> Result<()> {
@@ -274,7 +305,8 @@ impl Jobs {
             let Some((k, bytes)) = oldest else { break };
             parts.remove(&k);
             used -= bytes;
-            self.evictions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.evictions
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::info!(job = %k.0, partition = k.1, bytes, "evicted partition to fit the cache budget");
         }
         parts.insert(id, Arc::new(partition));
@@ -295,7 +327,10 @@ impl Jobs {
             )),
             None => Err(Error::new(
                 ErrorKind::CacheMiss,
-                format!("partition {} of job '{}' is not cached; send it (DoPut) and retry", key.partition, key.job),
+                format!(
+                    "partition {} of job '{}' is not cached; send it (DoPut) and retry",
+                    key.partition, key.job
+                ),
             )),
         }
     }
@@ -305,7 +340,8 @@ impl Jobs {
         let mut out: Vec<JobInfo> = lock(&self.jobs)
             .keys()
             .map(|name| {
-                let mine: Vec<&Arc<Partition>> = parts.values().filter(|p| &p.key.job == name).collect();
+                let mine: Vec<&Arc<Partition>> =
+                    parts.values().filter(|p| &p.key.job == name).collect();
                 JobInfo {
                     name: name.clone(),
                     partitions: mine.len(),

@@ -10,8 +10,8 @@ use stoker_core::predictions::{append, OutputColumns};
 use stoker_core::protocol::{ModelKey, RegisterModel};
 use stoker_core::{Error, FeatureLayout, Loss, Result, State};
 use stoker_engine::model::ModelSource;
+use stoker_engine::Device;
 use stoker_engine::{Model, ModelSpec};
-use tch::Device;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -31,11 +31,18 @@ pub struct ServedModel {
 
 impl ServedModel {
     /// Predictions for one batch, appended to the `keep` columns.
-    pub fn predict(&self, batch: &RecordBatch, keep: &[String], first_row: usize) -> Result<RecordBatch> {
+    pub fn predict(
+        &self,
+        batch: &RecordBatch,
+        keep: &[String],
+        first_row: usize,
+    ) -> Result<RecordBatch> {
         let layout = FeatureLayout::resolve(&batch.schema(), &self.features, Some(batch))
             .map_err(|e| e.context(format!("model '{}'", self.name)))?;
-        let outputs = lock(&self.model).predict_batches(std::slice::from_ref(batch), &layout, first_row)?;
-        self.rows.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+        let outputs =
+            lock(&self.model).predict_batches(std::slice::from_ref(batch), &layout, first_row)?;
+        self.rows
+            .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
         self.batches.fetch_add(1, Ordering::Relaxed);
         append(batch, Some(keep), &outputs, &OutputColumns::default())
     }
@@ -61,40 +68,44 @@ impl Models {
         device: Device,
     ) -> Result<Arc<ServedModel>> {
         if req.name.is_empty() || req.name.contains('/') {
-            return Err(Error::invalid(format!("model name '{}' must be non-empty and have no '/'", req.name)));
+            return Err(Error::invalid(format!(
+                "model name '{}' must be non-empty and have no '/'",
+                req.name
+            )));
         }
         let source = match (&req.spec, &req.torchscript_path, model_blob) {
             (Some(spec), None, None) => ModelSource::Spec(ModelSpec::from_json(&spec.to_string())?),
             (None, Some(path), None) => ModelSource::from_file(std::path::Path::new(path))?,
             (None, None, Some(bytes)) => ModelSource::from_bytes(bytes)?,
-            _ => {
-                return Err(Error::invalid(
-                    "register_model needs exactly one of 'spec', 'torchscript_path' or a 'model' blob",
-                ))
-            }
+            _ => return Err(Error::invalid(
+                "register_model needs exactly one of 'spec', 'torchscript_path' or a 'model' blob",
+            )),
         };
         let state = state_blob.as_deref().map(State::from_bytes).transpose()?;
         let model = match &state {
             Some(s) => Model::from_state(&source, s, device)?,
             None => {
                 let ModelSource::TorchScript(_) = source else {
-                    return Err(Error::invalid("a built-in model spec needs its trained weights as a 'state' blob"));
+                    return Err(Error::invalid(
+                        "a built-in model spec needs its trained weights as a 'state' blob",
+                    ));
                 };
-                let width = req
-                    .input_width
-                    .ok_or_else(|| Error::invalid("a TorchScript model without a state needs 'input_width'"))?;
+                let width = req.input_width.ok_or_else(|| {
+                    Error::invalid("a TorchScript model without a state needs 'input_width'")
+                })?;
                 let loss: Loss = req.loss.as_deref().unwrap_or("mse").parse()?;
                 Model::build(&source, loss, width, device, 0)?
             }
         };
-        let features = match (&req.features, state.as_ref().and_then(|s| s.meta.extra.get("features"))) {
+        let features = match (
+            &req.features,
+            state.as_ref().and_then(|s| s.meta.extra.get("features")),
+        ) {
             (Some(f), _) => f.clone(),
             (None, Some(f)) => f.split(',').map(String::from).collect(),
-            (None, None) => {
-                return Err(Error::invalid(
-                    "register_model needs 'features' (the state does not record its feature columns)",
-                ))
-            }
+            (None, None) => return Err(Error::invalid(
+                "register_model needs 'features' (the state does not record its feature columns)",
+            )),
         };
         let mut models = lock(&self.models);
         let versions = models.entry(req.name.clone()).or_default();
@@ -118,18 +129,18 @@ impl Models {
 
     pub fn get(&self, key: &ModelKey) -> Result<Arc<ServedModel>> {
         let models = lock(&self.models);
-        let versions = models
-            .get(&key.name)
-            .ok_or_else(|| Error::not_found(format!("no model named '{}' is registered", key.name)))?;
+        let versions = models.get(&key.name).ok_or_else(|| {
+            Error::not_found(format!("no model named '{}' is registered", key.name))
+        })?;
         match key.version {
             Some(v) => versions.get(&v).cloned().ok_or_else(|| {
                 Error::not_found(format!("model '{}' has no version {v}", key.name))
             }),
-            None => versions
-                .values()
-                .next_back()
-                .cloned()
-                .ok_or_else(|| Error::not_found(format!("model '{}' has no versions", key.name))),
+            None => {
+                versions.values().next_back().cloned().ok_or_else(|| {
+                    Error::not_found(format!("model '{}' has no versions", key.name))
+                })
+            }
         }
     }
 
@@ -141,9 +152,9 @@ impl Models {
             .ok_or_else(|| Error::not_found(format!("no model named '{name}' is registered")))?;
         match version {
             Some(v) => {
-                versions
-                    .remove(&v)
-                    .ok_or_else(|| Error::not_found(format!("model '{name}' has no version {v}")))?;
+                versions.remove(&v).ok_or_else(|| {
+                    Error::not_found(format!("model '{name}' has no version {v}"))
+                })?;
                 if versions.is_empty() {
                     models.remove(name);
                 }

@@ -1,0 +1,112 @@
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::Args;
+use stoker_core::{Error, Result};
+use stoker_engine::DeviceSpec;
+
+use crate::server::{start, ServerConfig};
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on; anything but loopback needs --token-file.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port; 0 picks a free one (the first stdout line says which).
+    #[arg(long, default_value_t = 0)]
+    port: u16,
+    /// auto, cpu or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// File holding the token clients must send (`authorization: Bearer <token>`).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// PEM certificate for TLS (with --tls-key).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Largest gRPC message in MiB (tonic's default is 4).
+    #[arg(long, default_value_t = 64)]
+    max_message_mb: usize,
+    /// Byte budget of the partition cache, in MiB.
+    #[arg(long, default_value_t = 4096)]
+    cache_mb: usize,
+}
+
+fn read(path: &PathBuf, what: &str) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| Error::io(format!("reading {what} {}", path.display()), e))
+}
+
+pub fn run(a: ServeArgs) -> Result<()> {
+    let token = match &a.token_file {
+        Some(p) => {
+            let t = String::from_utf8(read(p, "token file")?)
+                .map_err(|_| Error::invalid("the token file is not UTF-8"))?
+                .trim()
+                .to_string();
+            if t.is_empty() {
+                return Err(Error::invalid("the token file is empty"));
+            }
+            Some(t)
+        }
+        None => None,
+    };
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(c), Some(k)) => Some((read(c, "TLS certificate")?, read(k, "TLS key")?)),
+        _ => None,
+    };
+    let config = ServerConfig {
+        host: a.host.clone(),
+        port: a.port,
+        device: a.device.parse::<DeviceSpec>()?,
+        token,
+        tls,
+        max_message_bytes: a.max_message_mb.max(1) << 20,
+        cache_bytes: a.cache_mb << 20,
+    };
+    config.device.resolve()?;
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("STOKER_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::internal(format!("starting the runtime: {e}")))?;
+    runtime.block_on(async {
+        let server = start(config).await?;
+        // The first stdout line is the address: scripts and the Spark side
+        // read it to connect.
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, "{}", server.uri());
+        let _ = out.flush();
+        wait_for_signal().await;
+        tracing::info!("shutting down: draining in-flight requests");
+        server.stop().await
+    })
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,276 @@
+//! The Rust client of the stoker server: typed methods for every action,
+//! partition upload from any stream of record batches, and inference over
+//! DoExchange. The JNI and Python crates call this; errors come back with
+//! the kind the server gave them (docs/errors.md).
+
+use arrow::array::{AsArray, RecordBatch};
+use arrow_flight::decode::FlightRecordBatchStream;
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_client::FlightServiceClient;
+use arrow_flight::{Action, FlightClient, FlightDescriptor, Ticket};
+use bytes::Bytes;
+use futures::{Stream, StreamExt, TryStreamExt};
+use stoker_core::protocol::{
+    action, CreateJob, Envelope, ModelKey, Named, PartitionKey, RegisterModel, TrainRound,
+    TrainRoundResult, MODELS_PATH,
+};
+use stoker_core::{Error, ErrorKind, Result};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+
+use crate::status::from_flight;
+
+/// How to reach a server.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    pub token: Option<String>,
+    /// PEM of the CA that signed the server's certificate (TLS).
+    pub ca_pem: Option<Vec<u8>>,
+    /// Largest message sent or accepted; batches are split to fit.
+    pub max_message_bytes: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            token: None,
+            ca_pem: None,
+            max_message_bytes: 64 << 20,
+        }
+    }
+}
+
+pub struct Client {
+    inner: FlightClient,
+    max_message_bytes: usize,
+}
+
+fn unavailable(uri: &str, e: impl std::fmt::Display) -> Error {
+    Error::new(
+        ErrorKind::Unavailable,
+        format!("cannot reach the stoker server at {uri}: {e}"),
+    )
+}
+
+impl Client {
+    /// Connects to `grpc://host:port` (or `grpc+tls://host:port`).
+    pub async fn connect(uri: &str, options: ClientOptions) -> Result<Client> {
+        let (scheme, rest) = uri.split_once("://").ok_or_else(|| {
+            Error::invalid(format!(
+                "server address '{uri}' must look like grpc://host:port"
+            ))
+        })?;
+        let tls = match scheme {
+            "grpc" | "grpc+tcp" | "http" => false,
+            "grpc+tls" | "https" => true,
+            other => {
+                return Err(Error::invalid(format!(
+                    "unknown scheme '{other}' in '{uri}'"
+                )))
+            }
+        };
+        let http = format!("{}://{rest}", if tls { "https" } else { "http" });
+        let mut endpoint = Endpoint::from_shared(http)
+            .map_err(|e| Error::invalid(format!("address '{uri}': {e}")))?;
+        if tls {
+            let mut config = ClientTlsConfig::new();
+            if let Some(ca) = &options.ca_pem {
+                config = config.ca_certificate(Certificate::from_pem(ca));
+            }
+            endpoint = endpoint
+                .tls_config(config)
+                .map_err(|e| Error::invalid(format!("TLS: {e}")))?;
+        }
+        let channel = endpoint.connect().await.map_err(|e| unavailable(uri, e))?;
+        let service = FlightServiceClient::new(channel)
+            .max_decoding_message_size(options.max_message_bytes)
+            .max_encoding_message_size(options.max_message_bytes);
+        let mut inner = FlightClient::new_from_inner(service);
+        if let Some(token) = &options.token {
+            inner
+                .add_header("authorization", &format!("Bearer {token}"))
+                .map_err(|_| Error::invalid("the token has characters a header cannot carry"))?;
+        }
+        Ok(Client {
+            inner,
+            max_message_bytes: options.max_message_bytes,
+        })
+    }
+
+    async fn action(&mut self, kind: &str, body: Envelope) -> Result<Envelope> {
+        let action = Action::new(kind, Bytes::from(body.encode()?));
+        let mut results = self.inner.do_action(action).await.map_err(from_flight)?;
+        let first = results
+            .next()
+            .await
+            .ok_or_else(|| Error::internal(format!("{kind} returned no result")))?
+            .map_err(from_flight)?;
+        Envelope::decode(&first)
+    }
+
+    pub async fn health(&mut self) -> Result<serde_json::Value> {
+        Ok(self.action(action::HEALTH, Envelope::default()).await?.json)
+    }
+
+    pub async fn stats(&mut self) -> Result<serde_json::Value> {
+        Ok(self.action(action::STATS, Envelope::default()).await?.json)
+    }
+
+    /// Creates (or replaces) a job; `model` carries TorchScript bytes when
+    /// the request names neither a spec nor a path.
+    pub async fn create_job(&mut self, req: &CreateJob, model: Option<Vec<u8>>) -> Result<()> {
+        let mut env = Envelope::new(req)?;
+        if let Some(m) = model {
+            env = env.with_blob("model", m);
+        }
+        self.action(action::CREATE_JOB, env).await.map(|_| ())
+    }
+
+    /// Streams a partition to the server (DoPut), splitting batches to fit
+    /// the message limit. Returns the server's `{rows, bytes, replaced}`.
+    pub async fn put_partition<S>(
+        &mut self,
+        key: &PartitionKey,
+        batches: S,
+    ) -> Result<serde_json::Value>
+    where
+        S: Stream<Item = Result<RecordBatch>> + Send + 'static,
+    {
+        let data = FlightDataEncoderBuilder::new()
+            .with_max_flight_data_size(self.max_message_bytes / 2)
+            .with_flight_descriptor(Some(FlightDescriptor::new_path(key.path())))
+            .build(batches.map_err(|e| FlightError::ExternalError(Box::new(e))));
+        let mut results = self.inner.do_put(data).await.map_err(from_flight)?;
+        let mut last = serde_json::Value::Null;
+        while let Some(r) = results.next().await {
+            let r = r.map_err(from_flight)?;
+            last = serde_json::from_slice(&r.app_metadata).unwrap_or(serde_json::Value::Null);
+        }
+        Ok(last)
+    }
+
+    /// Trains one partition for one round; returns the result and the new
+    /// state's bytes. A partition the server does not hold is a
+    /// `cache_miss` error: put it and call again.
+    pub async fn train_round(
+        &mut self,
+        req: &TrainRound,
+        state: Option<Vec<u8>>,
+    ) -> Result<(TrainRoundResult, Vec<u8>)> {
+        let mut env = Envelope::new(req)?;
+        if let Some(s) = state {
+            env = env.with_blob("state", s);
+        }
+        let mut out = self.action(action::TRAIN_ROUND, env).await?;
+        let state = out
+            .take_blob("state")
+            .ok_or_else(|| Error::internal("train_round returned no state"))?;
+        Ok((out.parse("train_round result")?, state))
+    }
+
+    pub async fn drop_job(&mut self, job: &str) -> Result<()> {
+        let env = Envelope::new(Named {
+            name: job.into(),
+            version: None,
+        })?;
+        self.action(action::DROP_JOB, env).await.map(|_| ())
+    }
+
+    /// Registers a model; returns `{name, version, task, features}`.
+    pub async fn register_model(
+        &mut self,
+        req: &RegisterModel,
+        model: Option<Vec<u8>>,
+        state: Option<Vec<u8>>,
+    ) -> Result<serde_json::Value> {
+        let mut env = Envelope::new(req)?;
+        if let Some(m) = model {
+            env = env.with_blob("model", m);
+        }
+        if let Some(s) = state {
+            env = env.with_blob("state", s);
+        }
+        Ok(self.action(action::REGISTER_MODEL, env).await?.json)
+    }
+
+    pub async fn unload_model(&mut self, name: &str, version: Option<u32>) -> Result<()> {
+        let env = Envelope::new(Named {
+            name: name.into(),
+            version,
+        })?;
+        self.action(action::UNLOAD_MODEL, env).await.map(|_| ())
+    }
+
+    /// Streams feature batches to a model (DoExchange) and returns the
+    /// prediction batches as a stream, in order, with the `keep` columns
+    /// carried along.
+    pub async fn predict_stream<S>(
+        &mut self,
+        model: &ModelKey,
+        keep: &[String],
+        batches: S,
+    ) -> Result<FlightRecordBatchStream>
+    where
+        S: Stream<Item = Result<RecordBatch>> + Send + 'static,
+    {
+        let mut path = vec![MODELS_PATH.to_string(), model.name.clone()];
+        if let Some(v) = model.version {
+            path.push(v.to_string());
+        }
+        let data = FlightDataEncoderBuilder::new()
+            .with_max_flight_data_size(self.max_message_bytes / 2)
+            .with_flight_descriptor(Some(FlightDescriptor::new_path(path)))
+            .build(batches.map_err(|e| FlightError::ExternalError(Box::new(e))));
+        let keep_header = keep.join(",");
+        if !keep.is_empty() {
+            self.inner
+                .add_header("x-stoker-keep", &keep_header)
+                .map_err(|_| Error::invalid("pass-through column names must be ASCII"))?;
+        }
+        let result = self.inner.do_exchange(data).await.map_err(from_flight);
+        self.inner.metadata_mut().remove("x-stoker-keep");
+        result
+    }
+
+    /// [`Client::predict_stream`], collected.
+    pub async fn predict(
+        &mut self,
+        model: &ModelKey,
+        keep: &[String],
+        batches: Vec<RecordBatch>,
+    ) -> Result<Vec<RecordBatch>> {
+        let input = futures::stream::iter(batches.into_iter().map(Ok));
+        let stream = self.predict_stream(model, keep, input).await?;
+        stream.try_collect().await.map_err(from_flight)
+    }
+
+    /// Downloads a state by ticket: `jobs/JOB` (the job's initial state) or
+    /// `models/NAME[/VERSION]`.
+    pub async fn download_state(&mut self, ticket: &str) -> Result<Vec<u8>> {
+        let stream = self
+            .inner
+            .do_get(Ticket::new(ticket.to_string()))
+            .await
+            .map_err(from_flight)?;
+        let batches: Vec<RecordBatch> = stream.try_collect().await.map_err(from_flight)?;
+        let batch = batches
+            .iter()
+            .find(|b| b.num_rows() > 0)
+            .ok_or_else(|| Error::internal("DoGet returned no state"))?;
+        let column = batch
+            .column(0)
+            .as_binary_opt::<i32>()
+            .ok_or_else(|| Error::internal("DoGet returned a non-binary column"))?;
+        Ok(column.value(0).to_vec())
+    }
+
+    /// The listing of jobs and models (ListFlights).
+    pub async fn list(&mut self) -> Result<Vec<arrow_flight::FlightInfo>> {
+        let stream = self
+            .inner
+            .list_flights(Bytes::new())
+            .await
+            .map_err(from_flight)?;
+        stream.try_collect().await.map_err(from_flight)
+    }
+}

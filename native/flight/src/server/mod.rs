@@ -1,0 +1,141 @@
+//! `stoker serve`: the Arrow Flight server that owns a node's device.
+//! docs/protocol.md describes what it speaks.
+
+pub mod jobs;
+pub mod models;
+pub mod service;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use arrow_flight::flight_service_server::FlightServiceServer;
+use stoker_core::{Error, ErrorKind, Result};
+use stoker_engine::DeviceSpec;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+pub use service::Service;
+
+/// Everything `stoker serve` can be told.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub host: String,
+    pub port: u16,
+    pub device: DeviceSpec,
+    /// Clients must send `authorization: Bearer <token>` when set.
+    pub token: Option<String>,
+    /// PEM certificate and key: serve TLS (rustls) when set.
+    pub tls: Option<(Vec<u8>, Vec<u8>)>,
+    /// Largest gRPC message accepted or sent (tonic's default is 4 MiB).
+    pub max_message_bytes: usize,
+    /// Byte budget of the partition cache.
+    pub cache_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            host: "127.0.0.1".into(),
+            port: 0,
+            device: DeviceSpec::Auto,
+            token: None,
+            tls: None,
+            max_message_bytes: 64 << 20,
+            cache_bytes: 4 << 30,
+        }
+    }
+}
+
+/// A server running on the current tokio runtime.
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub tls: bool,
+    pub service: Arc<Service>,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: JoinHandle<Result<()>>,
+}
+
+impl RunningServer {
+    /// The address clients connect to: `grpc://host:port` or `grpc+tls://`.
+    pub fn uri(&self) -> String {
+        format!(
+            "{}://{}",
+            if self.tls { "grpc+tls" } else { "grpc" },
+            self.addr
+        )
+    }
+
+    /// Stops accepting, lets in-flight requests finish, and returns.
+    pub async fn stop(mut self) -> Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.handle
+            .await
+            .map_err(|e| Error::internal(format!("server task failed: {e}")))?
+    }
+}
+
+/// Binds and starts serving; returns once the socket is bound.
+pub async fn start(config: ServerConfig) -> Result<RunningServer> {
+    let ip: IpAddr = match config.host.as_str() {
+        "localhost" => IpAddr::from([127, 0, 0, 1]),
+        h => h
+            .parse()
+            .map_err(|_| Error::invalid(format!("--host '{h}' is not an IP address")))?,
+    };
+    if !ip.is_loopback() && config.token.is_none() {
+        return Err(Error::invalid(format!(
+            "refusing to listen on {ip} without a token: a non-loopback address needs --token-file"
+        )));
+    }
+    let listener = tokio::net::TcpListener::bind((ip, config.port))
+        .await
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Unavailable,
+                format!("cannot listen on {ip}:{}: {e}", config.port),
+            )
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::io("reading the bound address", e))?;
+    let service = Arc::new(Service {
+        jobs: jobs::Jobs::new(config.cache_bytes),
+        models: models::Models::default(),
+        device: config.device,
+        token: config.token.clone(),
+        max_message_bytes: config.max_message_bytes,
+        counters: Default::default(),
+    });
+    let flight = FlightServiceServer::new(service::Handler(service.clone()))
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(config.max_message_bytes);
+    let mut builder = tonic::transport::Server::builder();
+    let tls = config.tls.is_some();
+    if let Some((cert, key)) = &config.tls {
+        let identity = tonic::transport::Identity::from_pem(cert, key);
+        builder = builder
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .map_err(|e| Error::invalid(format!("TLS certificate or key: {e}")))?;
+    }
+    let (tx, rx) = oneshot::channel::<()>();
+    let router = builder.add_service(flight);
+    let handle = tokio::spawn(async move {
+        router
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                let _ = rx.await;
+            })
+            .await
+            .map_err(|e| Error::internal(format!("server: {e}")))
+    });
+    tracing::info!(%addr, tls, device = %config.device, auth = config.token.is_some(), "stoker server listening");
+    Ok(RunningServer {
+        addr,
+        tls,
+        service,
+        shutdown: Some(tx),
+        handle,
+    })
+}

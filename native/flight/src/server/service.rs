@@ -1,0 +1,564 @@
+//! The Flight service: descriptors and actions of docs/protocol.md mapped
+//! onto the job and model registries. Every handler returns a stoker error
+//! mapped to its gRPC code; compute runs on blocking threads so the gRPC
+//! runtime keeps serving other requests meanwhile.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow_flight::decode::FlightRecordBatchStream;
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_server::FlightService;
+use arrow_flight::{
+    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo,
+    HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
+};
+use bytes::Bytes;
+use futures::stream::{self, BoxStream};
+use futures::{StreamExt, TryStreamExt};
+use stoker_core::protocol::{
+    action, CreateJob, Envelope, ModelKey, Named, PartitionKey, RegisterModel, TrainRound,
+    JOBS_PATH, MODELS_PATH,
+};
+use stoker_core::{Error, ErrorKind, Result};
+use stoker_engine::DeviceSpec;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::jobs::{Job, Jobs};
+use super::models::Models;
+use crate::status::to_status;
+
+/// Shared server state.
+pub struct Service {
+    pub jobs: Jobs,
+    pub models: Models,
+    pub device: DeviceSpec,
+    pub token: Option<String>,
+    pub max_message_bytes: usize,
+    pub counters: Counters,
+}
+
+#[derive(Default)]
+pub struct Counters {
+    pub rows_in: AtomicU64,
+    pub rows_predicted: AtomicU64,
+    pub train_rounds: AtomicU64,
+    pub requests_failed: AtomicU64,
+}
+
+type Stream<T> = BoxStream<'static, std::result::Result<T, Status>>;
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::internal(format!("worker thread failed: {e}")))?
+}
+
+fn flight_error(e: FlightError) -> Error {
+    crate::status::from_flight(e)
+}
+
+/// The flight data of a DoPut or DoExchange: the first message's
+/// descriptor, and the whole stream (first message included) for decoding.
+type DataStream = BoxStream<'static, std::result::Result<FlightData, FlightError>>;
+
+async fn split_descriptor(
+    mut input: Streaming<FlightData>,
+) -> Result<(Option<FlightDescriptor>, DataStream)> {
+    let first = input
+        .message()
+        .await
+        .map_err(|s| crate::status::from_status(&s))?;
+    let rest = input.map_err(FlightError::from);
+    Ok(match first {
+        // Some clients (pyarrow's DoExchange) open with a message that
+        // carries only the descriptor; it holds no Arrow data to decode.
+        Some(f) if f.data_header.is_empty() && f.data_body.is_empty() => {
+            (f.flight_descriptor, rest.boxed())
+        }
+        Some(f) => (
+            f.flight_descriptor.clone(),
+            stream::once(async { Ok(f) }).chain(rest).boxed(),
+        ),
+        None => (None, rest.boxed()),
+    })
+}
+
+fn descriptor_path(d: Option<&FlightDescriptor>) -> Result<Vec<String>> {
+    let d = d.ok_or_else(|| Error::invalid("the first message carries no flight descriptor"))?;
+    if d.path.is_empty() {
+        return Err(Error::invalid(
+            "the flight descriptor has no path; see docs/protocol.md",
+        ));
+    }
+    Ok(d.path.clone())
+}
+
+impl Service {
+    fn authorize<T>(&self, req: &Request<T>) -> Result<()> {
+        let Some(token) = &self.token else {
+            return Ok(());
+        };
+        let given = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match given {
+            Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => Ok(()),
+            Some(_) => Err(Error::new(ErrorKind::Unauthenticated, "wrong token")),
+            None => Err(Error::new(
+                ErrorKind::Unauthenticated,
+                "this server needs a token: send the header 'authorization: Bearer <token>'",
+            )),
+        }
+    }
+
+    fn fail(&self, e: Error) -> Status {
+        self.counters
+            .requests_failed
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(kind = %e.kind(), error = %e.message(), "request failed");
+        to_status(e)
+    }
+
+    fn stats_json(&self) -> serde_json::Value {
+        let c = &self.counters;
+        serde_json::json!({
+            "rows_in": c.rows_in.load(Ordering::Relaxed),
+            "rows_predicted": c.rows_predicted.load(Ordering::Relaxed),
+            "train_rounds": c.train_rounds.load(Ordering::Relaxed),
+            "requests_failed": c.requests_failed.load(Ordering::Relaxed),
+            "cache": {
+                "bytes": self.jobs.cached_bytes(),
+                "budget_bytes": self.jobs.budget(),
+                "evictions": self.jobs.evictions.load(Ordering::Relaxed),
+            },
+            "jobs": self.jobs.list().iter().map(|j| serde_json::json!({
+                "name": j.name, "partitions": j.partitions, "rows": j.rows, "bytes": j.bytes,
+            })).collect::<Vec<_>>(),
+            "models": self.models.list().iter().map(|m| serde_json::json!({
+                "name": m.name, "version": m.version, "task": m.task, "bytes": m.bytes,
+                "rows": m.rows.load(Ordering::Relaxed), "batches": m.batches.load(Ordering::Relaxed),
+            })).collect::<Vec<_>>(),
+        })
+    }
+
+    async fn action(self: Arc<Self>, kind: String, body: Bytes) -> Result<Vec<Bytes>> {
+        let mut env = Envelope::decode(&body)?;
+        let one = |e: Envelope| -> Result<Vec<Bytes>> { Ok(vec![Bytes::from(e.encode()?)]) };
+        match kind.as_str() {
+            action::HEALTH => one(Envelope::new(serde_json::json!({
+                "status": "serving",
+                "version": env!("CARGO_PKG_VERSION"),
+                "device": self.device.resolve().map(stoker_engine::device::name).unwrap_or_else(|e| e.to_string()),
+                "cuda_devices": stoker_engine::device::cuda_devices(),
+            }))?),
+            action::STATS => one(Envelope::new(self.stats_json())?),
+            action::CREATE_JOB => {
+                let req: CreateJob = env.parse(action::CREATE_JOB)?;
+                let blob = env.take_blob("model");
+                let device = self.device;
+                let job = blocking(move || Job::new(req, blob, device)).await?;
+                let name = job.name.clone();
+                self.jobs.create(job);
+                tracing::info!(job = %name, "created job");
+                one(Envelope::new(serde_json::json!({"job": name}))?)
+            }
+            action::TRAIN_ROUND => {
+                let req: TrainRound = env.parse(action::TRAIN_ROUND)?;
+                let state = env.take_blob("state");
+                let job = self.jobs.get(&req.job)?;
+                let key = PartitionKey {
+                    job: req.job.clone(),
+                    partition: req.partition,
+                    version: req.version.clone(),
+                };
+                let part = self.jobs.partition(&key)?;
+                let (result, out) =
+                    blocking(move || job.train_round(&part, &req, state.as_deref())).await?;
+                self.counters.train_rounds.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(job = %result.job, partition = result.partition, round = result.round,
+                    samples = result.samples, loss = result.loss_last, seconds = result.seconds, "trained round");
+                one(Envelope::new(result)?.with_blob("state", out))
+            }
+            action::DROP_JOB => {
+                let req: Named = env.parse(action::DROP_JOB)?;
+                self.jobs.drop_job(&req.name)?;
+                one(Envelope::new(serde_json::json!({"dropped": req.name}))?)
+            }
+            action::REGISTER_MODEL => {
+                let req: RegisterModel = env.parse(action::REGISTER_MODEL)?;
+                let (model, state) = (env.take_blob("model"), env.take_blob("state"));
+                let device = self.device.resolve()?;
+                let me = self.clone();
+                let served =
+                    blocking(move || me.models.register(req, model, state, device)).await?;
+                tracing::info!(model = %served.name, version = served.version, "registered model");
+                one(Envelope::new(serde_json::json!({
+                    "name": served.name, "version": served.version, "task": served.task,
+                    "features": served.features,
+                }))?)
+            }
+            action::UNLOAD_MODEL => {
+                let req: Named = env.parse(action::UNLOAD_MODEL)?;
+                self.models.unload(&req.name, req.version)?;
+                one(Envelope::new(
+                    serde_json::json!({"unloaded": req.name, "version": req.version}),
+                )?)
+            }
+            other => Err(Error::invalid(format!(
+                "unknown action '{other}'; ListActions names the actions this server knows"
+            ))),
+        }
+    }
+
+    async fn put(self: Arc<Self>, input: Streaming<FlightData>) -> Result<PutResult> {
+        let (descriptor, data) = split_descriptor(input).await?;
+        let key = PartitionKey::from_path(&descriptor_path(descriptor.as_ref())?)?;
+        // Fail before reading any data when the job does not exist.
+        let job = self.jobs.get(&key.job)?;
+        let mut decoded = FlightRecordBatchStream::new_from_flight_data(data);
+        let mut batches: Vec<RecordBatch> = Vec::new();
+        let mut bytes = 0usize;
+        let budget = self.jobs.budget();
+        while let Some(batch) = decoded.next().await {
+            let batch = batch.map_err(flight_error)?;
+            // Logical sizes: decoded IPC arrays share one message buffer, so
+            // get_array_memory_size would count it once per column.
+            bytes += batch
+                .columns()
+                .iter()
+                .map(|c| c.to_data().get_slice_memory_size().unwrap_or(0))
+                .sum::<usize>();
+            if bytes > budget {
+                return Err(Error::new(
+                    ErrorKind::ResourceExhausted,
+                    format!(
+                        "partition {} of job '{}' exceeds the cache budget of {budget} bytes (--cache-mb)",
+                        key.partition, key.job
+                    ),
+                ));
+            }
+            batches.push(batch);
+        }
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        let k = key.clone();
+        let partition = blocking(move || job.prepare(k, &batches)).await?;
+        let stored = partition.bytes;
+        let replaced = self.jobs.insert(partition)?;
+        self.counters
+            .rows_in
+            .fetch_add(rows as u64, Ordering::Relaxed);
+        tracing::info!(job = %key.job, partition = key.partition, version = %key.version, rows, bytes = stored, replaced, "cached partition");
+        let meta = serde_json::json!({"rows": rows, "bytes": stored, "replaced": replaced});
+        Ok(PutResult {
+            app_metadata: Bytes::from(meta.to_string()),
+        })
+    }
+
+    /// Predictions for a DoExchange: the model is looked up before any data
+    /// is read (an unknown name fails the call at once); batches are
+    /// predicted one at a time, in order.
+    async fn exchange(
+        self: Arc<Self>,
+        input: Streaming<FlightData>,
+        keep: Vec<String>,
+    ) -> Result<Stream<FlightData>> {
+        let (descriptor, data) = split_descriptor(input).await?;
+        let key = ModelKey::from_path(&descriptor_path(descriptor.as_ref())?)?;
+        let served = self.models.get(&key)?;
+        let decoded = FlightRecordBatchStream::new_from_flight_data(data);
+        let me = self.clone();
+        let mut rows = 0usize;
+        let predictions = decoded.and_then(move |batch| {
+            let (served, keep, me) = (served.clone(), keep.clone(), me.clone());
+            let first_row = rows;
+            rows += batch.num_rows();
+            async move {
+                let out = blocking(move || served.predict(&batch, &keep, first_row))
+                    .await
+                    .map_err(to_flight)?;
+                me.counters
+                    .rows_predicted
+                    .fetch_add(out.num_rows() as u64, Ordering::Relaxed);
+                Ok(out)
+            }
+        });
+        let me = self.clone();
+        let encoded = FlightDataEncoderBuilder::new()
+            .with_max_flight_data_size(self.max_message_bytes / 2)
+            .build(predictions)
+            .map_err(move |e| me.fail(flight_error(e)));
+        Ok(encoded.boxed())
+    }
+
+    fn flight_infos(&self) -> Vec<FlightInfo> {
+        let mut out = Vec::new();
+        for j in self.jobs.list() {
+            let d = FlightDescriptor::new_path(vec![JOBS_PATH.into(), j.name.clone()]);
+            let info = FlightInfo::new()
+                .with_descriptor(d)
+                .with_total_records(j.rows as i64)
+                .with_total_bytes(j.bytes as i64)
+                .with_endpoint(
+                    FlightEndpoint::new()
+                        .with_ticket(Ticket::new(format!("{JOBS_PATH}/{}", j.name))),
+                )
+                .with_app_metadata(
+                    serde_json::json!({"kind": "job", "partitions": j.partitions}).to_string(),
+                );
+            out.push(info);
+        }
+        for m in self.models.list() {
+            let d = FlightDescriptor::new_path(vec![
+                MODELS_PATH.into(),
+                m.name.clone(),
+                m.version.to_string(),
+            ]);
+            let info = FlightInfo::new()
+                .with_descriptor(d)
+                .with_total_records(m.rows.load(Ordering::Relaxed) as i64)
+                .with_total_bytes(m.bytes as i64)
+                .with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(format!(
+                    "{MODELS_PATH}/{}/{}",
+                    m.name, m.version
+                ))))
+                .with_app_metadata(
+                    serde_json::json!({"kind": "model", "version": m.version, "task": m.task, "tier": "device"})
+                        .to_string(),
+                );
+            out.push(info);
+        }
+        out
+    }
+
+    fn ticket_state(&self, ticket: &[u8]) -> Result<Vec<u8>> {
+        let text =
+            std::str::from_utf8(ticket).map_err(|_| Error::invalid("ticket is not UTF-8"))?;
+        let parts: Vec<String> = text.split('/').map(String::from).collect();
+        match parts.first().map(String::as_str) {
+            Some(JOBS_PATH) if parts.len() == 2 => self.jobs.get(&parts[1])?.initial_state(),
+            Some(MODELS_PATH) => {
+                let m = self.models.get(&ModelKey::from_path(&parts)?)?;
+                m.state().map(<[u8]>::to_vec).ok_or_else(|| {
+                    Error::not_found(format!("model '{}' was registered without a state", m.name))
+                })
+            }
+            _ => Err(Error::invalid(format!(
+                "ticket '{text}' names neither 'jobs/JOB' nor 'models/NAME[/VERSION]'"
+            ))),
+        }
+    }
+}
+
+/// Pass-through columns the client names in the `x-stoker-keep` header
+/// (comma-separated).
+fn keep_columns(headers: &tonic::metadata::MetadataMap) -> Vec<String> {
+    headers
+        .get("x-stoker-keep")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn to_flight(e: Error) -> FlightError {
+    FlightError::Tonic(Box::new(to_status(e)))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The actions ListActions describes.
+pub fn action_types() -> Vec<ActionType> {
+    let d = |t: &str, desc: &str| ActionType {
+        r#type: t.into(),
+        description: desc.into(),
+    };
+    vec![
+        d(action::CREATE_JOB, "Create (or replace) a training job: {job, spec | torchscript_path | 'model' blob, features, label, loss?, optimizer?, device?, seed?, batch_size?}"),
+        d(action::TRAIN_ROUND, "Train one cached partition for one round from the 'state' blob: {job, partition, version, round, epochs?, steps?}; returns the result JSON and the new 'state' blob; cache miss = FAILED_PRECONDITION"),
+        d(action::DROP_JOB, "Forget a job and its cached partitions: {name}"),
+        d(action::REGISTER_MODEL, "Register a servable model: {name, version?, spec | torchscript_path | 'model' blob, features?} with its 'state' blob"),
+        d(action::UNLOAD_MODEL, "Forget a model version (or all versions): {name, version?}"),
+        d(action::HEALTH, "Server status, version and device"),
+        d(action::STATS, "Counters: rows in and predicted, rounds, cache bytes and evictions, jobs, models"),
+    ]
+}
+
+/// The gRPC face of [`Service`] (a newtype: the Flight trait cannot be
+/// implemented for `Arc<Service>` directly).
+#[derive(Clone)]
+pub struct Handler(pub Arc<Service>);
+
+impl std::ops::Deref for Handler {
+    type Target = Service;
+    fn deref(&self) -> &Service {
+        &self.0
+    }
+}
+
+#[tonic::async_trait]
+impl FlightService for Handler {
+    type HandshakeStream = Stream<HandshakeResponse>;
+    type ListFlightsStream = Stream<FlightInfo>;
+    type DoGetStream = Stream<FlightData>;
+    type DoPutStream = Stream<PutResult>;
+    type DoExchangeStream = Stream<FlightData>;
+    type DoActionStream = Stream<arrow_flight::Result>;
+    type ListActionsStream = Stream<ActionType>;
+
+    async fn handshake(
+        &self,
+        request: Request<Streaming<HandshakeRequest>>,
+    ) -> std::result::Result<Response<Self::HandshakeStream>, Status> {
+        let mut input = request.into_inner();
+        let first = input.message().await?.unwrap_or_default();
+        if let Some(token) = &self.token {
+            if !constant_time_eq(&first.payload, token.as_bytes()) {
+                return Err(self.fail(Error::new(
+                    ErrorKind::Unauthenticated,
+                    "handshake: wrong token",
+                )));
+            }
+        }
+        let reply = HandshakeResponse {
+            protocol_version: 0,
+            payload: first.payload,
+        };
+        Ok(Response::new(stream::iter([Ok(reply)]).boxed()))
+    }
+
+    async fn list_flights(
+        &self,
+        request: Request<Criteria>,
+    ) -> std::result::Result<Response<Self::ListFlightsStream>, Status> {
+        self.authorize(&request).map_err(|e| self.fail(e))?;
+        let infos: Vec<_> = self.flight_infos().into_iter().map(Ok).collect();
+        Ok(Response::new(stream::iter(infos).boxed()))
+    }
+
+    async fn get_flight_info(
+        &self,
+        request: Request<FlightDescriptor>,
+    ) -> std::result::Result<Response<FlightInfo>, Status> {
+        self.authorize(&request).map_err(|e| self.fail(e))?;
+        let wanted = request.into_inner().path;
+        let found = self.flight_infos().into_iter().find(|i| {
+            i.flight_descriptor
+                .as_ref()
+                .is_some_and(|d| d.path == wanted || d.path.starts_with(&wanted))
+        });
+        found.map(Response::new).ok_or_else(|| {
+            self.fail(Error::not_found(format!(
+                "nothing at descriptor path {wanted:?}"
+            )))
+        })
+    }
+
+    async fn poll_flight_info(
+        &self,
+        _r: Request<FlightDescriptor>,
+    ) -> std::result::Result<Response<PollInfo>, Status> {
+        Err(Status::unimplemented(
+            "stoker answers every request at once; use GetFlightInfo",
+        ))
+    }
+
+    async fn get_schema(
+        &self,
+        _r: Request<FlightDescriptor>,
+    ) -> std::result::Result<Response<SchemaResult>, Status> {
+        Err(Status::unimplemented(
+            "stoker streams carry their schema; GetSchema is not used",
+        ))
+    }
+
+    async fn do_get(
+        &self,
+        request: Request<Ticket>,
+    ) -> std::result::Result<Response<Self::DoGetStream>, Status> {
+        self.authorize(&request).map_err(|e| self.fail(e))?;
+        let ticket = request.into_inner().ticket;
+        let state = self.ticket_state(&ticket).map_err(|e| self.fail(e))?;
+        // A state travels as one Arrow batch with one binary cell, so any
+        // Flight client can download it with a plain DoGet.
+        let array = arrow::array::BinaryArray::from_vec(vec![state.as_slice()]);
+        let batch =
+            RecordBatch::try_from_iter(vec![("state", Arc::new(array) as arrow::array::ArrayRef)])
+                .map_err(|e| self.fail(Error::from(e)))?;
+        let me = self.0.clone();
+        let out = FlightDataEncoderBuilder::new()
+            .with_max_flight_data_size(self.max_message_bytes / 2)
+            .build(stream::iter([Ok(batch)]))
+            .map_err(move |e| me.fail(flight_error(e)));
+        Ok(Response::new(out.boxed()))
+    }
+
+    async fn do_put(
+        &self,
+        request: Request<Streaming<FlightData>>,
+    ) -> std::result::Result<Response<Self::DoPutStream>, Status> {
+        self.authorize(&request).map_err(|e| self.fail(e))?;
+        let result = self
+            .0
+            .clone()
+            .put(request.into_inner())
+            .await
+            .map_err(|e| self.fail(e))?;
+        Ok(Response::new(stream::iter([Ok(result)]).boxed()))
+    }
+
+    async fn do_exchange(
+        &self,
+        request: Request<Streaming<FlightData>>,
+    ) -> std::result::Result<Response<Self::DoExchangeStream>, Status> {
+        self.authorize(&request).map_err(|e| self.fail(e))?;
+        let keep = keep_columns(request.metadata());
+        let out = self
+            .0
+            .clone()
+            .exchange(request.into_inner(), keep)
+            .await
+            .map_err(|e| self.fail(e))?;
+        Ok(Response::new(out))
+    }
+
+    async fn do_action(
+        &self,
+        request: Request<Action>,
+    ) -> std::result::Result<Response<Self::DoActionStream>, Status> {
+        self.authorize(&request).map_err(|e| self.fail(e))?;
+        let a = request.into_inner();
+        let results = self
+            .0
+            .clone()
+            .action(a.r#type, a.body)
+            .await
+            .map_err(|e| self.fail(e))?;
+        let out: Vec<_> = results
+            .into_iter()
+            .map(|body| Ok(arrow_flight::Result { body }))
+            .collect();
+        Ok(Response::new(stream::iter(out).boxed()))
+    }
+
+    async fn list_actions(
+        &self,
+        request: Request<Empty>,
+    ) -> std::result::Result<Response<Self::ListActionsStream>, Status> {
+        self.authorize(&request).map_err(|e| self.fail(e))?;
+        Ok(Response::new(
+            stream::iter(action_types().into_iter().map(Ok)).boxed(),
+        ))
+    }
+}
