@@ -32,6 +32,21 @@ pub struct ServeArgs {
     /// Byte budget of the partition cache, in MiB.
     #[arg(long, default_value_t = 4096)]
     cache_mb: usize,
+    /// Model directory (the registry's disk tier; models there are served after a restart).
+    #[arg(long)]
+    model_dir: Option<PathBuf>,
+    /// Byte budget of models loaded on the device, in MiB.
+    #[arg(long, default_value_t = 4096)]
+    device_model_mb: usize,
+    /// Byte budget of model artifacts kept in host memory, in MiB.
+    #[arg(long, default_value_t = 8192)]
+    host_model_mb: usize,
+    /// Most rows in one coalesced inference pass.
+    #[arg(long, default_value_t = 65536)]
+    max_batch_rows: usize,
+    /// Longest wait for more streams to join an inference pass, in milliseconds.
+    #[arg(long, default_value_t = 2)]
+    max_wait_ms: u64,
 }
 
 fn read(path: &PathBuf, what: &str) -> Result<Vec<u8>> {
@@ -64,6 +79,13 @@ pub fn run(a: ServeArgs) -> Result<()> {
         tls,
         max_message_bytes: a.max_message_mb.max(1) << 20,
         cache_bytes: a.cache_mb << 20,
+        model_dir: a.model_dir.clone(),
+        device_model_bytes: a.device_model_mb << 20,
+        host_model_bytes: a.host_model_mb << 20,
+        batch: crate::server::batcher::BatchLimits {
+            max_rows: a.max_batch_rows.max(1),
+            max_wait: std::time::Duration::from_millis(a.max_wait_ms),
+        },
     };
     config.device.resolve()?;
     tracing_subscriber::fmt()

@@ -1,6 +1,7 @@
 //! `stoker serve`: the Arrow Flight server that owns a node's device.
 //! docs/protocol.md describes what it speaks.
 
+pub mod batcher;
 pub mod jobs;
 pub mod models;
 pub mod service;
@@ -31,6 +32,13 @@ pub struct ServerConfig {
     pub max_message_bytes: usize,
     /// Byte budget of the partition cache.
     pub cache_bytes: usize,
+    /// Model directory: the registry's disk tier (models survive restarts).
+    pub model_dir: Option<std::path::PathBuf>,
+    /// Byte budgets of the device and host model tiers.
+    pub device_model_bytes: usize,
+    pub host_model_bytes: usize,
+    /// Dynamic batching of concurrent inference streams.
+    pub batch: batcher::BatchLimits,
 }
 
 impl Default for ServerConfig {
@@ -43,6 +51,10 @@ impl Default for ServerConfig {
             tls: None,
             max_message_bytes: 64 << 20,
             cache_bytes: 4 << 30,
+            model_dir: None,
+            device_model_bytes: 4 << 30,
+            host_model_bytes: 8 << 30,
+            batch: batcher::BatchLimits::default(),
         }
     }
 }
@@ -103,7 +115,13 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
         .map_err(|e| Error::io("reading the bound address", e))?;
     let service = Arc::new(Service {
         jobs: jobs::Jobs::new(config.cache_bytes),
-        models: models::Models::default(),
+        models: models::Models::new(models::RegistryConfig {
+            device: config.device.resolve()?,
+            device_bytes: config.device_model_bytes,
+            host_bytes: config.host_model_bytes,
+            model_dir: config.model_dir.clone(),
+            limits: config.batch,
+        })?,
         device: config.device,
         token: config.token.clone(),
         max_message_bytes: config.max_message_bytes,

@@ -1,20 +1,79 @@
-//! Servable models by name and version. One copy of each model lives on
-//! the server's device and every DoExchange stream for it shares that copy.
+//! The model registry: servable models by name and version, kept in three
+//! tiers, each with a byte budget and least-recently-used eviction downward:
+//!
+//! - device: the model is loaded on the server's device, owned by its
+//!   batching thread, and shared by every stream that calls it;
+//! - host: its artifact (spec or TorchScript bytes, state bytes) is in
+//!   memory, ready to load;
+//! - disk: its artifact is only in the model directory (`--model-dir`).
+//!
+//! A request for a model in a lower tier loads it back up transparently;
+//! stats count hits and misses per tier. With a model directory, registered
+//! models survive restarts: the server finds them there at start-up.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use arrow::array::RecordBatch;
-use stoker_core::predictions::{append, OutputColumns};
+use serde::{Deserialize, Serialize};
 use stoker_core::protocol::{ModelKey, RegisterModel};
 use stoker_core::{Error, FeatureLayout, Loss, Result, State};
 use stoker_engine::model::ModelSource;
-use stoker_engine::Device;
-use stoker_engine::{Model, ModelSpec};
+use stoker_engine::torch::filled_matrix;
+use stoker_engine::{Device, Model, ModelSpec};
+use tch::Tensor;
+
+use super::batcher::{BatchLimits, BatchStats, Batcher};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Where a model currently is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    Device,
+    Host,
+    Disk,
+}
+
+impl Tier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Device => "device",
+            Tier::Host => "host",
+            Tier::Disk => "disk",
+        }
+    }
+}
+
+/// Everything needed to load a model again.
+struct Artifact {
+    source: ModelSource,
+    state: Option<Vec<u8>>,
+}
+
+impl Artifact {
+    fn bytes(&self) -> usize {
+        let source = match &self.source {
+            ModelSource::Spec(s) => s.to_json().len(),
+            ModelSource::TorchScript(b) => b.len(),
+        };
+        source + self.state.as_ref().map_or(0, Vec::len)
+    }
+}
+
+/// What the model directory keeps beside the artifact.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Manifest {
+    features: Vec<String>,
+    task: String,
+    loss: Option<String>,
+    input_width: Option<usize>,
+    param_bytes: usize,
 }
 
 pub struct ServedModel {
@@ -22,145 +81,320 @@ pub struct ServedModel {
     pub version: u32,
     pub features: Vec<String>,
     pub task: String,
-    pub bytes: usize,
-    state: Option<Vec<u8>>,
-    model: Mutex<Model>,
-    pub rows: AtomicU64,
-    pub batches: AtomicU64,
+    /// Bytes of the parameters on the device.
+    pub param_bytes: usize,
+    loss: Option<String>,
+    input_width: Option<usize>,
+    batcher: Mutex<Option<Arc<Batcher>>>,
+    artifact: Mutex<Option<Arc<Artifact>>>,
+    last_used: Mutex<Instant>,
+    pub batching: Arc<BatchStats>,
 }
 
 impl ServedModel {
-    /// Predictions for one batch, appended to the `keep` columns.
-    pub fn predict(
-        &self,
-        batch: &RecordBatch,
-        keep: &[String],
-        first_row: usize,
-    ) -> Result<RecordBatch> {
-        let layout = FeatureLayout::resolve(&batch.schema(), &self.features, Some(batch))
-            .map_err(|e| e.context(format!("model '{}'", self.name)))?;
-        let outputs =
-            lock(&self.model).predict_batches(std::slice::from_ref(batch), &layout, first_row)?;
-        self.rows
-            .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
-        self.batches.fetch_add(1, Ordering::Relaxed);
-        append(batch, Some(keep), &outputs, &OutputColumns::default())
+    pub fn tier(&self) -> Tier {
+        if lock(&self.batcher).is_some() {
+            Tier::Device
+        } else if lock(&self.artifact).is_some() {
+            Tier::Host
+        } else {
+            Tier::Disk
+        }
     }
 
-    /// The state the model was registered with, if any.
-    pub fn state(&self) -> Option<&[u8]> {
-        self.state.as_deref()
+    /// The features of a batch as a host matrix, checked (errors name the
+    /// column and the row within the stream).
+    pub fn features_of(&self, batch: &RecordBatch, first_row: usize) -> Result<Tensor> {
+        let layout = FeatureLayout::resolve(&batch.schema(), &self.features, Some(batch))
+            .map_err(|e| e.context(format!("model '{}'", self.name)))?;
+        filled_matrix(batch.num_rows(), layout.width(), |buf| {
+            layout.write_batches(std::slice::from_ref(batch), first_row, buf)
+        })
     }
+
+    fn artifact_bytes(&self) -> usize {
+        lock(&self.artifact).as_ref().map_or(0, |a| a.bytes())
+    }
+}
+
+/// Registry settings (from `stoker serve` flags).
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    pub device: Device,
+    pub device_bytes: usize,
+    pub host_bytes: usize,
+    pub model_dir: Option<PathBuf>,
+    pub limits: BatchLimits,
 }
 
 #[derive(Default)]
+pub struct TierCounters {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub evictions: AtomicU64,
+}
+
 pub struct Models {
+    config: RegistryConfig,
     models: Mutex<HashMap<String, BTreeMap<u32, Arc<ServedModel>>>>,
+    pub device_tier: TierCounters,
+    pub host_tier: TierCounters,
+    pub disk_tier: TierCounters,
+}
+
+fn source_from(req: &RegisterModel, blob: Option<Vec<u8>>) -> Result<ModelSource> {
+    match (&req.spec, &req.torchscript_path, blob) {
+        (Some(spec), None, None) => Ok(ModelSource::Spec(ModelSpec::from_json(&spec.to_string())?)),
+        (None, Some(path), None) => ModelSource::from_file(Path::new(path)),
+        (None, None, Some(bytes)) => ModelSource::from_bytes(bytes),
+        _ => Err(Error::invalid(
+            "register_model needs exactly one of 'spec', 'torchscript_path' or a 'model' blob",
+        )),
+    }
+}
+
+fn valid_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && !name.starts_with('.')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "model name '{name}' must be non-empty and use only letters, digits, '-', '_' and '.'"
+        )))
+    }
 }
 
 impl Models {
-    /// Builds and registers a model; returns its version.
-    pub fn register(
-        &self,
-        req: RegisterModel,
-        model_blob: Option<Vec<u8>>,
-        state_blob: Option<Vec<u8>>,
-        device: Device,
-    ) -> Result<Arc<ServedModel>> {
-        if req.name.is_empty() || req.name.contains('/') {
-            return Err(Error::invalid(format!(
-                "model name '{}' must be non-empty and have no '/'",
-                req.name
-            )));
-        }
-        let source = match (&req.spec, &req.torchscript_path, model_blob) {
-            (Some(spec), None, None) => ModelSource::Spec(ModelSpec::from_json(&spec.to_string())?),
-            (None, Some(path), None) => ModelSource::from_file(std::path::Path::new(path))?,
-            (None, None, Some(bytes)) => ModelSource::from_bytes(bytes)?,
-            _ => return Err(Error::invalid(
-                "register_model needs exactly one of 'spec', 'torchscript_path' or a 'model' blob",
-            )),
+    pub fn new(config: RegistryConfig) -> Result<Models> {
+        let models = Models {
+            config,
+            models: Mutex::new(HashMap::new()),
+            device_tier: Default::default(),
+            host_tier: Default::default(),
+            disk_tier: Default::default(),
         };
-        let state = state_blob.as_deref().map(State::from_bytes).transpose()?;
-        let model = match &state {
-            Some(s) => Model::from_state(&source, s, device)?,
+        models.scan_model_dir()?;
+        Ok(models)
+    }
+
+    fn build(&self, artifact: &Artifact, loss: Option<&str>, width: Option<usize>) -> Result<Model> {
+        match &artifact.state {
+            Some(bytes) => Model::from_state(&artifact.source, &State::from_bytes(bytes)?, self.config.device),
             None => {
-                let ModelSource::TorchScript(_) = source else {
-                    return Err(Error::invalid(
-                        "a built-in model spec needs its trained weights as a 'state' blob",
-                    ));
-                };
-                let width = req.input_width.ok_or_else(|| {
-                    Error::invalid("a TorchScript model without a state needs 'input_width'")
-                })?;
-                let loss: Loss = req.loss.as_deref().unwrap_or("mse").parse()?;
-                Model::build(&source, loss, width, device, 0)?
+                if let ModelSource::Spec(_) = artifact.source {
+                    return Err(Error::invalid("a built-in model spec needs its trained weights as a 'state' blob"));
+                }
+                let width = width.ok_or_else(|| Error::invalid("a TorchScript model without a state needs 'input_width'"))?;
+                let loss: Loss = loss.unwrap_or("mse").parse()?;
+                Model::build(&artifact.source, loss, width, self.config.device, 0)
+            }
+        }
+    }
+
+    /// Builds, checks and registers a model; it starts in the device tier.
+    pub fn register(&self, req: RegisterModel, model_blob: Option<Vec<u8>>, state_blob: Option<Vec<u8>>) -> Result<Arc<ServedModel>> {
+        valid_name(&req.name)?;
+        let artifact = Arc::new(Artifact {
+            source: source_from(&req, model_blob)?,
+            state: state_blob,
+        });
+        let model = self.build(&artifact, req.loss.as_deref(), req.input_width)?;
+        let recorded = match &artifact.state {
+            Some(b) => State::from_bytes(b)?.meta.extra.get("features").cloned(),
+            None => None,
+        };
+        let features = match (req.features.clone(), recorded) {
+            (Some(f), _) => f,
+            (None, Some(f)) => f.split(',').map(String::from).collect(),
+            (None, None) => {
+                return Err(Error::invalid(
+                    "register_model needs 'features' (the state does not record its feature columns)",
+                ))
             }
         };
-        let features = match (
-            &req.features,
-            state.as_ref().and_then(|s| s.meta.extra.get("features")),
-        ) {
-            (Some(f), _) => f.clone(),
-            (None, Some(f)) => f.split(',').map(String::from).collect(),
-            (None, None) => return Err(Error::invalid(
-                "register_model needs 'features' (the state does not record its feature columns)",
-            )),
+        let version = {
+            let models = lock(&self.models);
+            req.version.unwrap_or_else(|| {
+                models
+                    .get(&req.name)
+                    .and_then(|v| v.keys().next_back().copied())
+                    .map_or(1, |v| v + 1)
+            })
         };
-        let mut models = lock(&self.models);
-        let versions = models.entry(req.name.clone()).or_default();
-        let version = req
-            .version
-            .unwrap_or_else(|| versions.keys().next_back().map(|v| v + 1).unwrap_or(1));
+        let manifest = Manifest {
+            features: features.clone(),
+            task: model.task().encode(),
+            loss: req.loss.clone(),
+            input_width: req.input_width,
+            param_bytes: model.parameter_count() * 4,
+        };
+        if let Some(dir) = &self.config.model_dir {
+            write_artifact(&dir.join(&req.name).join(version.to_string()), &artifact, &manifest)?;
+        }
         let served = Arc::new(ServedModel {
             name: req.name.clone(),
             version,
             features,
-            task: model.task().encode(),
-            bytes: model.parameter_count() * 4,
-            state: state_blob,
-            model: Mutex::new(model),
-            rows: AtomicU64::new(0),
-            batches: AtomicU64::new(0),
+            task: manifest.task.clone(),
+            param_bytes: manifest.param_bytes,
+            loss: req.loss,
+            input_width: req.input_width,
+            batcher: Mutex::new(None),
+            artifact: Mutex::new(Some(artifact)),
+            last_used: Mutex::new(Instant::now()),
+            batching: Arc::new(BatchStats::default()),
         });
-        versions.insert(version, served.clone());
+        let batcher = Batcher::start(model, self.config.limits, served.batching.clone(), served.name.clone())?;
+        *lock(&served.batcher) = Some(Arc::new(batcher));
+        lock(&self.models).entry(req.name).or_default().insert(version, served.clone());
+        self.enforce_budgets(&served);
         Ok(served)
     }
 
     pub fn get(&self, key: &ModelKey) -> Result<Arc<ServedModel>> {
         let models = lock(&self.models);
-        let versions = models.get(&key.name).ok_or_else(|| {
-            Error::not_found(format!("no model named '{}' is registered", key.name))
-        })?;
+        let versions = models
+            .get(&key.name)
+            .ok_or_else(|| Error::not_found(format!("no model named '{}' is registered", key.name)))?;
         match key.version {
-            Some(v) => versions.get(&v).cloned().ok_or_else(|| {
-                Error::not_found(format!("model '{}' has no version {v}", key.name))
-            }),
-            None => {
-                versions.values().next_back().cloned().ok_or_else(|| {
-                    Error::not_found(format!("model '{}' has no versions", key.name))
-                })
-            }
+            Some(v) => versions
+                .get(&v)
+                .cloned()
+                .ok_or_else(|| Error::not_found(format!("model '{}' has no version {v}", key.name))),
+            None => versions
+                .values()
+                .next_back()
+                .cloned()
+                .ok_or_else(|| Error::not_found(format!("model '{}' has no versions", key.name))),
         }
     }
 
-    /// Forgets one version, or every version when `version` is None.
+    /// The model's batcher, loading it onto the device from the host or
+    /// disk tier if it was evicted. Blocking: call off the async runtime.
+    pub fn batcher(&self, served: &Arc<ServedModel>) -> Result<Arc<Batcher>> {
+        *lock(&served.last_used) = Instant::now();
+        if let Some(b) = lock(&served.batcher).as_ref() {
+            self.device_tier.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(b.clone());
+        }
+        self.device_tier.misses.fetch_add(1, Ordering::Relaxed);
+        let artifact = {
+            let held = lock(&served.artifact).clone();
+            match held {
+                Some(a) => {
+                    self.host_tier.hits.fetch_add(1, Ordering::Relaxed);
+                    a
+                }
+                None => {
+                    self.host_tier.misses.fetch_add(1, Ordering::Relaxed);
+                    let dir = self.model_path(served)?;
+                    let a = Arc::new(read_artifact(&dir)?);
+                    self.disk_tier.hits.fetch_add(1, Ordering::Relaxed);
+                    *lock(&served.artifact) = Some(a.clone());
+                    a
+                }
+            }
+        };
+        let model = self.build(&artifact, served.loss.as_deref(), served.input_width)?;
+        let batcher = {
+            let mut slot = lock(&served.batcher);
+            match slot.as_ref() {
+                // Another stream loaded it meanwhile.
+                Some(b) => b.clone(),
+                None => {
+                    let b = Arc::new(Batcher::start(model, self.config.limits, served.batching.clone(), served.name.clone())?);
+                    *slot = Some(b.clone());
+                    b
+                }
+            }
+        };
+        tracing::info!(model = %served.name, version = served.version, "loaded model onto the device");
+        self.enforce_budgets(served);
+        Ok(batcher)
+    }
+
+    /// The state a model was registered with (from memory or disk).
+    pub fn state_bytes(&self, served: &ServedModel) -> Result<Vec<u8>> {
+        let held = lock(&served.artifact).clone();
+        let artifact = match held {
+            Some(a) => a,
+            None => Arc::new(read_artifact(&self.model_path(served)?)?),
+        };
+        artifact
+            .state
+            .clone()
+            .ok_or_else(|| Error::not_found(format!("model '{}' was registered without a state", served.name)))
+    }
+
+    fn model_path(&self, served: &ServedModel) -> Result<PathBuf> {
+        let dir = self
+            .config
+            .model_dir
+            .as_ref()
+            .ok_or_else(|| Error::internal(format!("model '{}' is in no tier", served.name)))?;
+        Ok(dir.join(&served.name).join(served.version.to_string()))
+    }
+
+    /// Evicts least recently used models downward until each tier fits its
+    /// budget; `keep` (the model just used) stays on the device.
+    fn enforce_budgets(&self, keep: &Arc<ServedModel>) {
+        let all = self.list();
+        let mut on_device: Vec<&Arc<ServedModel>> = all.iter().filter(|m| m.tier() == Tier::Device).collect();
+        on_device.sort_by_key(|m| *lock(&m.last_used));
+        let mut used: usize = on_device.iter().map(|m| m.param_bytes).sum();
+        for m in on_device {
+            if used <= self.config.device_bytes {
+                break;
+            }
+            if Arc::ptr_eq(m, keep) {
+                continue;
+            }
+            lock(&m.batcher).take();
+            used -= m.param_bytes;
+            self.device_tier.evictions.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(model = %m.name, version = m.version, "evicted from the device tier to host");
+        }
+        if self.config.model_dir.is_none() {
+            return; // the host tier is the bottom
+        }
+        let mut on_host: Vec<&Arc<ServedModel>> = all.iter().filter(|m| m.tier() == Tier::Host).collect();
+        on_host.sort_by_key(|m| *lock(&m.last_used));
+        let mut used: usize = on_host.iter().map(|m| m.artifact_bytes()).sum();
+        for m in on_host {
+            if used <= self.config.host_bytes {
+                break;
+            }
+            used -= m.artifact_bytes();
+            lock(&m.artifact).take();
+            self.host_tier.evictions.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(model = %m.name, version = m.version, "evicted from the host tier to disk");
+        }
+    }
+
+    /// Forgets one version, or every version when `version` is None (also
+    /// from the model directory).
     pub fn unload(&self, name: &str, version: Option<u32>) -> Result<()> {
         let mut models = lock(&self.models);
         let versions = models
             .get_mut(name)
             .ok_or_else(|| Error::not_found(format!("no model named '{name}' is registered")))?;
-        match version {
+        let removed: Vec<u32> = match version {
             Some(v) => {
-                versions.remove(&v).ok_or_else(|| {
-                    Error::not_found(format!("model '{name}' has no version {v}"))
-                })?;
-                if versions.is_empty() {
-                    models.remove(name);
-                }
+                versions
+                    .remove(&v)
+                    .ok_or_else(|| Error::not_found(format!("model '{name}' has no version {v}")))?;
+                vec![v]
             }
-            None => {
-                models.remove(name);
+            None => std::mem::take(versions).into_keys().collect(),
+        };
+        if versions.is_empty() {
+            models.remove(name);
+        }
+        if let Some(dir) = &self.config.model_dir {
+            for v in removed {
+                let _ = std::fs::remove_dir_all(dir.join(name).join(v.to_string()));
             }
         }
         Ok(())
@@ -172,4 +406,72 @@ impl Models {
         out.sort_by(|a, b| (&a.name, a.version).cmp(&(&b.name, b.version)));
         out
     }
+
+    /// Registers what a model directory holds, in the disk tier.
+    fn scan_model_dir(&self) -> Result<()> {
+        let Some(dir) = &self.config.model_dir else { return Ok(()) };
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        let entries = std::fs::read_dir(dir).map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
+        for name in entries.flatten() {
+            let Ok(versions) = std::fs::read_dir(name.path()) else { continue };
+            let model_name = name.file_name().to_string_lossy().to_string();
+            for v in versions.flatten() {
+                let Ok(version) = v.file_name().to_string_lossy().parse::<u32>() else { continue };
+                let Ok(text) = std::fs::read_to_string(v.path().join("manifest.json")) else { continue };
+                let Ok(m) = serde_json::from_str::<Manifest>(&text) else {
+                    tracing::warn!(path = %v.path().display(), "skipping a model directory entry with a bad manifest");
+                    continue;
+                };
+                let served = Arc::new(ServedModel {
+                    name: model_name.clone(),
+                    version,
+                    features: m.features,
+                    task: m.task,
+                    param_bytes: m.param_bytes,
+                    loss: m.loss,
+                    input_width: m.input_width,
+                    batcher: Mutex::new(None),
+                    artifact: Mutex::new(None),
+                    last_used: Mutex::new(Instant::now()),
+                    batching: Arc::new(BatchStats::default()),
+                });
+                lock(&self.models).entry(model_name.clone()).or_default().insert(version, served);
+                tracing::info!(model = %model_name, version, "found model in the model directory");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn write_artifact(dir: &Path, artifact: &Artifact, manifest: &Manifest) -> Result<()> {
+    let io = |what: &str| {
+        let what = format!("{what} in {}", dir.display());
+        move |e| Error::io(what, e)
+    };
+    std::fs::create_dir_all(dir).map_err(io("creating the model directory"))?;
+    match &artifact.source {
+        ModelSource::Spec(s) => std::fs::write(dir.join("model.json"), s.to_json()).map_err(io("writing model.json"))?,
+        ModelSource::TorchScript(b) => std::fs::write(dir.join("model.pt"), b).map_err(io("writing model.pt"))?,
+    }
+    if let Some(state) = &artifact.state {
+        std::fs::write(dir.join("state.safetensors"), state).map_err(io("writing state.safetensors"))?;
+    }
+    let text = serde_json::to_string_pretty(manifest).map_err(|e| Error::internal(e.to_string()))?;
+    std::fs::write(dir.join("manifest.json"), text).map_err(io("writing manifest.json"))
+}
+
+fn read_artifact(dir: &Path) -> Result<Artifact> {
+    let json = dir.join("model.json");
+    let source = if json.exists() {
+        ModelSource::from_file(&json)?
+    } else {
+        ModelSource::from_file(&dir.join("model.pt"))?
+    };
+    let state_path = dir.join("state.safetensors");
+    let state = if state_path.exists() {
+        Some(std::fs::read(&state_path).map_err(|e| Error::io(format!("reading {}", state_path.display()), e))?)
+    } else {
+        None
+    };
+    Ok(Artifact { source, state })
 }

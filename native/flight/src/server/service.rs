@@ -27,7 +27,8 @@ use stoker_engine::DeviceSpec;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::jobs::{Job, Jobs};
-use super::models::Models;
+use super::models::{Models, ServedModel};
+use stoker_core::predictions::{append, OutputColumns};
 use crate::status::to_status;
 
 /// Shared server state.
@@ -124,6 +125,21 @@ impl Service {
         to_status(e)
     }
 
+    fn tier_stats(&self) -> serde_json::Map<String, serde_json::Value> {
+        let m = &self.models;
+        [("device", &m.device_tier), ("host", &m.host_tier), ("disk", &m.disk_tier)]
+            .iter()
+            .map(|(name, t)| {
+                let v = serde_json::json!({
+                    "hits": t.hits.load(Ordering::Relaxed),
+                    "misses": t.misses.load(Ordering::Relaxed),
+                    "evictions": t.evictions.load(Ordering::Relaxed),
+                });
+                (name.to_string(), v)
+            })
+            .collect()
+    }
+
     fn stats_json(&self) -> serde_json::Value {
         let c = &self.counters;
         serde_json::json!({
@@ -139,10 +155,19 @@ impl Service {
             "jobs": self.jobs.list().iter().map(|j| serde_json::json!({
                 "name": j.name, "partitions": j.partitions, "rows": j.rows, "bytes": j.bytes,
             })).collect::<Vec<_>>(),
-            "models": self.models.list().iter().map(|m| serde_json::json!({
-                "name": m.name, "version": m.version, "task": m.task, "bytes": m.bytes,
-                "rows": m.rows.load(Ordering::Relaxed), "batches": m.batches.load(Ordering::Relaxed),
-            })).collect::<Vec<_>>(),
+            "models": self.models.list().iter().map(|m| {
+                let b = &m.batching;
+                serde_json::json!({
+                    "name": m.name, "version": m.version, "task": m.task, "bytes": m.param_bytes,
+                    "tier": m.tier().as_str(),
+                    "requests": b.requests.load(Ordering::Relaxed),
+                    "forward_passes": b.forward_passes.load(Ordering::Relaxed),
+                    "rows": b.rows.load(Ordering::Relaxed),
+                    "max_pass_rows": b.max_pass_rows.load(Ordering::Relaxed),
+                    "max_pass_requests": b.max_pass_requests.load(Ordering::Relaxed),
+                })
+            }).collect::<Vec<_>>(),
+            "tiers": self.tier_stats(),
         })
     }
 
@@ -192,10 +217,8 @@ impl Service {
             action::REGISTER_MODEL => {
                 let req: RegisterModel = env.parse(action::REGISTER_MODEL)?;
                 let (model, state) = (env.take_blob("model"), env.take_blob("state"));
-                let device = self.device.resolve()?;
                 let me = self.clone();
-                let served =
-                    blocking(move || me.models.register(req, model, state, device)).await?;
+                let served = blocking(move || me.models.register(req, model, state)).await?;
                 tracing::info!(model = %served.name, version = served.version, "registered model");
                 one(Envelope::new(serde_json::json!({
                     "name": served.name, "version": served.version, "task": served.task,
@@ -278,7 +301,9 @@ impl Service {
             let first_row = rows;
             rows += batch.num_rows();
             async move {
-                let out = blocking(move || served.predict(&batch, &keep, first_row))
+                let out = me
+                    .clone()
+                    .predict(served, batch, keep, first_row)
                     .await
                     .map_err(to_flight)?;
                 me.counters
@@ -293,6 +318,24 @@ impl Service {
             .build(predictions)
             .map_err(move |e| me.fail(flight_error(e)));
         Ok(encoded.boxed())
+    }
+
+    /// One stream batch through the model's batcher: features are
+    /// converted on this stream's blocking thread, the forward pass is
+    /// shared with concurrent streams.
+    async fn predict(
+        self: Arc<Self>,
+        served: Arc<ServedModel>,
+        batch: RecordBatch,
+        keep: Vec<String>,
+        first_row: usize,
+    ) -> Result<RecordBatch> {
+        let (s, b) = (served.clone(), batch.clone());
+        let features = blocking(move || s.features_of(&b, first_row)).await?;
+        let me = self.clone();
+        let batcher = blocking(move || me.models.batcher(&served)).await?;
+        let outputs = batcher.predict(features).await?;
+        append(&batch, Some(&keep), &outputs, &OutputColumns::default())
     }
 
     fn flight_infos(&self) -> Vec<FlightInfo> {
@@ -320,14 +363,14 @@ impl Service {
             ]);
             let info = FlightInfo::new()
                 .with_descriptor(d)
-                .with_total_records(m.rows.load(Ordering::Relaxed) as i64)
-                .with_total_bytes(m.bytes as i64)
+                .with_total_records(m.batching.rows.load(Ordering::Relaxed) as i64)
+                .with_total_bytes(m.param_bytes as i64)
                 .with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(format!(
                     "{MODELS_PATH}/{}/{}",
                     m.name, m.version
                 ))))
                 .with_app_metadata(
-                    serde_json::json!({"kind": "model", "version": m.version, "task": m.task, "tier": "device"})
+                    serde_json::json!({"kind": "model", "version": m.version, "task": m.task, "tier": m.tier().as_str()})
                         .to_string(),
                 );
             out.push(info);
@@ -343,9 +386,7 @@ impl Service {
             Some(JOBS_PATH) if parts.len() == 2 => self.jobs.get(&parts[1])?.initial_state(),
             Some(MODELS_PATH) => {
                 let m = self.models.get(&ModelKey::from_path(&parts)?)?;
-                m.state().map(<[u8]>::to_vec).ok_or_else(|| {
-                    Error::not_found(format!("model '{}' was registered without a state", m.name))
-                })
+                self.models.state_bytes(&m)
             }
             _ => Err(Error::invalid(format!(
                 "ticket '{text}' names neither 'jobs/JOB' nor 'models/NAME[/VERSION]'"

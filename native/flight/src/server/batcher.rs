@@ -1,0 +1,146 @@
+//! Dynamic batching: one worker thread per loaded model owns the model and
+//! runs every forward pass for it. Streams convert their Arrow batches to
+//! feature matrices in parallel and queue them here; the worker takes the
+//! first queued request, keeps collecting until `max_rows` rows or
+//! `max_wait` have passed, runs one forward pass over the concatenation, and
+//! hands each request its slice of the outputs. Eight executors feeding one
+//! GPU thus get GPU-sized batches.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use stoker_core::{Error, Outputs, Result};
+use stoker_engine::torch::internal;
+use stoker_engine::Model;
+use tch::Tensor;
+use tokio::sync::oneshot;
+
+/// Limits of one coalesced forward pass.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLimits {
+    pub max_rows: usize,
+    pub max_wait: Duration,
+}
+
+impl Default for BatchLimits {
+    fn default() -> Self {
+        BatchLimits {
+            max_rows: 65_536,
+            max_wait: Duration::from_millis(2),
+        }
+    }
+}
+
+/// Counters of a model's batching, for stats.
+#[derive(Debug, Default)]
+pub struct BatchStats {
+    /// Requests queued (one per stream batch).
+    pub requests: AtomicU64,
+    /// Forward passes run.
+    pub forward_passes: AtomicU64,
+    pub rows: AtomicU64,
+    /// The largest number of rows in one forward pass.
+    pub max_pass_rows: AtomicU64,
+    /// The most requests merged into one forward pass.
+    pub max_pass_requests: AtomicU64,
+}
+
+struct Request {
+    features: Tensor,
+    rows: usize,
+    reply: oneshot::Sender<Result<Outputs>>,
+}
+
+/// The handle streams use; dropping the last one stops the worker and
+/// frees the model.
+pub struct Batcher {
+    queue: Sender<Request>,
+}
+
+impl Batcher {
+    /// Starts the worker thread that owns `model`.
+    pub fn start(model: Model, limits: BatchLimits, stats: Arc<BatchStats>, name: String) -> Result<Batcher> {
+        let (tx, rx) = mpsc::channel::<Request>();
+        std::thread::Builder::new()
+            .name(format!("stoker-model-{name}"))
+            .spawn(move || worker(model, rx, limits, stats))
+            .map_err(|e| Error::internal(format!("starting the batching thread: {e}")))?;
+        Ok(Batcher { queue: tx })
+    }
+
+    /// Queues a `[rows, width]` feature matrix and waits for its outputs.
+    pub async fn predict(&self, features: Tensor) -> Result<Outputs> {
+        let rows = features.size().first().copied().unwrap_or(0) as usize;
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Request { features, rows, reply })
+            .map_err(|_| Error::internal("the model's batching thread has stopped"))?;
+        answer
+            .await
+            .map_err(|_| Error::internal("the model's batching thread dropped a request"))?
+    }
+}
+
+fn worker(mut model: Model, rx: Receiver<Request>, limits: BatchLimits, stats: Arc<BatchStats>) {
+    while let Ok(first) = rx.recv() {
+        let mut pending = vec![first];
+        let mut rows = pending[0].rows;
+        let deadline = Instant::now() + limits.max_wait;
+        while rows < limits.max_rows {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(r) => {
+                    rows += r.rows;
+                    pending.push(r);
+                }
+                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        stats.requests.fetch_add(pending.len() as u64, Ordering::Relaxed);
+        stats.forward_passes.fetch_add(1, Ordering::Relaxed);
+        stats.rows.fetch_add(rows as u64, Ordering::Relaxed);
+        stats.max_pass_rows.fetch_max(rows as u64, Ordering::Relaxed);
+        stats.max_pass_requests.fetch_max(pending.len() as u64, Ordering::Relaxed);
+        run(&mut model, pending);
+    }
+}
+
+/// One forward pass for several requests. A request whose features the
+/// model rejects fails alone: the pass is retried without it.
+fn run(model: &mut Model, pending: Vec<Request>) {
+    if pending.len() == 1 {
+        let r = pending.into_iter().next();
+        if let Some(r) = r {
+            let out = model.predict_tensor(&r.features);
+            let _ = r.reply.send(out);
+        }
+        return;
+    }
+    let merged = Tensor::f_cat(&pending.iter().map(|r| &r.features).collect::<Vec<_>>(), 0)
+        .map_err(internal("concatenating batches"));
+    let outputs = merged.and_then(|x| model.predict_tensor(&x));
+    match outputs {
+        Ok(out) => {
+            let width = out.task.outputs();
+            let mut at = 0;
+            for r in pending {
+                let end = at + r.rows * width;
+                let _ = r.reply.send(Ok(Outputs {
+                    task: out.task,
+                    values: out.values[at..end].to_vec(),
+                }));
+                at = end;
+            }
+        }
+        Err(_) => {
+            // Something in the merged batch failed (a width mismatch, say):
+            // run each request on its own so only the bad one fails.
+            for r in pending {
+                let out = model.predict_tensor(&r.features);
+                let _ = r.reply.send(out);
+            }
+        }
+    }
+}
