@@ -19,7 +19,9 @@ pub fn code(kind: ErrorKind) -> Code {
 
 pub fn kind(code: Code) -> ErrorKind {
     match code {
-        Code::InvalidArgument | Code::OutOfRange => ErrorKind::InvalidInput,
+        Code::InvalidArgument => ErrorKind::InvalidInput,
+        // tonic answers an oversized message with OUT_OF_RANGE.
+        Code::OutOfRange => ErrorKind::ResourceExhausted,
         Code::NotFound => ErrorKind::NotFound,
         Code::FailedPrecondition => ErrorKind::CacheMiss,
         Code::ResourceExhausted => ErrorKind::ResourceExhausted,

@@ -61,7 +61,12 @@ pub struct Batcher {
 
 impl Batcher {
     /// Starts the worker thread that owns `model`.
-    pub fn start(model: Model, limits: BatchLimits, stats: Arc<BatchStats>, name: String) -> Result<Batcher> {
+    pub fn start(
+        model: Model,
+        limits: BatchLimits,
+        stats: Arc<BatchStats>,
+        name: String,
+    ) -> Result<Batcher> {
         let (tx, rx) = mpsc::channel::<Request>();
         std::thread::Builder::new()
             .name(format!("stoker-model-{name}"))
@@ -75,7 +80,11 @@ impl Batcher {
         let rows = features.size().first().copied().unwrap_or(0) as usize;
         let (reply, answer) = oneshot::channel();
         self.queue
-            .send(Request { features, rows, reply })
+            .send(Request {
+                features,
+                rows,
+                reply,
+            })
             .map_err(|_| Error::internal("the model's batching thread has stopped"))?;
         answer
             .await
@@ -98,11 +107,17 @@ fn worker(mut model: Model, rx: Receiver<Request>, limits: BatchLimits, stats: A
                 Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
             }
         }
-        stats.requests.fetch_add(pending.len() as u64, Ordering::Relaxed);
+        stats
+            .requests
+            .fetch_add(pending.len() as u64, Ordering::Relaxed);
         stats.forward_passes.fetch_add(1, Ordering::Relaxed);
         stats.rows.fetch_add(rows as u64, Ordering::Relaxed);
-        stats.max_pass_rows.fetch_max(rows as u64, Ordering::Relaxed);
-        stats.max_pass_requests.fetch_max(pending.len() as u64, Ordering::Relaxed);
+        stats
+            .max_pass_rows
+            .fetch_max(rows as u64, Ordering::Relaxed);
+        stats
+            .max_pass_requests
+            .fetch_max(pending.len() as u64, Ordering::Relaxed);
         run(&mut model, pending);
     }
 }

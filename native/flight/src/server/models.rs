@@ -156,7 +156,9 @@ fn source_from(req: &RegisterModel, blob: Option<Vec<u8>>) -> Result<ModelSource
 fn valid_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && !name.starts_with('.')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
     if ok {
         Ok(())
     } else {
@@ -179,14 +181,27 @@ impl Models {
         Ok(models)
     }
 
-    fn build(&self, artifact: &Artifact, loss: Option<&str>, width: Option<usize>) -> Result<Model> {
+    fn build(
+        &self,
+        artifact: &Artifact,
+        loss: Option<&str>,
+        width: Option<usize>,
+    ) -> Result<Model> {
         match &artifact.state {
-            Some(bytes) => Model::from_state(&artifact.source, &State::from_bytes(bytes)?, self.config.device),
+            Some(bytes) => Model::from_state(
+                &artifact.source,
+                &State::from_bytes(bytes)?,
+                self.config.device,
+            ),
             None => {
                 if let ModelSource::Spec(_) = artifact.source {
-                    return Err(Error::invalid("a built-in model spec needs its trained weights as a 'state' blob"));
+                    return Err(Error::invalid(
+                        "a built-in model spec needs its trained weights as a 'state' blob",
+                    ));
                 }
-                let width = width.ok_or_else(|| Error::invalid("a TorchScript model without a state needs 'input_width'"))?;
+                let width = width.ok_or_else(|| {
+                    Error::invalid("a TorchScript model without a state needs 'input_width'")
+                })?;
                 let loss: Loss = loss.unwrap_or("mse").parse()?;
                 Model::build(&artifact.source, loss, width, self.config.device, 0)
             }
@@ -194,7 +209,12 @@ impl Models {
     }
 
     /// Builds, checks and registers a model; it starts in the device tier.
-    pub fn register(&self, req: RegisterModel, model_blob: Option<Vec<u8>>, state_blob: Option<Vec<u8>>) -> Result<Arc<ServedModel>> {
+    pub fn register(
+        &self,
+        req: RegisterModel,
+        model_blob: Option<Vec<u8>>,
+        state_blob: Option<Vec<u8>>,
+    ) -> Result<Arc<ServedModel>> {
         valid_name(&req.name)?;
         let artifact = Arc::new(Artifact {
             source: source_from(&req, model_blob)?,
@@ -208,11 +228,9 @@ impl Models {
         let features = match (req.features.clone(), recorded) {
             (Some(f), _) => f,
             (None, Some(f)) => f.split(',').map(String::from).collect(),
-            (None, None) => {
-                return Err(Error::invalid(
-                    "register_model needs 'features' (the state does not record its feature columns)",
-                ))
-            }
+            (None, None) => return Err(Error::invalid(
+                "register_model needs 'features' (the state does not record its feature columns)",
+            )),
         };
         let version = {
             let models = lock(&self.models);
@@ -231,7 +249,11 @@ impl Models {
             param_bytes: model.parameter_count() * 4,
         };
         if let Some(dir) = &self.config.model_dir {
-            write_artifact(&dir.join(&req.name).join(version.to_string()), &artifact, &manifest)?;
+            write_artifact(
+                &dir.join(&req.name).join(version.to_string()),
+                &artifact,
+                &manifest,
+            )?;
         }
         let served = Arc::new(ServedModel {
             name: req.name.clone(),
@@ -246,28 +268,35 @@ impl Models {
             last_used: Mutex::new(Instant::now()),
             batching: Arc::new(BatchStats::default()),
         });
-        let batcher = Batcher::start(model, self.config.limits, served.batching.clone(), served.name.clone())?;
+        let batcher = Batcher::start(
+            model,
+            self.config.limits,
+            served.batching.clone(),
+            served.name.clone(),
+        )?;
         *lock(&served.batcher) = Some(Arc::new(batcher));
-        lock(&self.models).entry(req.name).or_default().insert(version, served.clone());
+        lock(&self.models)
+            .entry(req.name)
+            .or_default()
+            .insert(version, served.clone());
         self.enforce_budgets(&served);
         Ok(served)
     }
 
     pub fn get(&self, key: &ModelKey) -> Result<Arc<ServedModel>> {
         let models = lock(&self.models);
-        let versions = models
-            .get(&key.name)
-            .ok_or_else(|| Error::not_found(format!("no model named '{}' is registered", key.name)))?;
+        let versions = models.get(&key.name).ok_or_else(|| {
+            Error::not_found(format!("no model named '{}' is registered", key.name))
+        })?;
         match key.version {
-            Some(v) => versions
-                .get(&v)
-                .cloned()
-                .ok_or_else(|| Error::not_found(format!("model '{}' has no version {v}", key.name))),
-            None => versions
-                .values()
-                .next_back()
-                .cloned()
-                .ok_or_else(|| Error::not_found(format!("model '{}' has no versions", key.name))),
+            Some(v) => versions.get(&v).cloned().ok_or_else(|| {
+                Error::not_found(format!("model '{}' has no version {v}", key.name))
+            }),
+            None => {
+                versions.values().next_back().cloned().ok_or_else(|| {
+                    Error::not_found(format!("model '{}' has no versions", key.name))
+                })
+            }
         }
     }
 
@@ -304,7 +333,12 @@ impl Models {
                 // Another stream loaded it meanwhile.
                 Some(b) => b.clone(),
                 None => {
-                    let b = Arc::new(Batcher::start(model, self.config.limits, served.batching.clone(), served.name.clone())?);
+                    let b = Arc::new(Batcher::start(
+                        model,
+                        self.config.limits,
+                        served.batching.clone(),
+                        served.name.clone(),
+                    )?);
                     *slot = Some(b.clone());
                     b
                 }
@@ -322,10 +356,12 @@ impl Models {
             Some(a) => a,
             None => Arc::new(read_artifact(&self.model_path(served)?)?),
         };
-        artifact
-            .state
-            .clone()
-            .ok_or_else(|| Error::not_found(format!("model '{}' was registered without a state", served.name)))
+        artifact.state.clone().ok_or_else(|| {
+            Error::not_found(format!(
+                "model '{}' was registered without a state",
+                served.name
+            ))
+        })
     }
 
     fn model_path(&self, served: &ServedModel) -> Result<PathBuf> {
@@ -341,7 +377,8 @@ impl Models {
     /// budget; `keep` (the model just used) stays on the device.
     fn enforce_budgets(&self, keep: &Arc<ServedModel>) {
         let all = self.list();
-        let mut on_device: Vec<&Arc<ServedModel>> = all.iter().filter(|m| m.tier() == Tier::Device).collect();
+        let mut on_device: Vec<&Arc<ServedModel>> =
+            all.iter().filter(|m| m.tier() == Tier::Device).collect();
         on_device.sort_by_key(|m| *lock(&m.last_used));
         let mut used: usize = on_device.iter().map(|m| m.param_bytes).sum();
         for m in on_device {
@@ -359,7 +396,8 @@ impl Models {
         if self.config.model_dir.is_none() {
             return; // the host tier is the bottom
         }
-        let mut on_host: Vec<&Arc<ServedModel>> = all.iter().filter(|m| m.tier() == Tier::Host).collect();
+        let mut on_host: Vec<&Arc<ServedModel>> =
+            all.iter().filter(|m| m.tier() == Tier::Host).collect();
         on_host.sort_by_key(|m| *lock(&m.last_used));
         let mut used: usize = on_host.iter().map(|m| m.artifact_bytes()).sum();
         for m in on_host {
@@ -382,9 +420,9 @@ impl Models {
             .ok_or_else(|| Error::not_found(format!("no model named '{name}' is registered")))?;
         let removed: Vec<u32> = match version {
             Some(v) => {
-                versions
-                    .remove(&v)
-                    .ok_or_else(|| Error::not_found(format!("model '{name}' has no version {v}")))?;
+                versions.remove(&v).ok_or_else(|| {
+                    Error::not_found(format!("model '{name}' has no version {v}"))
+                })?;
                 vec![v]
             }
             None => std::mem::take(versions).into_keys().collect(),
@@ -409,15 +447,25 @@ impl Models {
 
     /// Registers what a model directory holds, in the disk tier.
     fn scan_model_dir(&self) -> Result<()> {
-        let Some(dir) = &self.config.model_dir else { return Ok(()) };
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-        let entries = std::fs::read_dir(dir).map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
+        let Some(dir) = &self.config.model_dir else {
+            return Ok(());
+        };
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        let entries = std::fs::read_dir(dir)
+            .map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
         for name in entries.flatten() {
-            let Ok(versions) = std::fs::read_dir(name.path()) else { continue };
+            let Ok(versions) = std::fs::read_dir(name.path()) else {
+                continue;
+            };
             let model_name = name.file_name().to_string_lossy().to_string();
             for v in versions.flatten() {
-                let Ok(version) = v.file_name().to_string_lossy().parse::<u32>() else { continue };
-                let Ok(text) = std::fs::read_to_string(v.path().join("manifest.json")) else { continue };
+                let Ok(version) = v.file_name().to_string_lossy().parse::<u32>() else {
+                    continue;
+                };
+                let Ok(text) = std::fs::read_to_string(v.path().join("manifest.json")) else {
+                    continue;
+                };
                 let Ok(m) = serde_json::from_str::<Manifest>(&text) else {
                     tracing::warn!(path = %v.path().display(), "skipping a model directory entry with a bad manifest");
                     continue;
@@ -435,7 +483,10 @@ impl Models {
                     last_used: Mutex::new(Instant::now()),
                     batching: Arc::new(BatchStats::default()),
                 });
-                lock(&self.models).entry(model_name.clone()).or_default().insert(version, served);
+                lock(&self.models)
+                    .entry(model_name.clone())
+                    .or_default()
+                    .insert(version, served);
                 tracing::info!(model = %model_name, version, "found model in the model directory");
             }
         }
@@ -450,13 +501,19 @@ fn write_artifact(dir: &Path, artifact: &Artifact, manifest: &Manifest) -> Resul
     };
     std::fs::create_dir_all(dir).map_err(io("creating the model directory"))?;
     match &artifact.source {
-        ModelSource::Spec(s) => std::fs::write(dir.join("model.json"), s.to_json()).map_err(io("writing model.json"))?,
-        ModelSource::TorchScript(b) => std::fs::write(dir.join("model.pt"), b).map_err(io("writing model.pt"))?,
+        ModelSource::Spec(s) => {
+            std::fs::write(dir.join("model.json"), s.to_json()).map_err(io("writing model.json"))?
+        }
+        ModelSource::TorchScript(b) => {
+            std::fs::write(dir.join("model.pt"), b).map_err(io("writing model.pt"))?
+        }
     }
     if let Some(state) = &artifact.state {
-        std::fs::write(dir.join("state.safetensors"), state).map_err(io("writing state.safetensors"))?;
+        std::fs::write(dir.join("state.safetensors"), state)
+            .map_err(io("writing state.safetensors"))?;
     }
-    let text = serde_json::to_string_pretty(manifest).map_err(|e| Error::internal(e.to_string()))?;
+    let text =
+        serde_json::to_string_pretty(manifest).map_err(|e| Error::internal(e.to_string()))?;
     std::fs::write(dir.join("manifest.json"), text).map_err(io("writing manifest.json"))
 }
 
@@ -469,7 +526,10 @@ fn read_artifact(dir: &Path) -> Result<Artifact> {
     };
     let state_path = dir.join("state.safetensors");
     let state = if state_path.exists() {
-        Some(std::fs::read(&state_path).map_err(|e| Error::io(format!("reading {}", state_path.display()), e))?)
+        Some(
+            std::fs::read(&state_path)
+                .map_err(|e| Error::io(format!("reading {}", state_path.display()), e))?,
+        )
     } else {
         None
     };

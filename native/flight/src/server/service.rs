@@ -28,8 +28,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::jobs::{Job, Jobs};
 use super::models::{Models, ServedModel};
-use stoker_core::predictions::{append, OutputColumns};
 use crate::status::to_status;
+use stoker_core::predictions::{append, OutputColumns};
 
 /// Shared server state.
 pub struct Service {
@@ -127,17 +127,21 @@ impl Service {
 
     fn tier_stats(&self) -> serde_json::Map<String, serde_json::Value> {
         let m = &self.models;
-        [("device", &m.device_tier), ("host", &m.host_tier), ("disk", &m.disk_tier)]
-            .iter()
-            .map(|(name, t)| {
-                let v = serde_json::json!({
-                    "hits": t.hits.load(Ordering::Relaxed),
-                    "misses": t.misses.load(Ordering::Relaxed),
-                    "evictions": t.evictions.load(Ordering::Relaxed),
-                });
-                (name.to_string(), v)
-            })
-            .collect()
+        [
+            ("device", &m.device_tier),
+            ("host", &m.host_tier),
+            ("disk", &m.disk_tier),
+        ]
+        .iter()
+        .map(|(name, t)| {
+            let v = serde_json::json!({
+                "hits": t.hits.load(Ordering::Relaxed),
+                "misses": t.misses.load(Ordering::Relaxed),
+                "evictions": t.evictions.load(Ordering::Relaxed),
+            });
+            (name.to_string(), v)
+        })
+        .collect()
     }
 
     fn stats_json(&self) -> serde_json::Value {
