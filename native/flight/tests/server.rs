@@ -555,3 +555,50 @@ async fn models_move_between_tiers_and_survive_a_restart() {
     assert_eq!(a, b);
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn prometheus_metrics_page() {
+    let server = start(ServerConfig {
+        metrics_port: Some(0),
+        ..config()
+    })
+    .await
+    .unwrap();
+    let mut client = connect(&server, None).await;
+    trained_model(&mut client, "metered").await;
+    client
+        .predict(
+            &ModelKey {
+                name: "metered".into(),
+                version: None,
+            },
+            &[],
+            vec![rings(100, 1)],
+        )
+        .await
+        .unwrap();
+    let addr = server.metrics_addr.unwrap();
+    let page = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text
+    })
+    .await
+    .unwrap();
+    assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
+    for line in [
+        "stoker_rows_in_total 3000",
+        "stoker_rows_predicted_total 100",
+        "stoker_train_rounds_total 6",
+        "stoker_train_round_seconds_count 6",
+        "stoker_model_tier_hits_total{tier=\"device\"}",
+        "stoker_inference_pass_rows_count{model=\"metered\",version=\"1\"} 1",
+    ] {
+        assert!(page.contains(line), "missing {line} in\n{page}");
+    }
+    server.stop().await.unwrap();
+}

@@ -47,6 +47,9 @@ pub struct ServeArgs {
     /// Longest wait for more streams to join an inference pass, in milliseconds.
     #[arg(long, default_value_t = 2)]
     max_wait_ms: u64,
+    /// Serve Prometheus metrics (plain HTTP) on this port.
+    #[arg(long)]
+    metrics_port: Option<u16>,
 }
 
 fn read(path: &PathBuf, what: &str) -> Result<Vec<u8>> {
@@ -86,6 +89,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
             max_rows: a.max_batch_rows.max(1),
             max_wait: std::time::Duration::from_millis(a.max_wait_ms),
         },
+        metrics_port: a.metrics_port,
     };
     config.device.resolve()?;
     tracing_subscriber::fmt()
@@ -105,6 +109,9 @@ pub fn run(a: ServeArgs) -> Result<()> {
         // read it to connect.
         let mut out = std::io::stdout();
         let _ = writeln!(out, "{}", server.uri());
+        if let Some(m) = server.metrics_addr {
+            let _ = writeln!(out, "metrics http://{m}/metrics");
+        }
         let _ = out.flush();
         wait_for_signal().await;
         tracing::info!("shutting down: draining in-flight requests");

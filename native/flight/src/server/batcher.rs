@@ -34,8 +34,9 @@ impl Default for BatchLimits {
 }
 
 /// Counters of a model's batching, for stats.
-#[derive(Debug, Default)]
 pub struct BatchStats {
+    /// Rows per forward pass.
+    pub pass_rows: super::metrics::Histogram,
     /// Requests queued (one per stream batch).
     pub requests: AtomicU64,
     /// Forward passes run.
@@ -45,6 +46,19 @@ pub struct BatchStats {
     pub max_pass_rows: AtomicU64,
     /// The most requests merged into one forward pass.
     pub max_pass_requests: AtomicU64,
+}
+
+impl Default for BatchStats {
+    fn default() -> Self {
+        BatchStats {
+            pass_rows: super::metrics::Histogram::new(super::metrics::ROW_BOUNDS),
+            requests: AtomicU64::new(0),
+            forward_passes: AtomicU64::new(0),
+            rows: AtomicU64::new(0),
+            max_pass_rows: AtomicU64::new(0),
+            max_pass_requests: AtomicU64::new(0),
+        }
+    }
 }
 
 struct Request {
@@ -118,6 +132,7 @@ fn worker(mut model: Model, rx: Receiver<Request>, limits: BatchLimits, stats: A
         stats
             .max_pass_requests
             .fetch_max(pending.len() as u64, Ordering::Relaxed);
+        stats.pass_rows.observe(rows as f64);
         run(&mut model, pending);
     }
 }

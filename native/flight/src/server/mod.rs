@@ -3,6 +3,7 @@
 
 pub mod batcher;
 pub mod jobs;
+pub mod metrics;
 pub mod models;
 pub mod service;
 
@@ -39,6 +40,8 @@ pub struct ServerConfig {
     pub host_model_bytes: usize,
     /// Dynamic batching of concurrent inference streams.
     pub batch: batcher::BatchLimits,
+    /// Serve Prometheus metrics over HTTP on this port (same host).
+    pub metrics_port: Option<u16>,
 }
 
 impl Default for ServerConfig {
@@ -55,6 +58,7 @@ impl Default for ServerConfig {
             device_model_bytes: 4 << 30,
             host_model_bytes: 8 << 30,
             batch: batcher::BatchLimits::default(),
+            metrics_port: None,
         }
     }
 }
@@ -62,6 +66,8 @@ impl Default for ServerConfig {
 /// A server running on the current tokio runtime.
 pub struct RunningServer {
     pub addr: SocketAddr,
+    /// Where the metrics page is, when enabled.
+    pub metrics_addr: Option<SocketAddr>,
     pub tls: bool,
     pub service: Arc<Service>,
     shutdown: Option<oneshot::Sender<()>>,
@@ -138,6 +144,24 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
             .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
             .map_err(|e| Error::invalid(format!("TLS certificate or key: {e}")))?;
     }
+    let metrics_addr = match config.metrics_port {
+        Some(port) => {
+            let listener = tokio::net::TcpListener::bind((ip, port))
+                .await
+                .map_err(|e| {
+                    Error::new(
+                        ErrorKind::Unavailable,
+                        format!("cannot listen for metrics on {ip}:{port}: {e}"),
+                    )
+                })?;
+            let bound = listener
+                .local_addr()
+                .map_err(|e| Error::io("reading the metrics address", e))?;
+            tokio::spawn(metrics::serve(listener, service.clone()));
+            Some(bound)
+        }
+        None => None,
+    };
     let (tx, rx) = oneshot::channel::<()>();
     let router = builder.add_service(flight);
     let handle = tokio::spawn(async move {
@@ -151,6 +175,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
     tracing::info!(%addr, tls, device = %config.device, auth = config.token.is_some(), "stoker server listening");
     Ok(RunningServer {
         addr,
+        metrics_addr,
         tls,
         service,
         shutdown: Some(tx),

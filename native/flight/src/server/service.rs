@@ -27,6 +27,7 @@ use stoker_engine::DeviceSpec;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::jobs::{Job, Jobs};
+use super::metrics::{Histogram, LATENCY_BOUNDS};
 use super::models::{Models, ServedModel};
 use crate::status::to_status;
 use stoker_core::predictions::{append, OutputColumns};
@@ -41,12 +42,28 @@ pub struct Service {
     pub counters: Counters,
 }
 
-#[derive(Default)]
 pub struct Counters {
     pub rows_in: AtomicU64,
     pub rows_predicted: AtomicU64,
     pub train_rounds: AtomicU64,
     pub requests_failed: AtomicU64,
+    pub exchange_latency: Histogram,
+    pub train_latency: Histogram,
+    pub put_latency: Histogram,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            rows_in: AtomicU64::new(0),
+            rows_predicted: AtomicU64::new(0),
+            train_rounds: AtomicU64::new(0),
+            requests_failed: AtomicU64::new(0),
+            exchange_latency: Histogram::new(LATENCY_BOUNDS),
+            train_latency: Histogram::new(LATENCY_BOUNDS),
+            put_latency: Histogram::new(LATENCY_BOUNDS),
+        }
+    }
 }
 
 type Stream<T> = BoxStream<'static, std::result::Result<T, Status>>;
@@ -206,9 +223,13 @@ impl Service {
                     version: req.version.clone(),
                 };
                 let part = self.jobs.partition(&key)?;
+                let started = std::time::Instant::now();
                 let (result, out) =
                     blocking(move || job.train_round(&part, &req, state.as_deref())).await?;
                 self.counters.train_rounds.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .train_latency
+                    .observe(started.elapsed().as_secs_f64());
                 tracing::info!(job = %result.job, partition = result.partition, round = result.round,
                     samples = result.samples, loss = result.loss_last, seconds = result.seconds, "trained round");
                 one(Envelope::new(result)?.with_blob("state", out))
@@ -243,6 +264,7 @@ impl Service {
     }
 
     async fn put(self: Arc<Self>, input: Streaming<FlightData>) -> Result<PutResult> {
+        let started = std::time::Instant::now();
         let (descriptor, data) = split_descriptor(input).await?;
         let key = PartitionKey::from_path(&descriptor_path(descriptor.as_ref())?)?;
         // Fail before reading any data when the job does not exist.
@@ -279,6 +301,9 @@ impl Service {
         self.counters
             .rows_in
             .fetch_add(rows as u64, Ordering::Relaxed);
+        self.counters
+            .put_latency
+            .observe(started.elapsed().as_secs_f64());
         tracing::info!(job = %key.job, partition = key.partition, version = %key.version, rows, bytes = stored, replaced, "cached partition");
         let meta = serde_json::json!({"rows": rows, "bytes": stored, "replaced": replaced});
         Ok(PutResult {
@@ -334,12 +359,17 @@ impl Service {
         keep: Vec<String>,
         first_row: usize,
     ) -> Result<RecordBatch> {
+        let started = std::time::Instant::now();
         let (s, b) = (served.clone(), batch.clone());
         let features = blocking(move || s.features_of(&b, first_row)).await?;
         let me = self.clone();
         let batcher = blocking(move || me.models.batcher(&served)).await?;
         let outputs = batcher.predict(features).await?;
-        append(&batch, Some(&keep), &outputs, &OutputColumns::default())
+        let out = append(&batch, Some(&keep), &outputs, &OutputColumns::default());
+        self.counters
+            .exchange_latency
+            .observe(started.elapsed().as_secs_f64());
+        out
     }
 
     fn flight_infos(&self) -> Vec<FlightInfo> {
