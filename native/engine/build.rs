@@ -1,8 +1,8 @@
-//! Lets the engine's own test and bench binaries find libtorch at run time.
-//! torch-sys tells its direct dependents where libtorch lives
-//! (DEP_TCH_LIBTORCH_LIB); without an rpath the binaries fail with
-//! "libtorch_cpu.so: cannot open shared object file". Crates that build
-//! binaries of their own (native/flight) repeat this in their build.rs.
+// Lets the engine's own test and bench binaries find libtorch at run time.
+// torch-sys tells its direct dependents where libtorch lives
+// (DEP_TCH_LIBTORCH_LIB); without an rpath the binaries fail with
+// "libtorch_cpu.so: cannot open shared object file". Crates that build
+// binaries of their own (native/flight) repeat this in their build.rs.
 fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     if let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") {

@@ -31,6 +31,18 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Every kind, for tables and tests that must cover them all.
+    pub const ALL: [ErrorKind; 8] = [
+        ErrorKind::InvalidInput,
+        ErrorKind::NotFound,
+        ErrorKind::CacheMiss,
+        ErrorKind::ResourceExhausted,
+        ErrorKind::Unauthenticated,
+        ErrorKind::Unavailable,
+        ErrorKind::Io,
+        ErrorKind::Internal,
+    ];
+
     /// The stable name used in logs, in protocol error details and by the
     /// JVM and Python bindings to pick an exception class.
     pub fn as_str(self) -> &'static str {
@@ -161,16 +173,7 @@ mod tests {
 
     #[test]
     fn kind_names_round_trip() {
-        for kind in [
-            ErrorKind::InvalidInput,
-            ErrorKind::NotFound,
-            ErrorKind::CacheMiss,
-            ErrorKind::ResourceExhausted,
-            ErrorKind::Unauthenticated,
-            ErrorKind::Unavailable,
-            ErrorKind::Io,
-            ErrorKind::Internal,
-        ] {
+        for kind in ErrorKind::ALL {
             assert_eq!(ErrorKind::from_name(kind.as_str()), kind);
         }
         assert_eq!(ErrorKind::from_name("nonsense"), ErrorKind::Internal);

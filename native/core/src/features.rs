@@ -48,7 +48,8 @@ pub struct FeatureLayout {
     width: usize,
 }
 
-fn column_list(schema: &Schema) -> String {
+/// The schema's column names, for "not found" messages.
+pub(crate) fn column_list(schema: &Schema) -> String {
     schema
         .fields()
         .iter()

@@ -36,12 +36,7 @@ pub fn label_is_integer(schema: &Schema, label: &str) -> Result<bool> {
     let field = schema.field_with_name(label).map_err(|_| {
         Error::invalid(format!(
             "label column '{label}' not found; the data has columns: {}",
-            schema
-                .fields()
-                .iter()
-                .map(|f| f.name().as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+            crate::features::column_list(schema)
         ))
     })?;
     if !is_numeric(field.data_type()) {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::{ArrayRef, AsArray, Float32Array, Int64Array, RecordBatch, StringArray};
-use arrow::datatypes::Float64Type;
+use arrow::datatypes::{Float64Type, Int64Type};
 use futures::StreamExt;
 use stoker_core::protocol::{CreateJob, ModelKey, PartitionKey, RegisterModel, TrainRound};
 use stoker_core::{ErrorKind, State, WeightedSum};
@@ -93,6 +93,31 @@ fn one(
     futures::stream::iter([Ok(batch)])
 }
 
+/// Column `index` of every batch, concatenated.
+fn ints(batches: &[RecordBatch], index: usize) -> Vec<i64> {
+    batches
+        .iter()
+        .flat_map(|b| {
+            b.column(index)
+                .as_primitive::<Int64Type>()
+                .values()
+                .to_vec()
+        })
+        .collect()
+}
+
+fn floats(batches: &[RecordBatch], index: usize) -> Vec<f64> {
+    batches
+        .iter()
+        .flat_map(|b| {
+            b.column(index)
+                .as_primitive::<Float64Type>()
+                .values()
+                .to_vec()
+        })
+        .collect()
+}
+
 /// Trains a model over two partitions for a few rounds and registers it.
 async fn trained_model(client: &mut Client, name: &str) -> Vec<u8> {
     client.create_job(&job(name), None).await.unwrap();
@@ -163,21 +188,10 @@ async fn every_action_end_to_end() {
     let schema = out[0].schema();
     let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
     assert_eq!(names, ["id", "prediction", "probability"]);
-    let ids: Vec<i64> = out
-        .iter()
-        .flat_map(|b| {
-            b.column(0)
-                .as_primitive::<arrow::datatypes::Int64Type>()
-                .values()
-                .to_vec()
-        })
-        .collect();
+    let ids = ints(&out, 0);
     assert_eq!(ids, (0..5000).collect::<Vec<_>>());
-    let predictions: Vec<f64> = out
-        .iter()
-        .flat_map(|b| b.column(1).as_primitive::<Float64Type>().values().to_vec())
-        .collect();
-    let labels = test.column(2).as_primitive::<arrow::datatypes::Int64Type>();
+    let predictions = floats(&out, 1);
+    let labels = test.column(2).as_primitive::<Int64Type>();
     let hits = predictions
         .iter()
         .enumerate()
@@ -442,10 +456,7 @@ async fn concurrent_streams_are_coalesced_and_stay_in_order() {
         )
         .await
         .unwrap();
-    let reference: Vec<f64> = reference
-        .iter()
-        .flat_map(|b| b.column(1).as_primitive::<Float64Type>().values().to_vec())
-        .collect();
+    let reference = floats(&reference, 1);
 
     let uri = server.uri();
     let streams = (0..8).map(|_| {
@@ -470,20 +481,9 @@ async fn concurrent_streams_are_coalesced_and_stay_in_order() {
     });
     for s in futures::future::join_all(streams).await {
         let batches = s.unwrap();
-        let ids: Vec<i64> = batches
-            .iter()
-            .flat_map(|b| {
-                b.column(0)
-                    .as_primitive::<arrow::datatypes::Int64Type>()
-                    .values()
-                    .to_vec()
-            })
-            .collect();
+        let ids = ints(&batches, 0);
         assert_eq!(ids, (0..400).collect::<Vec<_>>());
-        let p: Vec<f64> = batches
-            .iter()
-            .flat_map(|b| b.column(1).as_primitive::<Float64Type>().values().to_vec())
-            .collect();
+        let p = floats(&batches, 1);
         assert_eq!(p, reference);
     }
     let stats = client.stats().await.unwrap();
@@ -600,5 +600,40 @@ async fn prometheus_metrics_page() {
     ] {
         assert!(page.contains(line), "missing {line} in\n{page}");
     }
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_leaves_mid_exchange_harms_nobody() {
+    let server = start(config()).await.unwrap();
+    let mut client = connect(&server, None).await;
+    trained_model(&mut client, "steady").await;
+    let model = ModelKey {
+        name: "steady".into(),
+        version: None,
+    };
+    for _ in 0..3 {
+        let (tx, rx) = futures::channel::mpsc::unbounded::<stoker_core::Result<RecordBatch>>();
+        tx.unbounded_send(Ok(rings(100, 1))).unwrap();
+        let mut quitter = connect(&server, None).await;
+        let key = model.clone();
+        let pending = tokio::spawn(async move {
+            let mut out = quitter.predict_stream(&key, &[], rx).await?;
+            // Read one answer, then vanish with the request stream still open.
+            out.next().await;
+            Ok::<_, stoker_core::Error>(())
+        });
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        pending.abort();
+        drop(tx);
+    }
+    // The model's batcher is not stuck and later streams are served in full.
+    let out = client
+        .predict(&model, &["id".into()], vec![rings(300, 2)])
+        .await
+        .unwrap();
+    assert_eq!(ints(&out, 0), (0..300).collect::<Vec<_>>());
+    let stats = client.stats().await.unwrap();
+    assert_eq!(stats["models"][0]["tier"], "device");
     server.stop().await.unwrap();
 }

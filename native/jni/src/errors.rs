@@ -126,16 +126,7 @@ mod tests {
 
     #[test]
     fn every_kind_has_a_class_in_the_stoker_package() {
-        for kind in [
-            ErrorKind::InvalidInput,
-            ErrorKind::NotFound,
-            ErrorKind::CacheMiss,
-            ErrorKind::ResourceExhausted,
-            ErrorKind::Unauthenticated,
-            ErrorKind::Unavailable,
-            ErrorKind::Io,
-            ErrorKind::Internal,
-        ] {
+        for kind in ErrorKind::ALL {
             assert!(exception_class(kind).starts_with("dev/stoker/"));
         }
         assert_eq!(

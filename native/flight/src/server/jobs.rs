@@ -8,7 +8,9 @@
 //! and the client sends the partition again.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
+
+use super::{lock, model_source};
 use std::time::Instant;
 
 use arrow::array::RecordBatch;
@@ -17,9 +19,7 @@ use stoker_core::protocol::{CreateJob, PartitionKey, TrainRound, TrainRoundResul
 use stoker_core::{Error, ErrorKind, FeatureLayout, Loss, Result, State};
 use stoker_engine::model::ModelSource;
 use stoker_engine::Device;
-use stoker_engine::{
-    Dataset, DeviceSpec, Model, ModelSpec, OptimizerConfig, TrainOptions, Trainer,
-};
+use stoker_engine::{Dataset, DeviceSpec, Model, OptimizerConfig, TrainOptions, Trainer};
 
 /// What `create_job` asked for, checked.
 pub struct Job {
@@ -45,12 +45,6 @@ pub struct Partition {
     last_used: Mutex<Instant>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding one of these locks leaves plain data behind;
-    // keep serving rather than poisoning every later request.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Job {
     pub fn new(
         req: CreateJob,
@@ -63,16 +57,12 @@ impl Job {
                 req.job
             )));
         }
-        let source = match (req.spec, req.torchscript_path, model_blob) {
-            (Some(spec), None, None) => ModelSource::Spec(ModelSpec::from_json(&spec.to_string())?),
-            (None, Some(path), None) => ModelSource::from_file(std::path::Path::new(&path))?,
-            (None, None, Some(bytes)) => ModelSource::from_bytes(bytes)?,
-            _ => {
-                return Err(Error::invalid(
-                    "create_job needs exactly one of 'spec', 'torchscript_path' or a 'model' blob",
-                ))
-            }
-        };
+        let source = model_source(
+            req.spec.as_ref(),
+            req.torchscript_path.as_deref(),
+            model_blob,
+            "create_job",
+        )?;
         let optimizer: OptimizerConfig = match req.optimizer {
             Some(v) => {
                 serde_json::from_value(v).map_err(|e| Error::invalid(format!("optimizer: {e}")))?

@@ -19,6 +19,34 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 pub use service::Service;
 
+/// Locks a mutex, recovering from poisoning: a panic while holding one of
+/// the server's locks leaves plain data behind, and the server keeps
+/// serving rather than failing every later request.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The model a `create_job` or `register_model` names: exactly one of a
+/// spec, a TorchScript path on the server, or a `model` blob.
+pub(crate) fn model_source(
+    spec: Option<&serde_json::Value>,
+    path: Option<&str>,
+    blob: Option<Vec<u8>>,
+    action: &str,
+) -> Result<stoker_engine::model::ModelSource> {
+    use stoker_engine::model::ModelSource;
+    match (spec, path, blob) {
+        (Some(spec), None, None) => Ok(ModelSource::Spec(stoker_engine::ModelSpec::from_json(
+            &spec.to_string(),
+        )?)),
+        (None, Some(path), None) => ModelSource::from_file(std::path::Path::new(path)),
+        (None, None, Some(bytes)) => ModelSource::from_bytes(bytes),
+        _ => Err(Error::invalid(format!(
+            "{action} needs exactly one of 'spec', 'torchscript_path' or a 'model' blob"
+        ))),
+    }
+}
+
 /// Everything `stoker serve` can be told.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {

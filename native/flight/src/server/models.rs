@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use arrow::array::RecordBatch;
@@ -23,14 +23,11 @@ use stoker_core::protocol::{ModelKey, RegisterModel};
 use stoker_core::{Error, FeatureLayout, Loss, Result, State};
 use stoker_engine::model::ModelSource;
 use stoker_engine::torch::filled_matrix;
-use stoker_engine::{Device, Model, ModelSpec};
+use stoker_engine::{Device, Model};
 use tch::Tensor;
 
 use super::batcher::{BatchLimits, BatchStats, Batcher};
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use super::{lock, model_source};
 
 /// Where a model currently is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,17 +139,6 @@ pub struct Models {
     pub disk_tier: TierCounters,
 }
 
-fn source_from(req: &RegisterModel, blob: Option<Vec<u8>>) -> Result<ModelSource> {
-    match (&req.spec, &req.torchscript_path, blob) {
-        (Some(spec), None, None) => Ok(ModelSource::Spec(ModelSpec::from_json(&spec.to_string())?)),
-        (None, Some(path), None) => ModelSource::from_file(Path::new(path)),
-        (None, None, Some(bytes)) => ModelSource::from_bytes(bytes),
-        _ => Err(Error::invalid(
-            "register_model needs exactly one of 'spec', 'torchscript_path' or a 'model' blob",
-        )),
-    }
-}
-
 fn valid_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && !name.starts_with('.')
@@ -217,7 +203,12 @@ impl Models {
     ) -> Result<Arc<ServedModel>> {
         valid_name(&req.name)?;
         let artifact = Arc::new(Artifact {
-            source: source_from(&req, model_blob)?,
+            source: model_source(
+                req.spec.as_ref(),
+                req.torchscript_path.as_deref(),
+                model_blob,
+                "register_model",
+            )?,
             state: state_blob,
         });
         let model = self.build(&artifact, req.loss.as_deref(), req.input_width)?;
