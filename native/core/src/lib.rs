@@ -4,6 +4,7 @@
 //! weighted averaging. The engine, server, JNI and Python crates all build
 //! on it, so the JVM driver can average states without loading libtorch.
 
+pub mod averaging;
 pub mod error;
 pub mod features;
 pub mod labels;
@@ -13,9 +14,10 @@ pub mod protocol;
 pub mod state;
 pub mod task;
 
+pub use averaging::WeightedSum;
 pub use error::{Error, ErrorKind, Result, ResultExt};
 pub use features::FeatureLayout;
 pub use labels::Labels;
 pub use predictions::Outputs;
-pub use state::{State, StateMeta, TensorData, WeightedSum};
+pub use state::{State, StateMeta, TensorData};
 pub use task::{Loss, Task};

@@ -96,7 +96,7 @@ impl TensorData {
     }
 }
 
-fn decode(dtype: DType, data: &[u8]) -> Vec<f64> {
+pub(crate) fn decode(dtype: DType, data: &[u8]) -> Vec<f64> {
     match dtype {
         DType::F32 => data
             .chunks_exact(4)
@@ -113,7 +113,7 @@ fn decode(dtype: DType, data: &[u8]) -> Vec<f64> {
     }
 }
 
-fn encode(dtype: DType, values: &[f64]) -> Vec<u8> {
+pub(crate) fn encode(dtype: DType, values: &[f64]) -> Vec<u8> {
     match dtype {
         DType::F32 => values
             .iter()
@@ -148,7 +148,7 @@ pub struct State {
     pub tensors: Vec<TensorData>,
 }
 
-fn corrupt(err: impl std::fmt::Display) -> Error {
+pub(crate) fn corrupt(err: impl std::fmt::Display) -> Error {
     Error::invalid(format!("state bytes are not a valid stoker state: {err}"))
 }
 
@@ -279,187 +279,12 @@ impl State {
     }
 }
 
-/// A running weighted sum of states, for averaging. Holds one f64 sum per
-/// tensor; states are added one at a time from their bytes, so averaging N
-/// states never holds more than the sum and the state being added.
-#[derive(Debug, Clone)]
-pub struct WeightedSum {
-    meta: StateMeta,
-    tensors: Vec<SumTensor>,
-    weight: f64,
-    count: usize,
-}
-
-#[derive(Debug, Clone)]
-struct SumTensor {
-    name: String,
-    dtype: DType,
-    shape: Vec<usize>,
-    sum: Vec<f64>,
-}
-
-impl WeightedSum {
-    /// Starts a sum with its first state.
-    pub fn new(first: &State, weight: f64) -> Result<Self> {
-        check_weight(weight, 1)?;
-        Ok(WeightedSum {
-            meta: first.meta.clone(),
-            tensors: first
-                .tensors
-                .iter()
-                .map(|t| SumTensor {
-                    name: t.name.clone(),
-                    dtype: t.dtype,
-                    shape: t.shape.clone(),
-                    sum: t.to_f64().into_iter().map(|v| v * weight).collect(),
-                })
-                .collect(),
-            weight,
-            count: 1,
-        })
-    }
-
-    pub fn from_bytes(first: &[u8], weight: f64) -> Result<Self> {
-        Self::new(&State::from_bytes(first)?, weight)
-    }
-
-    /// Adds `weight * state`. The state must have the same model, tensor
-    /// names, shapes and dtypes; a mismatch names the tensor.
-    pub fn add(&mut self, state: &State, weight: f64) -> Result<()> {
-        let index = self.count + 1;
-        check_weight(weight, index)?;
-        if state.meta.model_id != self.meta.model_id {
-            return Err(Error::invalid(format!(
-                "state {index} is of model '{}', the others of '{}'; only states of one model can be averaged",
-                state.meta.model_id, self.meta.model_id
-            )));
-        }
-        if state.tensors.len() != self.tensors.len() {
-            let theirs: Vec<&str> = state.tensors.iter().map(|t| t.name.as_str()).collect();
-            if let Some(missing) = self
-                .tensors
-                .iter()
-                .find(|t| !theirs.contains(&t.name.as_str()))
-            {
-                return Err(Error::invalid(format!(
-                    "state {index} lacks tensor '{}'",
-                    missing.name
-                )));
-            }
-        }
-        for t in &state.tensors {
-            let acc = self
-                .tensors
-                .iter_mut()
-                .find(|s| s.name == t.name)
-                .ok_or_else(|| {
-                    Error::invalid(format!(
-                        "state {index} has tensor '{}' that the first state lacks",
-                        t.name
-                    ))
-                })?;
-            if acc.shape != t.shape || acc.dtype != t.dtype {
-                return Err(Error::invalid(format!(
-                    "tensor '{}' is {:?}{:?} in state {index} but {:?}{:?} in the first state",
-                    t.name, t.dtype, t.shape, acc.dtype, acc.shape
-                )));
-            }
-            add_scaled(&mut acc.sum, t.dtype, &t.data, weight);
-        }
-        self.weight += weight;
-        self.meta.samples += state.meta.samples;
-        self.count += 1;
-        Ok(())
-    }
-
-    pub fn add_bytes(&mut self, bytes: &[u8], weight: f64) -> Result<()> {
-        self.add(&State::from_bytes(bytes)?, weight)
-    }
-
-    /// Total weight added so far.
-    pub fn weight(&self) -> f64 {
-        self.weight
-    }
-
-    /// Number of states added so far.
-    pub fn count(&self) -> usize {
-        self.count
-    }
-
-    /// The weighted average: each tensor's sum divided by the total weight,
-    /// cast back to its dtype (integers rounded). `samples` is the sum of
-    /// the states' samples.
-    pub fn average(&self) -> Result<State> {
-        if self.weight <= 0.0 {
-            return Err(Error::invalid(
-                "cannot average states whose weights sum to zero",
-            ));
-        }
-        let tensors = self
-            .tensors
-            .iter()
-            .map(|t| {
-                let avg: Vec<f64> = t.sum.iter().map(|v| v / self.weight).collect();
-                TensorData {
-                    name: t.name.clone(),
-                    dtype: t.dtype,
-                    shape: t.shape.clone(),
-                    data: encode(t.dtype, &avg),
-                }
-            })
-            .collect();
-        Ok(State {
-            meta: self.meta.clone(),
-            tensors,
-        })
-    }
-}
-
-fn check_weight(weight: f64, index: usize) -> Result<()> {
-    if weight.is_finite() && weight >= 0.0 {
-        Ok(())
-    } else {
-        Err(Error::invalid(format!(
-            "state {index} has weight {weight}; weights must be finite and non-negative"
-        )))
-    }
-}
-
-fn add_scaled(sum: &mut [f64], dtype: DType, data: &[u8], w: f64) {
-    match dtype {
-        DType::F32 => {
-            for (s, c) in sum.iter_mut().zip(data.chunks_exact(4)) {
-                *s += w * f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64;
-            }
-        }
-        DType::F64 | DType::I64 => {
-            for (s, v) in sum.iter_mut().zip(decode(dtype, data)) {
-                *s += w * v;
-            }
-        }
-    }
-}
-
-/// Weighted average of states given as bytes, streaming: one state is
-/// decoded at a time.
-pub fn average<'a>(states: impl IntoIterator<Item = (&'a [u8], f64)>) -> Result<State> {
-    let mut iter = states.into_iter();
-    let (first, w) = iter
-        .next()
-        .ok_or_else(|| Error::invalid("no states to average"))?;
-    let mut sum = WeightedSum::from_bytes(first, w)?;
-    for (bytes, w) in iter {
-        sum.add_bytes(bytes, w)?;
-    }
-    sum.average()
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::error::ErrorKind;
 
-    fn state(values: &[f32], bias: f32, samples: u64) -> State {
+    pub(crate) fn state(values: &[f32], bias: f32, samples: u64) -> State {
         State {
             meta: StateMeta {
                 model_id: "m1".into(),
@@ -501,46 +326,6 @@ mod tests {
     }
 
     #[test]
-    fn weighted_average() {
-        let a = state(&[1.0, 2.0], 1.0, 10).to_bytes().unwrap();
-        let b = state(&[3.0, 6.0], 0.0, 30).to_bytes().unwrap();
-        let avg = average([(a.as_slice(), 10.0), (b.as_slice(), 30.0)]).unwrap();
-        assert_eq!(avg.tensor("fc.weight").unwrap().to_f32(), vec![2.5, 5.0]);
-        assert_eq!(avg.tensor("fc.bias").unwrap().to_f32(), vec![0.25]);
-        assert_eq!(avg.tensor("optimizer/step").unwrap().to_f64(), vec![10.0]);
-        assert_eq!(avg.meta.samples, 40);
-    }
-
-    #[test]
-    fn identical_states_average_to_themselves() {
-        let s = state(&[0.1, -7.25, 3.3], 0.7, 5);
-        let bytes = s.to_bytes().unwrap();
-        let avg = average([(bytes.as_slice(), 2.0), (bytes.as_slice(), 5.0)]).unwrap();
-        for t in &s.tensors {
-            assert_eq!(avg.tensor(&t.name).unwrap().data, t.data, "{}", t.name);
-        }
-    }
-
-    #[test]
-    fn shape_mismatch_names_the_tensor() {
-        let a = state(&[1.0, 2.0], 1.0, 1).to_bytes().unwrap();
-        let b = state(&[1.0, 2.0, 3.0], 1.0, 1).to_bytes().unwrap();
-        let e = average([(a.as_slice(), 1.0), (b.as_slice(), 1.0)]).unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::InvalidInput);
-        assert!(e.message().contains("tensor 'fc.weight'"), "{e}");
-    }
-
-    #[test]
-    fn missing_tensor_is_named() {
-        let a = state(&[1.0], 1.0, 1);
-        let mut b = a.clone();
-        b.tensors.retain(|t| t.name != "fc.bias");
-        let mut sum = WeightedSum::new(&a, 1.0).unwrap();
-        let e = sum.add(&b, 1.0).unwrap_err();
-        assert!(e.message().contains("lacks tensor 'fc.bias'"), "{e}");
-    }
-
-    #[test]
     fn corrupt_bytes_are_invalid_input() {
         let e = State::from_bytes(b"definitely not safetensors").unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidInput);
@@ -551,13 +336,5 @@ mod tests {
             State::from_bytes(&bytes).unwrap_err().kind(),
             ErrorKind::InvalidInput
         );
-    }
-
-    #[test]
-    fn bad_weights_are_rejected() {
-        let a = state(&[1.0], 1.0, 1);
-        assert!(WeightedSum::new(&a, f64::NAN).is_err());
-        let sum = WeightedSum::new(&a, 0.0).unwrap();
-        assert!(sum.average().is_err());
     }
 }
