@@ -7,6 +7,7 @@
 pub mod averaging;
 pub mod error;
 pub mod features;
+pub mod ipc;
 pub mod labels;
 mod numeric;
 pub mod predictions;

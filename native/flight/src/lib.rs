@@ -1,8 +1,9 @@
-//! stoker-flight: the Arrow Flight server (`stoker serve`), its Rust
-//! client, and the `stoker` command line.
+//! stoker-flight: the Arrow Flight server (`stoker serve`) and the `stoker`
+//! command line. The client lives in native/client (no libtorch) and is
+//! re-exported here.
 
 pub mod cli;
-pub mod client;
 pub mod datafile;
 pub mod server;
-pub mod status;
+
+pub use stoker_client::{client, status};

@@ -2,7 +2,8 @@ package dev.stoker.jni;
 
 /**
  * The JVM's calls into libstoker_jni. Errors arrive as {@link dev.stoker.StokerException}
- * subclasses chosen by the native error kind, with the native message.
+ * subclasses chosen by the native error kind, with the native message. Partitions and
+ * batches cross as one Arrow IPC stream buffer each, never row by row.
  */
 public final class NativeBridge {
   private NativeBridge() {}
@@ -25,7 +26,43 @@ public final class NativeBridge {
     return averageStates(states, weights);
   }
 
+  /** {@code weight * state} as a partial sum: what each training task emits. */
+  public static byte[] weightedSum(byte[] state, double weight) {
+    NativeLoader.ensureLoaded();
+    return partialSum(state, weight);
+  }
+
+  /** The sum of two partial sums: the combine step of treeAggregate. */
+  public static byte[] combine(byte[] a, byte[] b) {
+    NativeLoader.ensureLoaded();
+    return mergeSums(a, b);
+  }
+
+  /** The averaged state of a partial sum: the driver's divide step. */
+  public static byte[] average(byte[] partialSum) {
+    NativeLoader.ensureLoaded();
+    return finishAverage(partialSum);
+  }
+
   private static native String version();
 
   private static native byte[] averageStates(byte[][] states, double[] weights);
+
+  private static native byte[] partialSum(byte[] state, double weight);
+
+  private static native byte[] mergeSums(byte[] a, byte[] b);
+
+  private static native byte[] finishAverage(byte[] partialSum);
+
+  static native long connect(String uri, String token);
+
+  static native void close(long handle);
+
+  static native byte[] action(long handle, String type, byte[] body);
+
+  static native String putPartition(long handle, String job, int partition, String version,
+      byte[] arrowIpcStream);
+
+  static native byte[] predict(long handle, String model, int version, String keepColumns,
+      byte[] arrowIpcStream);
 }

@@ -98,14 +98,21 @@ impl Client {
     }
 
     async fn action(&mut self, kind: &str, body: Envelope) -> Result<Envelope> {
-        let action = Action::new(kind, Bytes::from(body.encode()?));
+        let result = self.action_bytes(kind, body.encode()?).await?;
+        Envelope::decode(&result)
+    }
+
+    /// Any action with an already encoded body (JSON or envelope); returns
+    /// the encoded result. The JVM bridge uses this: Java builds the JSON.
+    pub async fn action_bytes(&mut self, kind: &str, body: Vec<u8>) -> Result<Vec<u8>> {
+        let action = Action::new(kind, Bytes::from(body));
         let mut results = self.inner.do_action(action).await.map_err(from_flight)?;
         let first = results
             .next()
             .await
             .ok_or_else(|| Error::internal(format!("{kind} returned no result")))?
             .map_err(from_flight)?;
-        Envelope::decode(&first)
+        Ok(first.to_vec())
     }
 
     pub async fn health(&mut self) -> Result<serde_json::Value> {

@@ -1,0 +1,82 @@
+package dev.stoker.jni;
+
+import dev.stoker.InvalidInputException;
+import java.nio.charset.StandardCharsets;
+import java.util.List;
+import java.util.concurrent.atomic.AtomicLong;
+
+/**
+ * A connection to a stoker server (docs/protocol.md), through libstoker_jni. Thread
+ * safe: calls on one client are serialized. Close it once; a closed client throws
+ * {@link InvalidInputException} instead of touching freed native memory.
+ */
+public final class NativeClient implements AutoCloseable {
+  private final AtomicLong handle;
+
+  private NativeClient(long handle) {
+    this.handle = new AtomicLong(handle);
+  }
+
+  /**
+   * Connects to {@code grpc://host:port} (or {@code grpc+tls://}).
+   *
+   * @param token the server's token, or null when it needs none
+   * @throws dev.stoker.ServerUnavailableException if nothing answers there
+   */
+  public static NativeClient connect(String uri, String token) {
+    NativeLoader.ensureLoaded();
+    return new NativeClient(NativeBridge.connect(uri, token));
+  }
+
+  private long handle() {
+    long h = handle.get();
+    if (h == 0) {
+      throw new InvalidInputException("this stoker client is closed");
+    }
+    return h;
+  }
+
+  /** Runs an action with an encoded body (JSON or an envelope); returns the encoded result. */
+  public byte[] action(String type, byte[] body) {
+    return NativeBridge.action(handle(), type, body);
+  }
+
+  /** Runs an action with a JSON body and no blobs; returns the result's text. */
+  public String action(String type, String json) {
+    byte[] out = action(type, json.getBytes(StandardCharsets.UTF_8));
+    return new String(out, StandardCharsets.UTF_8);
+  }
+
+  /** The server's health JSON. */
+  public String health() {
+    return action("health", "{}");
+  }
+
+  /**
+   * Sends one partition of a job (an Arrow IPC stream) to the server's cache.
+   *
+   * @return the server's answer: {@code {"rows": N, "bytes": B, "replaced": bool}}
+   */
+  public String putPartition(String job, int partition, String version, byte[] arrowIpcStream) {
+    return NativeBridge.putPartition(handle(), job, partition, version, arrowIpcStream);
+  }
+
+  /**
+   * Predictions for a batch of features (an Arrow IPC stream), as an Arrow IPC stream:
+   * the {@code keep} columns, then {@code prediction} and, for classifiers,
+   * {@code probability}, in the input's row order.
+   *
+   * @param version the model version, or a negative number for the latest
+   */
+  public byte[] predict(String model, int version, List<String> keep, byte[] arrowIpcStream) {
+    return NativeBridge.predict(handle(), model, version, String.join(",", keep), arrowIpcStream);
+  }
+
+  @Override
+  public void close() {
+    long h = handle.getAndSet(0);
+    if (h != 0) {
+      NativeBridge.close(h);
+    }
+  }
+}
