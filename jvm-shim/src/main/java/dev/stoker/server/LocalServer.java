@@ -1,0 +1,168 @@
+package dev.stoker.server;
+
+import dev.stoker.ServerUnavailableException;
+import dev.stoker.StokerException;
+import dev.stoker.jni.NativeClient;
+import java.io.BufferedReader;
+import java.io.IOException;
+import java.io.InputStreamReader;
+import java.nio.channels.FileChannel;
+import java.nio.channels.FileLock;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.Paths;
+import java.nio.file.StandardOpenOption;
+import java.nio.file.attribute.PosixFilePermissions;
+import java.security.SecureRandom;
+import java.util.HexFormat;
+import java.util.Optional;
+import java.util.Properties;
+import java.util.concurrent.TimeUnit;
+
+/**
+ * The node's own stoker server, started on first use and shared by every JVM on the
+ * node (driver and executors): loopback only, with a random token, found through a
+ * run directory guarded by a file lock. The JVM that starts the server stops it when
+ * it exits; another JVM that finds it gone starts a new one on its next call.
+ *
+ * <p>Settings: the run directory is {@code stoker.run.dir} (system property) or
+ * {@code STOKER_RUN_DIR}, default {@code <tmpdir>/stoker-<user>}; the binary is
+ * {@code stoker.bin} or {@code STOKER_BIN}, default {@code stoker} on the PATH; the
+ * device is {@code stoker.device} or {@code STOKER_DEVICE}, default {@code auto}.
+ */
+public final class LocalServer {
+  /** Where a running server listens and the token it wants. */
+  public record Address(String uri, String token) {
+    /** Connects a native client to this server. */
+    public NativeClient connect() {
+      return NativeClient.connect(uri, token);
+    }
+  }
+
+  private static Process started;
+  private static Address known;
+
+  private LocalServer() {}
+
+  private static String setting(String property, String env, String fallback) {
+    return Optional.ofNullable(System.getProperty(property))
+        .or(() -> Optional.ofNullable(System.getenv(env)))
+        .orElse(fallback);
+  }
+
+  static Path runDir() {
+    String user = System.getProperty("user.name", "user").replaceAll("[^A-Za-z0-9_.-]", "_");
+    return Paths.get(setting("stoker.run.dir", "STOKER_RUN_DIR",
+        Paths.get(System.getProperty("java.io.tmpdir"), "stoker-" + user).toString()));
+  }
+
+  /** The node's server, started if no live one is found. */
+  public static synchronized Address ensure() {
+    if (known != null && alive(known)) {
+      return known;
+    }
+    Path dir = runDir();
+    try {
+      Files.createDirectories(dir);
+      try (FileChannel channel = FileChannel.open(dir.resolve("server.lock"),
+          StandardOpenOption.CREATE, StandardOpenOption.WRITE)) {
+        // Held while we look and start, so JVMs on one node start one server.
+        FileLock lock = channel.lock();
+        try {
+          Optional<Address> existing = read(dir.resolve("server.properties"));
+          if (existing.isPresent() && alive(existing.get())) {
+            known = existing.get();
+            return known;
+          }
+          known = start(dir);
+          return known;
+        } finally {
+          lock.release();
+        }
+      }
+    } catch (IOException e) {
+      throw new ServerUnavailableException(
+          "could not start or find the local stoker server in " + dir + ": " + e.getMessage());
+    }
+  }
+
+  private static boolean alive(Address address) {
+    try (NativeClient client = address.connect()) {
+      return client.health().contains("\"serving\"");
+    } catch (StokerException e) {
+      return false;
+    }
+  }
+
+  private static Optional<Address> read(Path file) throws IOException {
+    if (!Files.exists(file)) {
+      return Optional.empty();
+    }
+    Properties p = new Properties();
+    try (var in = Files.newBufferedReader(file, StandardCharsets.UTF_8)) {
+      p.load(in);
+    }
+    String uri = p.getProperty("uri");
+    String tokenFile = p.getProperty("token_file");
+    if (uri == null || tokenFile == null || !Files.exists(Paths.get(tokenFile))) {
+      return Optional.empty();
+    }
+    return Optional.of(new Address(uri, Files.readString(Paths.get(tokenFile)).trim()));
+  }
+
+  private static Address start(Path dir) throws IOException {
+    byte[] random = new byte[32];
+    new SecureRandom().nextBytes(random);
+    String token = HexFormat.of().formatHex(random);
+    Path tokenFile = dir.resolve("token");
+    Files.deleteIfExists(tokenFile);
+    Files.createFile(tokenFile, PosixFilePermissions.asFileAttribute(
+        PosixFilePermissions.fromString("rw-------")));
+    Files.writeString(tokenFile, token);
+    String bin = setting("stoker.bin", "STOKER_BIN", "stoker");
+    String device = setting("stoker.device", "STOKER_DEVICE", "auto");
+    Path log = dir.resolve("server.log");
+    Process process = new ProcessBuilder(bin, "serve", "--host", "127.0.0.1", "--port", "0",
+        "--token-file", tokenFile.toString(), "--device", device)
+        .redirectError(ProcessBuilder.Redirect.appendTo(log.toFile()))
+        .start();
+    BufferedReader out = new BufferedReader(
+        new InputStreamReader(process.getInputStream(), StandardCharsets.UTF_8));
+    String uri = out.readLine();
+    if (uri == null || !uri.startsWith("grpc")) {
+      process.destroy();
+      throw new ServerUnavailableException("the stoker server (" + bin
+          + ") did not start; see " + log);
+    }
+    Properties p = new Properties();
+    p.setProperty("uri", uri);
+    p.setProperty("token_file", tokenFile.toString());
+    p.setProperty("pid", Long.toString(process.pid()));
+    Path info = dir.resolve("server.properties");
+    Path tmp = dir.resolve("server.properties.tmp");
+    try (var w = Files.newBufferedWriter(tmp, StandardCharsets.UTF_8)) {
+      p.store(w, "stoker local server");
+    }
+    Files.move(tmp, info, java.nio.file.StandardCopyOption.REPLACE_EXISTING,
+        java.nio.file.StandardCopyOption.ATOMIC_MOVE);
+    started = process;
+    Runtime.getRuntime().addShutdownHook(new Thread(LocalServer::stop, "stoker-server-stop"));
+    return new Address(uri, token);
+  }
+
+  /** Stops the server if this JVM started it (SIGTERM: it drains and exits). */
+  public static synchronized void stop() {
+    if (started == null) {
+      return;
+    }
+    started.destroy();
+    try {
+      started.waitFor(30, TimeUnit.SECONDS);
+    } catch (InterruptedException e) {
+      Thread.currentThread().interrupt();
+    }
+    started = null;
+    known = null;
+  }
+}
