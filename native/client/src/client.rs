@@ -271,6 +271,15 @@ impl Client {
         Ok(column.value(0).to_vec())
     }
 
+    /// What the server lists at a descriptor path (GetFlightInfo); for
+    /// `["models", NAME]` the latest version.
+    pub async fn flight_info(&mut self, path: Vec<String>) -> Result<arrow_flight::FlightInfo> {
+        self.inner
+            .get_flight_info(FlightDescriptor::new_path(path))
+            .await
+            .map_err(from_flight)
+    }
+
     /// The listing of jobs and models (ListFlights).
     pub async fn list(&mut self) -> Result<Vec<arrow_flight::FlightInfo>> {
         let stream = self

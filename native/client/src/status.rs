@@ -46,7 +46,11 @@ pub fn from_flight(e: arrow_flight::error::FlightError) -> Error {
         F::Tonic(status) => from_status(&status),
         F::Arrow(a) => Error::from(a),
         F::ProtocolError(m) | F::DecodeError(m) | F::NotYetImplemented(m) => Error::invalid(m),
-        F::ExternalError(e) => Error::internal(e.to_string()),
+        // Errors from the caller's own input stream keep their kind.
+        F::ExternalError(e) => match e.downcast::<Error>() {
+            Ok(e) => *e,
+            Err(e) => Error::internal(e.to_string()),
+        },
     }
 }
 

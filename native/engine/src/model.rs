@@ -266,6 +266,12 @@ impl Model {
                 .and_then(|c| c.f_to_device(self.device))
                 .map_err(internal("moving features to the device"))?;
             let out = self.logits(&chunk, false)?;
+            if out.size()[0] != len {
+                return Err(Error::invalid(format!(
+                    "model returned {} rows of output for {len} rows of input",
+                    out.size()[0]
+                )));
+            }
             let probs = match self.task {
                 Task::Regression => out,
                 Task::Binary => out.f_sigmoid().map_err(internal("sigmoid"))?,

@@ -203,6 +203,29 @@ async fn every_action_end_to_end() {
         hits as f64 / 5000.0
     );
 
+    // A second version; GetFlightInfo on the bare name shows the latest.
+    let req = RegisterModel {
+        name: "rings".into(),
+        version: None,
+        spec: None,
+        torchscript_path: None,
+        features: None,
+        loss: None,
+        input_width: None,
+    };
+    let spec = br#"{"type":"mlp","hidden":[16,16],"num_classes":2}"#.to_vec();
+    let v2 = client
+        .register_model(&req, Some(spec), Some(state.clone()))
+        .await
+        .unwrap();
+    assert_eq!(v2["version"], 2);
+    let info = client
+        .flight_info(vec!["models".into(), "rings".into()])
+        .await
+        .unwrap();
+    assert_eq!(info.flight_descriptor.unwrap().path[2], "2");
+    client.unload_model("rings", Some(2)).await.unwrap();
+
     // Listing and download.
     let listed = client.list().await.unwrap();
     let paths: Vec<Vec<String>> = listed

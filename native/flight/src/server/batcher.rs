@@ -133,7 +133,14 @@ fn worker(mut model: Model, rx: Receiver<Request>, limits: BatchLimits, stats: A
             .max_pass_requests
             .fetch_max(pending.len() as u64, Ordering::Relaxed);
         stats.pass_rows.observe(rows as f64);
-        run(&mut model, pending);
+        // A panic inside libtorch glue must not kill the thread that owns
+        // the model: the requests of this pass fail (their reply channels
+        // drop) and the worker goes on serving.
+        let pass =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&mut model, pending)));
+        if pass.is_err() {
+            tracing::error!("a forward pass panicked; its requests failed");
+        }
     }
 }
 
@@ -151,8 +158,9 @@ fn run(model: &mut Model, pending: Vec<Request>) {
     let merged = Tensor::f_cat(&pending.iter().map(|r| &r.features).collect::<Vec<_>>(), 0)
         .map_err(internal("concatenating batches"));
     let outputs = merged.and_then(|x| model.predict_tensor(&x));
+    let expected: usize = pending.iter().map(|r| r.rows).sum();
     match outputs {
-        Ok(out) => {
+        Ok(out) if out.values.len() == expected * out.task.outputs() => {
             let width = out.task.outputs();
             let mut at = 0;
             for r in pending {
@@ -164,7 +172,7 @@ fn run(model: &mut Model, pending: Vec<Request>) {
                 at = end;
             }
         }
-        Err(_) => {
+        _ => {
             // Something in the merged batch failed (a width mismatch, say):
             // run each request on its own so only the bad one fails.
             for r in pending {

@@ -110,28 +110,27 @@ impl Job {
         let schema = first.schema();
         let layout = FeatureLayout::resolve(&schema, &self.features, Some(first))?;
         let integer_label = label_is_integer(&schema, &self.label)?;
-        let (layout, loss) = {
-            let mut resolved = lock(&self.resolved);
-            match &*resolved {
-                Some((l, loss)) => {
-                    if l.width() != layout.width() {
-                        return Err(Error::invalid(format!(
-                            "partition {} has {} features per row, earlier partitions of job '{}' had {}",
-                            key.partition,
-                            layout.width(),
-                            self.name,
-                            l.width()
-                        )));
-                    }
-                    (l.clone(), *loss)
+        // The first partition fixes the job's layout and loss, but only once
+        // it has converted cleanly: a rejected put must not fix them.
+        let fixed = lock(&self.resolved).clone();
+        let (layout, loss) = match fixed {
+            Some((l, loss)) => {
+                if l.width() != layout.width() {
+                    return Err(Error::invalid(format!(
+                        "partition {} has {} features per row, earlier partitions of job '{}' had {}",
+                        key.partition,
+                        layout.width(),
+                        self.name,
+                        l.width()
+                    )));
                 }
-                None => {
-                    let loss = self
-                        .requested_loss
-                        .unwrap_or_else(|| self.source.default_loss(integer_label));
-                    *resolved = Some((layout.clone(), loss));
-                    (layout, loss)
-                }
+                (l, loss)
+            }
+            None => {
+                let loss = self
+                    .requested_loss
+                    .unwrap_or_else(|| self.source.default_loss(integer_label));
+                (layout, loss)
             }
         };
         let task = self.build_model(&layout, loss)?.task();
@@ -142,6 +141,7 @@ impl Job {
                     key.partition, self.name
                 ))
             })?;
+        lock(&self.resolved).get_or_insert_with(|| (layout.clone(), loss));
         Ok(Partition {
             rows: data.rows(),
             bytes: data.bytes(),
@@ -273,7 +273,9 @@ impl Jobs {
 
     /// Caches a partition, replacing any earlier put of the same (job,
     /// partition), evicting least recently used partitions to fit.
-    pub fn insert(&self, partition: Partition) -> Result<bool> {
+    /// `job` is the job that prepared the partition: if the job was
+    /// replaced or dropped while the partition streamed in, it is refused.
+    pub fn insert(&self, job: &Arc<Job>, partition: Partition) -> Result<bool> {
         if partition.bytes > self.budget {
             return Err(Error::new(
                 ErrorKind::ResourceExhausted,
@@ -285,6 +287,14 @@ impl Jobs {
         }
         let id = (partition.key.job.clone(), partition.key.partition);
         let mut parts = lock(&self.partitions);
+        // Lock order: partitions, then jobs (as `list` does).
+        let current = lock(&self.jobs).get(&partition.key.job).cloned();
+        if !current.is_some_and(|c| Arc::ptr_eq(&c, job)) {
+            return Err(Error::not_found(format!(
+                "job '{}' was dropped or created anew while partition {} was sent; send it again",
+                partition.key.job, partition.key.partition
+            )));
+        }
         let replaced = parts.remove(&id).is_some();
         let mut used: usize = parts.values().map(|p| p.bytes).sum();
         while used + partition.bytes > self.budget {

@@ -83,6 +83,9 @@ pub struct ServedModel {
     loss: Option<String>,
     input_width: Option<usize>,
     batcher: Mutex<Option<Arc<Batcher>>>,
+    /// Held while loading onto the device, so concurrent streams that miss
+    /// load one copy, not one each.
+    loading: Mutex<()>,
     artifact: Mutex<Option<Arc<Artifact>>>,
     last_used: Mutex<Instant>,
     pub batching: Arc<BatchStats>,
@@ -255,6 +258,7 @@ impl Models {
             loss: req.loss,
             input_width: req.input_width,
             batcher: Mutex::new(None),
+            loading: Mutex::new(()),
             artifact: Mutex::new(Some(artifact)),
             last_used: Mutex::new(Instant::now()),
             batching: Arc::new(BatchStats::default()),
@@ -299,42 +303,35 @@ impl Models {
             self.device_tier.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(b.clone());
         }
+        let _loading = lock(&served.loading);
+        // Another stream may have loaded it while we waited.
+        if let Some(b) = lock(&served.batcher).as_ref() {
+            self.device_tier.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(b.clone());
+        }
         self.device_tier.misses.fetch_add(1, Ordering::Relaxed);
-        let artifact = {
-            let held = lock(&served.artifact).clone();
-            match held {
-                Some(a) => {
-                    self.host_tier.hits.fetch_add(1, Ordering::Relaxed);
-                    a
-                }
-                None => {
-                    self.host_tier.misses.fetch_add(1, Ordering::Relaxed);
-                    let dir = self.model_path(served)?;
-                    let a = Arc::new(read_artifact(&dir)?);
-                    self.disk_tier.hits.fetch_add(1, Ordering::Relaxed);
-                    *lock(&served.artifact) = Some(a.clone());
-                    a
-                }
+        let held = lock(&served.artifact).clone();
+        let artifact = match held {
+            Some(a) => {
+                self.host_tier.hits.fetch_add(1, Ordering::Relaxed);
+                a
+            }
+            None => {
+                self.host_tier.misses.fetch_add(1, Ordering::Relaxed);
+                let a = Arc::new(read_artifact(&self.model_path(served)?)?);
+                self.disk_tier.hits.fetch_add(1, Ordering::Relaxed);
+                *lock(&served.artifact) = Some(a.clone());
+                a
             }
         };
         let model = self.build(&artifact, served.loss.as_deref(), served.input_width)?;
-        let batcher = {
-            let mut slot = lock(&served.batcher);
-            match slot.as_ref() {
-                // Another stream loaded it meanwhile.
-                Some(b) => b.clone(),
-                None => {
-                    let b = Arc::new(Batcher::start(
-                        model,
-                        self.config.limits,
-                        served.batching.clone(),
-                        served.name.clone(),
-                    )?);
-                    *slot = Some(b.clone());
-                    b
-                }
-            }
-        };
+        let batcher = Arc::new(Batcher::start(
+            model,
+            self.config.limits,
+            served.batching.clone(),
+            served.name.clone(),
+        )?);
+        *lock(&served.batcher) = Some(batcher.clone());
         tracing::info!(model = %served.name, version = served.version, "loaded model onto the device");
         self.enforce_budgets(served);
         Ok(batcher)
@@ -421,6 +418,8 @@ impl Models {
         if versions.is_empty() {
             models.remove(name);
         }
+        drop(models);
+        // Files go after the lock is released: lookups need not wait on disk.
         if let Some(dir) = &self.config.model_dir {
             for v in removed {
                 let _ = std::fs::remove_dir_all(dir.join(name).join(v.to_string()));
@@ -470,6 +469,7 @@ impl Models {
                     loss: m.loss,
                     input_width: m.input_width,
                     batcher: Mutex::new(None),
+                    loading: Mutex::new(()),
                     artifact: Mutex::new(None),
                     last_used: Mutex::new(Instant::now()),
                     batching: Arc::new(BatchStats::default()),
@@ -490,6 +490,10 @@ fn write_artifact(dir: &Path, artifact: &Artifact, manifest: &Manifest) -> Resul
         let what = format!("{what} in {}", dir.display());
         move |e| Error::io(what, e)
     };
+    // A re-registered version must not keep files of the one it replaces.
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(io("clearing the old version"))?;
+    }
     std::fs::create_dir_all(dir).map_err(io("creating the model directory"))?;
     match &artifact.source {
         ModelSource::Spec(s) => {

@@ -295,9 +295,10 @@ impl Service {
         }
         let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
         let k = key.clone();
+        let job_for_insert = job.clone();
         let partition = blocking(move || job.prepare(k, &batches)).await?;
         let stored = partition.bytes;
-        let replaced = self.jobs.insert(partition)?;
+        let replaced = self.jobs.insert(&job_for_insert, partition)?;
         self.counters
             .rows_in
             .fetch_add(rows as u64, Ordering::Relaxed);
@@ -528,7 +529,9 @@ impl FlightService for Handler {
     ) -> std::result::Result<Response<FlightInfo>, Status> {
         self.authorize(&request).map_err(|e| self.fail(e))?;
         let wanted = request.into_inner().path;
-        let found = self.flight_infos().into_iter().find(|i| {
+        // Listings are sorted by name and version, so the last match of a
+        // prefix such as ["models", NAME] is the latest version.
+        let found = self.flight_infos().into_iter().rev().find(|i| {
             i.flight_descriptor
                 .as_ref()
                 .is_some_and(|d| d.path == wanted || d.path.starts_with(&wanted))
@@ -564,7 +567,10 @@ impl FlightService for Handler {
     ) -> std::result::Result<Response<Self::DoGetStream>, Status> {
         self.authorize(&request).map_err(|e| self.fail(e))?;
         let ticket = request.into_inner().ticket;
-        let state = self.ticket_state(&ticket).map_err(|e| self.fail(e))?;
+        let me = self.0.clone();
+        let state = blocking(move || me.ticket_state(&ticket))
+            .await
+            .map_err(|e| self.fail(e))?;
         // A state travels as one Arrow batch with one binary cell, so any
         // Flight client can download it with a plain DoGet.
         let array = arrow::array::BinaryArray::from_vec(vec![state.as_slice()]);
