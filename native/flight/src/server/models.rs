@@ -226,15 +226,6 @@ impl Models {
                 "register_model needs 'features' (the state does not record its feature columns)",
             )),
         };
-        let version = {
-            let models = lock(&self.models);
-            req.version.unwrap_or_else(|| {
-                models
-                    .get(&req.name)
-                    .and_then(|v| v.keys().next_back().copied())
-                    .map_or(1, |v| v + 1)
-            })
-        };
         let manifest = Manifest {
             features: features.clone(),
             task: model.task().encode(),
@@ -242,38 +233,46 @@ impl Models {
             input_width: req.input_width,
             param_bytes: model.parameter_count() * 4,
         };
-        if let Some(dir) = &self.config.model_dir {
-            write_artifact(
-                &dir.join(&req.name).join(version.to_string()),
-                &artifact,
-                &manifest,
-            )?;
-        }
-        let served = Arc::new(ServedModel {
-            name: req.name.clone(),
-            version,
-            features,
-            task: manifest.task.clone(),
-            param_bytes: manifest.param_bytes,
-            loss: req.loss,
-            input_width: req.input_width,
-            batcher: Mutex::new(None),
-            loading: Mutex::new(()),
-            artifact: Mutex::new(Some(artifact)),
-            last_used: Mutex::new(Instant::now()),
-            batching: Arc::new(BatchStats::default()),
-        });
-        let batcher = Batcher::start(
+        let name = req.name.clone();
+        let batching = Arc::new(BatchStats::default());
+        let batcher = Arc::new(Batcher::start(
             model,
             self.config.limits,
-            served.batching.clone(),
-            served.name.clone(),
-        )?;
-        *lock(&served.batcher) = Some(Arc::new(batcher));
-        lock(&self.models)
-            .entry(req.name)
-            .or_default()
-            .insert(version, served.clone());
+            batching.clone(),
+            name.clone(),
+        )?);
+        // The version is picked, written and published under one lock, so
+        // concurrent registrations never share a version or its directory.
+        let served = {
+            let mut models = lock(&self.models);
+            let versions = models.entry(name.clone()).or_default();
+            let version = req
+                .version
+                .unwrap_or_else(|| versions.keys().next_back().map_or(1, |v| v + 1));
+            if let Some(dir) = &self.config.model_dir {
+                write_artifact(
+                    &dir.join(&name).join(version.to_string()),
+                    &artifact,
+                    &manifest,
+                )?;
+            }
+            let served = Arc::new(ServedModel {
+                name,
+                version,
+                features,
+                task: manifest.task.clone(),
+                param_bytes: manifest.param_bytes,
+                loss: req.loss,
+                input_width: req.input_width,
+                batcher: Mutex::new(Some(batcher)),
+                loading: Mutex::new(()),
+                artifact: Mutex::new(Some(artifact)),
+                last_used: Mutex::new(Instant::now()),
+                batching,
+            });
+            versions.insert(version, served.clone());
+            served
+        };
         self.enforce_budgets(&served);
         Ok(served)
     }
@@ -384,18 +383,21 @@ impl Models {
         if self.config.model_dir.is_none() {
             return; // the host tier is the bottom
         }
-        let mut on_host: Vec<&Arc<ServedModel>> =
-            all.iter().filter(|m| m.tier() == Tier::Host).collect();
-        on_host.sort_by_key(|m| *lock(&m.last_used));
-        let mut used: usize = on_host.iter().map(|m| m.artifact_bytes()).sum();
-        for m in on_host {
+        // Every artifact held in memory counts against the host budget, also
+        // those of models on the device; with a model directory any of them
+        // can be dropped and read back from disk when needed.
+        let mut resident: Vec<&Arc<ServedModel>> =
+            all.iter().filter(|m| m.artifact_bytes() > 0).collect();
+        resident.sort_by_key(|m| *lock(&m.last_used));
+        let mut used: usize = resident.iter().map(|m| m.artifact_bytes()).sum();
+        for m in resident {
             if used <= self.config.host_bytes {
                 break;
             }
             used -= m.artifact_bytes();
             lock(&m.artifact).take();
             self.host_tier.evictions.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(model = %m.name, version = m.version, "evicted from the host tier to disk");
+            tracing::info!(model = %m.name, version = m.version, "dropped the model's artifact from host memory (it stays on disk)");
         }
     }
 
