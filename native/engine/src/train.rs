@@ -29,6 +29,9 @@ pub struct TrainOptions {
     pub seed: u64,
     pub round: u64,
     pub partition: u64,
+    /// Checked between steps: when set, training stops with an
+    /// `unavailable` error (the caller went away).
+    pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl Default for TrainOptions {
@@ -41,6 +44,7 @@ impl Default for TrainOptions {
             seed: 42,
             round: 0,
             partition: 0,
+            cancel: None,
         }
     }
 }
@@ -198,6 +202,16 @@ impl Trainer {
             while start < rows {
                 if opts.max_steps.is_some_and(|m| steps >= m) {
                     break;
+                }
+                if opts
+                    .cancel
+                    .as_ref()
+                    .is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+                {
+                    return Err(Error::new(
+                        stoker_core::ErrorKind::Unavailable,
+                        "training cancelled: the caller went away",
+                    ));
                 }
                 let len = opts.batch_size.min(rows - start);
                 let (x, y) = batch(data, order.as_ref(), start, len)?;

@@ -660,3 +660,41 @@ async fn a_client_that_leaves_mid_exchange_harms_nobody() {
     assert_eq!(stats["models"][0]["tier"], "device");
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_round_whose_caller_leaves_stops_early() {
+    let server = start(config()).await.unwrap();
+    let mut client = connect(&server, None).await;
+    client.create_job(&job("long"), None).await.unwrap();
+    client
+        .put_partition(&key("long", 0, "v1"), one(rings(20_000, 1)))
+        .await
+        .unwrap();
+    let mut leaver = connect(&server, None).await;
+    let endless = TrainRound {
+        epochs: 100_000,
+        ..round("long", 0, 0)
+    };
+    let pending = tokio::spawn(async move { leaver.train_round(&endless, None).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    pending.abort();
+    let _ = pending.await;
+    // Bounded wait for the server to notice; it never trains 100,000 epochs.
+    let mut abandoned = 0;
+    for _ in 0..600 {
+        abandoned = client.stats().await.unwrap()["train_rounds_abandoned"]
+            .as_u64()
+            .unwrap();
+        if abandoned > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(abandoned, 1);
+    let (res, _) = client
+        .train_round(&round("long", 0, 1), None)
+        .await
+        .unwrap();
+    assert_eq!(res.samples, 20_000);
+    server.stop().await.unwrap();
+}

@@ -152,6 +152,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         seed: a.seed,
         round,
         partition: 0,
+        cancel: None,
     };
     let interactive = std::io::stderr().is_terminal();
     let quiet = a.quiet;

@@ -163,6 +163,7 @@ impl Job {
         partition: &Partition,
         req: &TrainRound,
         input: Option<&[u8]>,
+        cancel: Arc<std::sync::atomic::AtomicBool>,
     ) -> Result<(TrainRoundResult, Vec<u8>)> {
         let (layout, loss) = lock(&self.resolved)
             .clone()
@@ -183,6 +184,7 @@ impl Job {
             seed: self.seed,
             round: req.round,
             partition: req.partition as u64,
+            cancel: Some(cancel),
         };
         *lock(&partition.last_used) = Instant::now();
         let data = lock(&partition.data);

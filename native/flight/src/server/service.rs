@@ -46,6 +46,8 @@ pub struct Counters {
     pub rows_in: AtomicU64,
     pub rows_predicted: AtomicU64,
     pub train_rounds: AtomicU64,
+    /// Rounds stopped early because their caller went away.
+    pub train_rounds_abandoned: AtomicU64,
     pub requests_failed: AtomicU64,
     pub exchange_latency: Histogram,
     pub train_latency: Histogram,
@@ -58,6 +60,7 @@ impl Default for Counters {
             rows_in: AtomicU64::new(0),
             rows_predicted: AtomicU64::new(0),
             train_rounds: AtomicU64::new(0),
+            train_rounds_abandoned: AtomicU64::new(0),
             requests_failed: AtomicU64::new(0),
             exchange_latency: Histogram::new(LATENCY_BOUNDS),
             train_latency: Histogram::new(LATENCY_BOUNDS),
@@ -167,6 +170,7 @@ impl Service {
             "rows_in": c.rows_in.load(Ordering::Relaxed),
             "rows_predicted": c.rows_predicted.load(Ordering::Relaxed),
             "train_rounds": c.train_rounds.load(Ordering::Relaxed),
+            "train_rounds_abandoned": c.train_rounds_abandoned.load(Ordering::Relaxed),
             "requests_failed": c.requests_failed.load(Ordering::Relaxed),
             "cache": {
                 "bytes": self.jobs.cached_bytes(),
@@ -224,8 +228,25 @@ impl Service {
                 };
                 let part = self.jobs.partition(&key)?;
                 let started = std::time::Instant::now();
-                let (result, out) =
-                    blocking(move || job.train_round(&part, &req, state.as_deref())).await?;
+                // If the client goes away, this future is dropped and the
+                // guard stops the round at its next step instead of letting
+                // it hold the partition (and the device) to the end.
+                let cancel = CancelOnDrop::new();
+                let flag = cancel.flag();
+                let me = self.clone();
+                let (result, out) = blocking(move || {
+                    let r = job.train_round(&part, &req, state.as_deref(), flag);
+                    if r.as_ref()
+                        .is_err_and(|e| e.kind() == ErrorKind::Unavailable)
+                    {
+                        me.counters
+                            .train_rounds_abandoned
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    r
+                })
+                .await?;
+                cancel.disarm();
                 self.counters.train_rounds.fetch_add(1, Ordering::Relaxed);
                 self.counters
                     .train_latency
@@ -448,6 +469,39 @@ fn keep_columns(headers: &tonic::metadata::MetadataMap) -> Vec<String> {
 
 fn to_flight(e: Error) -> FlightError {
     FlightError::Tonic(Box::new(to_status(e)))
+}
+
+/// Sets its flag when dropped unless disarmed: tells blocking work that the
+/// request it serves was abandoned.
+struct CancelOnDrop {
+    flag: Arc<std::sync::atomic::AtomicBool>,
+    armed: bool,
+}
+
+impl CancelOnDrop {
+    fn new() -> Self {
+        CancelOnDrop {
+            flag: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            armed: true,
+        }
+    }
+
+    fn flag(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.flag.clone()
+    }
+
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if self.armed {
+            self.flag.store(true, Ordering::Relaxed);
+            tracing::info!("a train_round's caller went away; stopping the round");
+        }
+    }
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
