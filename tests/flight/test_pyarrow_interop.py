@@ -206,7 +206,7 @@ def test_cache_budget(stoker_bin, tmp_path):
     try:
         client = flight.connect(s.uri)
         act(client, "create_job", {"job": "big", "spec": MLP, "features": ["a", "b"], "label": "y"})
-        with expect(EXHAUSTED, "exceeds the cache budget"):
+        with expect(EXHAUSTED, "does not fit the cache budget"):
             put(client, "big", 0, "v", pa.table(rings(200_000, 1)))
         # Partitions that fit evict the least recently used ones.
         # Each partition holds 20,000 rows x (2 features x 4 bytes + 8 label bytes).

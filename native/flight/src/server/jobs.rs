@@ -228,7 +228,38 @@ pub struct Jobs {
     jobs: Mutex<HashMap<String, Arc<Job>>>,
     partitions: Mutex<HashMap<(String, u32), Arc<Partition>>>,
     budget: usize,
+    /// Bytes of partitions still streaming in.
+    incoming: Arc<std::sync::atomic::AtomicUsize>,
     pub evictions: std::sync::atomic::AtomicU64,
+}
+
+/// Bytes a DoPut holds while it streams; given back when dropped.
+pub struct Reservation {
+    pool: Arc<std::sync::atomic::AtomicUsize>,
+    budget: usize,
+    held: usize,
+}
+
+impl Reservation {
+    /// Takes `bytes` more from the shared pool; false (taking nothing) when
+    /// the pool would exceed the budget.
+    pub fn add(&mut self, bytes: usize) -> bool {
+        use std::sync::atomic::Ordering;
+        let before = self.pool.fetch_add(bytes, Ordering::AcqRel);
+        if before + bytes > self.budget {
+            self.pool.fetch_sub(bytes, Ordering::AcqRel);
+            return false;
+        }
+        self.held += bytes;
+        true
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.pool
+            .fetch_sub(self.held, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 /// Summary of a job for listings.
@@ -245,6 +276,7 @@ impl Jobs {
             jobs: Mutex::new(HashMap::new()),
             partitions: Mutex::new(HashMap::new()),
             budget: budget_bytes,
+            incoming: Default::default(),
             evictions: Default::default(),
         }
     }
@@ -354,6 +386,15 @@ impl Jobs {
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
+    }
+
+    /// A reservation against the budget for a partition streaming in.
+    pub fn reserve_incoming(&self) -> Reservation {
+        Reservation {
+            pool: self.incoming.clone(),
+            budget: self.budget,
+            held: 0,
+        }
     }
 
     pub fn cached_bytes(&self) -> usize {

@@ -294,20 +294,24 @@ impl Service {
         let mut batches: Vec<RecordBatch> = Vec::new();
         let mut bytes = 0usize;
         let budget = self.jobs.budget();
+        // Partitions arriving at once share the budget while they stream in:
+        // eight executors uploading together cannot hold eight budgets.
+        let mut reserved = self.jobs.reserve_incoming();
         while let Some(batch) = decoded.next().await {
             let batch = batch.map_err(flight_error)?;
             // Logical sizes: decoded IPC arrays share one message buffer, so
             // get_array_memory_size would count it once per column.
-            bytes += batch
-                .columns()
-                .iter()
-                .map(|c| c.to_data().get_slice_memory_size().unwrap_or(0))
-                .sum::<usize>();
-            if bytes > budget {
+            let mut size = 0;
+            for c in batch.columns() {
+                size += c.to_data().get_slice_memory_size().map_err(Error::from)?;
+            }
+            bytes += size;
+            if bytes > budget || !reserved.add(size) {
                 return Err(Error::new(
                     ErrorKind::ResourceExhausted,
                     format!(
-                        "partition {} of job '{}' exceeds the cache budget of {budget} bytes (--cache-mb)",
+                        "partition {} of job '{}' does not fit the cache budget of {budget} bytes (--cache-mb) \
+                         beside the partitions arriving at the same time",
                         key.partition, key.job
                     ),
                 ));
