@@ -63,48 +63,74 @@ impl WeightedSum {
         Self::new(&State::from_bytes(first)?, weight)
     }
 
+    /// Checks that `what` (a state or another partial sum) is of this
+    /// model and holds every tensor this sum holds.
+    fn check_compatible<'a>(
+        &self,
+        what: &str,
+        model_id: &str,
+        names: impl Iterator<Item = &'a str>,
+    ) -> Result<()> {
+        if model_id != self.meta.model_id {
+            return Err(Error::invalid(format!(
+                "{what} is of model '{model_id}', the others of '{}'; only states of one model can be averaged",
+                self.meta.model_id
+            )));
+        }
+        let theirs: Vec<&str> = names.collect();
+        if let Some(missing) = self
+            .tensors
+            .iter()
+            .find(|t| !theirs.contains(&t.name.as_str()))
+        {
+            return Err(Error::invalid(format!(
+                "{what} lacks tensor '{}'",
+                missing.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// The running sum of tensor `name`, checked against the incoming
+    /// tensor's dtype and shape; a mismatch names the tensor.
+    fn slot(
+        &mut self,
+        what: &str,
+        name: &str,
+        dtype: DType,
+        shape: &[usize],
+    ) -> Result<&mut Vec<f64>> {
+        let acc = self
+            .tensors
+            .iter_mut()
+            .find(|s| s.name == name)
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "{what} has tensor '{name}' that the first state lacks"
+                ))
+            })?;
+        if acc.shape != shape || acc.dtype != dtype {
+            return Err(Error::invalid(format!(
+                "tensor '{name}' is {dtype:?}{shape:?} in {what} but {:?}{:?} in the first state",
+                acc.dtype, acc.shape
+            )));
+        }
+        Ok(&mut acc.sum)
+    }
+
     /// Adds `weight * state`. The state must have the same model, tensor
     /// names, shapes and dtypes; a mismatch names the tensor.
     pub fn add(&mut self, state: &State, weight: f64) -> Result<()> {
-        let index = self.count + 1;
-        check_weight(weight, index)?;
-        if state.meta.model_id != self.meta.model_id {
-            return Err(Error::invalid(format!(
-                "state {index} is of model '{}', the others of '{}'; only states of one model can be averaged",
-                state.meta.model_id, self.meta.model_id
-            )));
-        }
-        if state.tensors.len() != self.tensors.len() {
-            let theirs: Vec<&str> = state.tensors.iter().map(|t| t.name.as_str()).collect();
-            if let Some(missing) = self
-                .tensors
-                .iter()
-                .find(|t| !theirs.contains(&t.name.as_str()))
-            {
-                return Err(Error::invalid(format!(
-                    "state {index} lacks tensor '{}'",
-                    missing.name
-                )));
-            }
-        }
+        let what = format!("state {}", self.count + 1);
+        check_weight(weight, self.count + 1)?;
+        self.check_compatible(
+            &what,
+            &state.meta.model_id,
+            state.tensors.iter().map(|t| t.name.as_str()),
+        )?;
         for t in &state.tensors {
-            let acc = self
-                .tensors
-                .iter_mut()
-                .find(|s| s.name == t.name)
-                .ok_or_else(|| {
-                    Error::invalid(format!(
-                        "state {index} has tensor '{}' that the first state lacks",
-                        t.name
-                    ))
-                })?;
-            if acc.shape != t.shape || acc.dtype != t.dtype {
-                return Err(Error::invalid(format!(
-                    "tensor '{}' is {:?}{:?} in state {index} but {:?}{:?} in the first state",
-                    t.name, t.dtype, t.shape, acc.dtype, acc.shape
-                )));
-            }
-            add_scaled(&mut acc.sum, t.dtype, &t.data, weight);
+            let sum = self.slot(&what, &t.name, t.dtype, &t.shape)?;
+            add_scaled(sum, t.dtype, &t.data, weight);
         }
         self.weight += weight;
         self.meta.samples += state.meta.samples;
@@ -129,37 +155,15 @@ impl WeightedSum {
     /// Adds another partial sum (tree aggregation combines partial sums
     /// computed on different executors).
     pub fn merge(&mut self, other: &WeightedSum) -> Result<()> {
-        if other.meta.model_id != self.meta.model_id {
-            return Err(Error::invalid(format!(
-                "partial sum of model '{}' cannot join one of model '{}'",
-                other.meta.model_id, self.meta.model_id
-            )));
-        }
-        if other.tensors.len() != self.tensors.len() {
-            return Err(Error::invalid(format!(
-                "partial sums have {} and {} tensors",
-                other.tensors.len(),
-                self.tensors.len()
-            )));
-        }
+        let what = "the other partial sum";
+        self.check_compatible(
+            what,
+            &other.meta.model_id,
+            other.tensors.iter().map(|t| t.name.as_str()),
+        )?;
         for t in &other.tensors {
-            let acc = self
-                .tensors
-                .iter_mut()
-                .find(|s| s.name == t.name)
-                .ok_or_else(|| {
-                    Error::invalid(format!(
-                        "partial sum has tensor '{}' that the other lacks",
-                        t.name
-                    ))
-                })?;
-            if acc.shape != t.shape || acc.dtype != t.dtype {
-                return Err(Error::invalid(format!(
-                    "tensor '{}' is {:?}{:?} in one partial sum but {:?}{:?} in the other",
-                    t.name, t.dtype, t.shape, acc.dtype, acc.shape
-                )));
-            }
-            for (a, b) in acc.sum.iter_mut().zip(&t.sum) {
+            let sum = self.slot(what, &t.name, t.dtype, &t.shape)?;
+            for (a, b) in sum.iter_mut().zip(&t.sum) {
                 *a += b;
             }
         }
