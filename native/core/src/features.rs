@@ -9,11 +9,12 @@
 //! list<double>>`, dense or sparse). The input vector is the concatenation of
 //! the columns in the order given.
 
-use arrow::array::{Array, AsArray, RecordBatch, StructArray};
+use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Schema};
 
 use crate::error::{Error, Result};
 use crate::numeric::{describe_non_finite, first_null, is_numeric, Values};
+use crate::vectors::{spark_vector_size, write_list, write_spark_vector};
 
 /// How one feature column is laid out.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -240,18 +241,18 @@ impl FeatureLayout {
 }
 
 /// Where one column's values go in the row-major output.
-struct Target<'a> {
-    column: &'a str,
-    out: &'a mut [f32],
-    width: usize,
-    offset: usize,
-    first_row: usize,
+pub(crate) struct Target<'a> {
+    pub(crate) column: &'a str,
+    pub(crate) out: &'a mut [f32],
+    pub(crate) width: usize,
+    pub(crate) offset: usize,
+    pub(crate) first_row: usize,
     /// Whether the column is a vector (errors then name the element).
-    vector: bool,
+    pub(crate) vector: bool,
 }
 
 impl Target<'_> {
-    fn null_error(&self, row: usize) -> Error {
+    pub(crate) fn null_error(&self, row: usize) -> Error {
         Error::invalid(format!(
             "feature column '{}' has a null at row {}; fill or drop nulls before training or prediction",
             self.column,
@@ -260,7 +261,7 @@ impl Target<'_> {
     }
 
     #[inline]
-    fn put(&mut self, row: usize, element: usize, v: f64) -> Result<()> {
+    pub(crate) fn put(&mut self, row: usize, element: usize, v: f64) -> Result<()> {
         let x = v as f32;
         if !x.is_finite() {
             let what = if v.is_finite() {
@@ -297,184 +298,6 @@ fn write_scalar(array: &dyn Array, mut t: Target<'_>) -> Result<()> {
         }
     });
     result
-}
-
-/// `(start, length)` of one row's elements in a list column's child array.
-type ElementRange = (usize, usize);
-
-/// Element range of each row of a list-like column.
-fn list_ranges(array: &dyn Array) -> Result<(Vec<ElementRange>, &dyn Array)> {
-    Ok(match array.data_type() {
-        DataType::FixedSizeList(_, _) => {
-            let a = array.as_fixed_size_list();
-            let n = a.value_length() as usize;
-            let ranges = (0..a.len()).map(|i| (a.value_offset_at(i), n)).collect();
-            (ranges, a.values().as_ref())
-        }
-        DataType::List(_) => {
-            let a = array.as_list::<i32>();
-            let o = a.value_offsets();
-            let ranges = (0..a.len())
-                .map(|i| (o[i] as usize, (o[i + 1] - o[i]) as usize))
-                .collect();
-            (ranges, a.values().as_ref())
-        }
-        DataType::LargeList(_) => {
-            let a = array.as_list::<i64>();
-            let o = a.value_offsets();
-            let ranges = (0..a.len())
-                .map(|i| (o[i] as usize, (o[i + 1] - o[i]) as usize))
-                .collect();
-            (ranges, a.values().as_ref())
-        }
-        other => {
-            return Err(Error::invalid(format!(
-                "expected a list column, found {other}"
-            )))
-        }
-    })
-}
-
-fn write_list(array: &dyn Array, width: usize, mut t: Target<'_>) -> Result<()> {
-    if let Some(row) = first_null(array.logical_nulls().as_ref(), 0..array.len()) {
-        return Err(t.null_error(row));
-    }
-    let (ranges, child) =
-        list_ranges(array).map_err(|e| e.context(format!("feature column '{}'", t.column)))?;
-    let values = Values::of(child, &format!("elements of feature column '{}'", t.column))?;
-    let child_nulls = child.logical_nulls();
-    for (row, &(start, len)) in ranges.iter().enumerate() {
-        if len != width {
-            return Err(Error::invalid(format!(
-                "vector column '{}' has {} elements at row {}, expected {} (vectors must all have the same length)",
-                t.column,
-                len,
-                t.first_row + row,
-                width
-            )));
-        }
-        if let Some(i) = first_null(child_nulls.as_ref(), start..start + len) {
-            return Err(Error::invalid(format!(
-                "vector column '{}' has a null element at row {} (element {})",
-                t.column,
-                t.first_row + row,
-                i - start
-            )));
-        }
-        let mut result = Ok(());
-        values.for_each(start..start + len, |i, v| {
-            if result.is_ok() {
-                result = t.put(row, i - start, v);
-            }
-        });
-        result?;
-    }
-    Ok(())
-}
-
-fn spark_vector_size(a: &StructArray, column: &str, row: usize) -> Result<usize> {
-    let kind = a.column(0).as_primitive_opt::<arrow::datatypes::Int8Type>();
-    let kind = kind.ok_or_else(|| {
-        Error::invalid(format!(
-            "Spark vector column '{column}' has a non-int8 'type' field"
-        ))
-    })?;
-    if kind.value(row) == 0 {
-        let size = a
-            .column(1)
-            .as_primitive_opt::<arrow::datatypes::Int32Type>();
-        let size = size.ok_or_else(|| {
-            Error::invalid(format!(
-                "Spark vector column '{column}' has a non-int32 'size' field"
-            ))
-        })?;
-        Ok(size.value(row).max(0) as usize)
-    } else {
-        let (ranges, _) = list_ranges(a.column(3).as_ref())?;
-        Ok(ranges[row].1)
-    }
-}
-
-/// Spark ML vectors: type 1 is dense (all values in `values`), type 0 is
-/// sparse (`size`, `indices`, `values`); missing entries of a sparse vector
-/// are zero.
-fn write_spark_vector(a: Option<&StructArray>, width: usize, mut t: Target<'_>) -> Result<()> {
-    let a = a.ok_or_else(|| Error::internal("Spark vector column is not a struct"))?;
-    if let Some(row) = first_null(a.logical_nulls().as_ref(), 0..a.len()) {
-        return Err(t.null_error(row));
-    }
-    let (value_ranges, value_child) = list_ranges(a.column(3).as_ref())?;
-    let values = Values::of(
-        value_child,
-        &format!("values of Spark vector column '{}'", t.column),
-    )?;
-    let (index_ranges, index_child) = list_ranges(a.column(2).as_ref())?;
-    let indices = index_child.as_primitive_opt::<arrow::datatypes::Int32Type>();
-    for row in 0..a.len() {
-        let size = spark_vector_size(a, t.column, row)?;
-        if size != width {
-            return Err(Error::invalid(format!(
-                "vector column '{}' has size {} at row {}, expected {} (vectors must all have the same size)",
-                t.column,
-                size,
-                t.first_row + row,
-                width
-            )));
-        }
-        let (start, len) = value_ranges[row];
-        let sparse = a
-            .column(0)
-            .as_primitive::<arrow::datatypes::Int8Type>()
-            .value(row)
-            == 0;
-        let mut result = Ok(());
-        if sparse {
-            let indices = indices.ok_or_else(|| {
-                Error::invalid(format!(
-                    "Spark vector column '{}' has non-int32 indices",
-                    t.column
-                ))
-            })?;
-            let (istart, ilen) = index_ranges[row];
-            if ilen != len {
-                return Err(Error::invalid(format!(
-                    "sparse vector in column '{}' at row {} has {} indices but {} values",
-                    t.column,
-                    t.first_row + row,
-                    ilen,
-                    len
-                )));
-            }
-            for e in 0..width {
-                t.out[row * t.width + t.offset + e] = 0.0;
-            }
-            let idx = &indices.values()[istart..istart + ilen];
-            values.for_each(start..start + len, |i, v| {
-                let pos = idx[i - start];
-                if result.is_ok() {
-                    result = if pos < 0 || pos as usize >= width {
-                        Err(Error::invalid(format!(
-                            "sparse vector in column '{}' at row {} has index {} outside its size {}",
-                            t.column,
-                            t.first_row + row,
-                            pos,
-                            width
-                        )))
-                    } else {
-                        t.put(row, pos as usize, v)
-                    };
-                }
-            });
-        } else {
-            values.for_each(start..start + len, |i, v| {
-                if result.is_ok() {
-                    result = t.put(row, i - start, v);
-                }
-            });
-        }
-        result?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

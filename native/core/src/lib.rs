@@ -14,6 +14,7 @@ pub mod predictions;
 pub mod protocol;
 pub mod state;
 pub mod task;
+mod vectors;
 
 pub use averaging::WeightedSum;
 pub use error::{Error, ErrorKind, Result, ResultExt};

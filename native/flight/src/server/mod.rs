@@ -2,6 +2,7 @@
 //! docs/protocol.md describes what it speaks.
 
 pub mod batcher;
+pub mod handler;
 pub mod jobs;
 pub mod metrics;
 pub mod models;
@@ -161,7 +162,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
         max_message_bytes: config.max_message_bytes,
         counters: Default::default(),
     });
-    let flight = FlightServiceServer::new(service::Handler(service.clone()))
+    let flight = FlightServiceServer::new(handler::Handler(service.clone()))
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
     let mut builder = tonic::transport::Server::builder();

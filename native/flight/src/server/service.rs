@@ -10,11 +10,7 @@ use arrow::array::RecordBatch;
 use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
-use arrow_flight::flight_service_server::FlightService;
-use arrow_flight::{
-    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo,
-    HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
-};
+use arrow_flight::{FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, PutResult, Ticket};
 use bytes::Bytes;
 use futures::stream::{self, BoxStream};
 use futures::{StreamExt, TryStreamExt};
@@ -24,7 +20,7 @@ use stoker_core::protocol::{
 };
 use stoker_core::{Error, ErrorKind, Result};
 use stoker_engine::DeviceSpec;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Request, Status, Streaming};
 
 use super::jobs::{Job, Jobs};
 use super::metrics::{Histogram, LATENCY_BOUNDS};
@@ -69,15 +65,17 @@ impl Default for Counters {
     }
 }
 
-type Stream<T> = BoxStream<'static, std::result::Result<T, Status>>;
+pub(super) type Stream<T> = BoxStream<'static, std::result::Result<T, Status>>;
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+pub(super) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Error::internal(format!("worker thread failed: {e}")))?
 }
 
-fn flight_error(e: FlightError) -> Error {
+pub(super) fn flight_error(e: FlightError) -> Error {
     crate::status::from_flight(e)
 }
 
@@ -118,7 +116,7 @@ fn descriptor_path(d: Option<&FlightDescriptor>) -> Result<Vec<String>> {
 }
 
 impl Service {
-    fn authorize<T>(&self, req: &Request<T>) -> Result<()> {
+    pub(super) fn authorize<T>(&self, req: &Request<T>) -> Result<()> {
         let Some(token) = &self.token else {
             return Ok(());
         };
@@ -137,7 +135,7 @@ impl Service {
         }
     }
 
-    fn fail(&self, e: Error) -> Status {
+    pub(super) fn fail(&self, e: Error) -> Status {
         self.counters
             .requests_failed
             .fetch_add(1, Ordering::Relaxed);
@@ -196,7 +194,7 @@ impl Service {
         })
     }
 
-    async fn action(self: Arc<Self>, kind: String, body: Bytes) -> Result<Vec<Bytes>> {
+    pub(super) async fn action(self: Arc<Self>, kind: String, body: Bytes) -> Result<Vec<Bytes>> {
         let mut env = Envelope::decode(&body)?;
         let one = |e: Envelope| -> Result<Vec<Bytes>> { Ok(vec![Bytes::from(e.encode()?)]) };
         match kind.as_str() {
@@ -284,7 +282,7 @@ impl Service {
         }
     }
 
-    async fn put(self: Arc<Self>, input: Streaming<FlightData>) -> Result<PutResult> {
+    pub(super) async fn put(self: Arc<Self>, input: Streaming<FlightData>) -> Result<PutResult> {
         let started = std::time::Instant::now();
         let (descriptor, data) = split_descriptor(input).await?;
         let key = PartitionKey::from_path(&descriptor_path(descriptor.as_ref())?)?;
@@ -340,7 +338,7 @@ impl Service {
     /// Predictions for a DoExchange: the model is looked up before any data
     /// is read (an unknown name fails the call at once); batches are
     /// predicted one at a time, in order.
-    async fn exchange(
+    pub(super) async fn exchange(
         self: Arc<Self>,
         input: Streaming<FlightData>,
         keep: Vec<String>,
@@ -398,7 +396,7 @@ impl Service {
         out
     }
 
-    fn flight_infos(&self) -> Vec<FlightInfo> {
+    pub(super) fn flight_infos(&self) -> Vec<FlightInfo> {
         let mut out = Vec::new();
         for j in self.jobs.list() {
             let d = FlightDescriptor::new_path(vec![JOBS_PATH.into(), j.name.clone()]);
@@ -438,7 +436,7 @@ impl Service {
         out
     }
 
-    fn ticket_state(&self, ticket: &[u8]) -> Result<Vec<u8>> {
+    pub(super) fn ticket_state(&self, ticket: &[u8]) -> Result<Vec<u8>> {
         let text =
             std::str::from_utf8(ticket).map_err(|_| Error::invalid("ticket is not UTF-8"))?;
         let parts: Vec<String> = text.split('/').map(String::from).collect();
@@ -457,7 +455,7 @@ impl Service {
 
 /// Pass-through columns the client names in the `x-stoker-keep` header
 /// (comma-separated).
-fn keep_columns(headers: &tonic::metadata::MetadataMap) -> Vec<String> {
+pub(super) fn keep_columns(headers: &tonic::metadata::MetadataMap) -> Vec<String> {
     headers
         .get("x-stoker-keep")
         .and_then(|v| v.to_str().ok())
@@ -508,196 +506,6 @@ impl Drop for CancelOnDrop {
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// The actions ListActions describes.
-pub fn action_types() -> Vec<ActionType> {
-    let d = |t: &str, desc: &str| ActionType {
-        r#type: t.into(),
-        description: desc.into(),
-    };
-    vec![
-        d(action::CREATE_JOB, "Create (or replace) a training job: {job, spec | torchscript_path | 'model' blob, features, label, loss?, optimizer?, device?, seed?, batch_size?}"),
-        d(action::TRAIN_ROUND, "Train one cached partition for one round from the 'state' blob: {job, partition, version, round, epochs?, steps?}; returns the result JSON and the new 'state' blob; cache miss = FAILED_PRECONDITION"),
-        d(action::DROP_JOB, "Forget a job and its cached partitions: {name}"),
-        d(action::REGISTER_MODEL, "Register a servable model: {name, version?, spec | torchscript_path | 'model' blob, features?} with its 'state' blob"),
-        d(action::UNLOAD_MODEL, "Forget a model version (or all versions): {name, version?}"),
-        d(action::HEALTH, "Server status, version and device"),
-        d(action::STATS, "Counters: rows in and predicted, rounds, cache bytes and evictions, jobs, models"),
-    ]
-}
-
-/// The gRPC face of [`Service`] (a newtype: the Flight trait cannot be
-/// implemented for `Arc<Service>` directly).
-#[derive(Clone)]
-pub struct Handler(pub Arc<Service>);
-
-impl std::ops::Deref for Handler {
-    type Target = Service;
-    fn deref(&self) -> &Service {
-        &self.0
-    }
-}
-
-#[tonic::async_trait]
-impl FlightService for Handler {
-    type HandshakeStream = Stream<HandshakeResponse>;
-    type ListFlightsStream = Stream<FlightInfo>;
-    type DoGetStream = Stream<FlightData>;
-    type DoPutStream = Stream<PutResult>;
-    type DoExchangeStream = Stream<FlightData>;
-    type DoActionStream = Stream<arrow_flight::Result>;
-    type ListActionsStream = Stream<ActionType>;
-
-    async fn handshake(
-        &self,
-        request: Request<Streaming<HandshakeRequest>>,
-    ) -> std::result::Result<Response<Self::HandshakeStream>, Status> {
-        let mut input = request.into_inner();
-        let first = input.message().await?.unwrap_or_default();
-        if let Some(token) = &self.token {
-            if !constant_time_eq(&first.payload, token.as_bytes()) {
-                return Err(self.fail(Error::new(
-                    ErrorKind::Unauthenticated,
-                    "handshake: wrong token",
-                )));
-            }
-        }
-        let reply = HandshakeResponse {
-            protocol_version: 0,
-            payload: first.payload,
-        };
-        Ok(Response::new(stream::iter([Ok(reply)]).boxed()))
-    }
-
-    async fn list_flights(
-        &self,
-        request: Request<Criteria>,
-    ) -> std::result::Result<Response<Self::ListFlightsStream>, Status> {
-        self.authorize(&request).map_err(|e| self.fail(e))?;
-        let infos: Vec<_> = self.flight_infos().into_iter().map(Ok).collect();
-        Ok(Response::new(stream::iter(infos).boxed()))
-    }
-
-    async fn get_flight_info(
-        &self,
-        request: Request<FlightDescriptor>,
-    ) -> std::result::Result<Response<FlightInfo>, Status> {
-        self.authorize(&request).map_err(|e| self.fail(e))?;
-        let wanted = request.into_inner().path;
-        // Listings are sorted by name and version, so the last match of a
-        // prefix such as ["models", NAME] is the latest version.
-        let found = self.flight_infos().into_iter().rev().find(|i| {
-            i.flight_descriptor
-                .as_ref()
-                .is_some_and(|d| d.path == wanted || d.path.starts_with(&wanted))
-        });
-        found.map(Response::new).ok_or_else(|| {
-            self.fail(Error::not_found(format!(
-                "nothing at descriptor path {wanted:?}"
-            )))
-        })
-    }
-
-    async fn poll_flight_info(
-        &self,
-        _r: Request<FlightDescriptor>,
-    ) -> std::result::Result<Response<PollInfo>, Status> {
-        Err(Status::unimplemented(
-            "stoker answers every request at once; use GetFlightInfo",
-        ))
-    }
-
-    async fn get_schema(
-        &self,
-        _r: Request<FlightDescriptor>,
-    ) -> std::result::Result<Response<SchemaResult>, Status> {
-        Err(Status::unimplemented(
-            "stoker streams carry their schema; GetSchema is not used",
-        ))
-    }
-
-    async fn do_get(
-        &self,
-        request: Request<Ticket>,
-    ) -> std::result::Result<Response<Self::DoGetStream>, Status> {
-        self.authorize(&request).map_err(|e| self.fail(e))?;
-        let ticket = request.into_inner().ticket;
-        let me = self.0.clone();
-        let state = blocking(move || me.ticket_state(&ticket))
-            .await
-            .map_err(|e| self.fail(e))?;
-        // A state travels as one Arrow batch with one binary cell, so any
-        // Flight client can download it with a plain DoGet.
-        let array = arrow::array::BinaryArray::from_vec(vec![state.as_slice()]);
-        let batch =
-            RecordBatch::try_from_iter(vec![("state", Arc::new(array) as arrow::array::ArrayRef)])
-                .map_err(|e| self.fail(Error::from(e)))?;
-        let me = self.0.clone();
-        let out = FlightDataEncoderBuilder::new()
-            .with_max_flight_data_size(self.max_message_bytes / 2)
-            .build(stream::iter([Ok(batch)]))
-            .map_err(move |e| me.fail(flight_error(e)));
-        Ok(Response::new(out.boxed()))
-    }
-
-    async fn do_put(
-        &self,
-        request: Request<Streaming<FlightData>>,
-    ) -> std::result::Result<Response<Self::DoPutStream>, Status> {
-        self.authorize(&request).map_err(|e| self.fail(e))?;
-        let result = self
-            .0
-            .clone()
-            .put(request.into_inner())
-            .await
-            .map_err(|e| self.fail(e))?;
-        Ok(Response::new(stream::iter([Ok(result)]).boxed()))
-    }
-
-    async fn do_exchange(
-        &self,
-        request: Request<Streaming<FlightData>>,
-    ) -> std::result::Result<Response<Self::DoExchangeStream>, Status> {
-        self.authorize(&request).map_err(|e| self.fail(e))?;
-        let keep = keep_columns(request.metadata());
-        let out = self
-            .0
-            .clone()
-            .exchange(request.into_inner(), keep)
-            .await
-            .map_err(|e| self.fail(e))?;
-        Ok(Response::new(out))
-    }
-
-    async fn do_action(
-        &self,
-        request: Request<Action>,
-    ) -> std::result::Result<Response<Self::DoActionStream>, Status> {
-        self.authorize(&request).map_err(|e| self.fail(e))?;
-        let a = request.into_inner();
-        let results = self
-            .0
-            .clone()
-            .action(a.r#type, a.body)
-            .await
-            .map_err(|e| self.fail(e))?;
-        let out: Vec<_> = results
-            .into_iter()
-            .map(|body| Ok(arrow_flight::Result { body }))
-            .collect();
-        Ok(Response::new(stream::iter(out).boxed()))
-    }
-
-    async fn list_actions(
-        &self,
-        request: Request<Empty>,
-    ) -> std::result::Result<Response<Self::ListActionsStream>, Status> {
-        self.authorize(&request).map_err(|e| self.fail(e))?;
-        Ok(Response::new(
-            stream::iter(action_types().into_iter().map(Ok)).boxed(),
-        ))
-    }
 }

@@ -1,0 +1,209 @@
+//! The gRPC face of the service: `FlightService` methods authorize the
+//! caller, hand the request to [`Service`], and map errors to statuses.
+
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::flight_service_server::FlightService;
+use arrow_flight::{
+    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo,
+    HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
+};
+use futures::stream;
+use futures::{StreamExt, TryStreamExt};
+use stoker_core::protocol::action;
+use stoker_core::{Error, ErrorKind};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::service::{blocking, constant_time_eq, flight_error, keep_columns, Service, Stream};
+
+/// The actions ListActions describes.
+pub fn action_types() -> Vec<ActionType> {
+    let d = |t: &str, desc: &str| ActionType {
+        r#type: t.into(),
+        description: desc.into(),
+    };
+    vec![
+        d(action::CREATE_JOB, "Create (or replace) a training job: {job, spec | torchscript_path | 'model' blob, features, label, loss?, optimizer?, device?, seed?, batch_size?}"),
+        d(action::TRAIN_ROUND, "Train one cached partition for one round from the 'state' blob: {job, partition, version, round, epochs?, steps?}; returns the result JSON and the new 'state' blob; cache miss = FAILED_PRECONDITION"),
+        d(action::DROP_JOB, "Forget a job and its cached partitions: {name}"),
+        d(action::REGISTER_MODEL, "Register a servable model: {name, version?, spec | torchscript_path | 'model' blob, features?} with its 'state' blob"),
+        d(action::UNLOAD_MODEL, "Forget a model version (or all versions): {name, version?}"),
+        d(action::HEALTH, "Server status, version and device"),
+        d(action::STATS, "Counters: rows in and predicted, rounds, cache bytes and evictions, jobs, models"),
+    ]
+}
+
+/// The gRPC face of [`Service`] (a newtype: the Flight trait cannot be
+/// implemented for `Arc<Service>` directly).
+#[derive(Clone)]
+pub struct Handler(pub Arc<Service>);
+
+impl std::ops::Deref for Handler {
+    type Target = Service;
+    fn deref(&self) -> &Service {
+        &self.0
+    }
+}
+
+#[tonic::async_trait]
+impl FlightService for Handler {
+    type HandshakeStream = Stream<HandshakeResponse>;
+    type ListFlightsStream = Stream<FlightInfo>;
+    type DoGetStream = Stream<FlightData>;
+    type DoPutStream = Stream<PutResult>;
+    type DoExchangeStream = Stream<FlightData>;
+    type DoActionStream = Stream<arrow_flight::Result>;
+    type ListActionsStream = Stream<ActionType>;
+
+    async fn handshake(
+        &self,
+        request: Request<Streaming<HandshakeRequest>>,
+    ) -> std::result::Result<Response<Self::HandshakeStream>, Status> {
+        let mut input = request.into_inner();
+        let first = input.message().await?.unwrap_or_default();
+        if let Some(token) = &self.token {
+            if !constant_time_eq(&first.payload, token.as_bytes()) {
+                return Err(self.fail(Error::new(
+                    ErrorKind::Unauthenticated,
+                    "handshake: wrong token",
+                )));
+            }
+        }
+        let reply = HandshakeResponse {
+            protocol_version: 0,
+            payload: first.payload,
+        };
+        Ok(Response::new(stream::iter([Ok(reply)]).boxed()))
+    }
+
+    async fn list_flights(
+        &self,
+        request: Request<Criteria>,
+    ) -> std::result::Result<Response<Self::ListFlightsStream>, Status> {
+        self.authorize(&request).map_err(|e| self.fail(e))?;
+        let infos: Vec<_> = self.flight_infos().into_iter().map(Ok).collect();
+        Ok(Response::new(stream::iter(infos).boxed()))
+    }
+
+    async fn get_flight_info(
+        &self,
+        request: Request<FlightDescriptor>,
+    ) -> std::result::Result<Response<FlightInfo>, Status> {
+        self.authorize(&request).map_err(|e| self.fail(e))?;
+        let wanted = request.into_inner().path;
+        // Listings are sorted by name and version, so the last match of a
+        // prefix such as ["models", NAME] is the latest version.
+        let found = self.flight_infos().into_iter().rev().find(|i| {
+            i.flight_descriptor
+                .as_ref()
+                .is_some_and(|d| d.path == wanted || d.path.starts_with(&wanted))
+        });
+        found.map(Response::new).ok_or_else(|| {
+            self.fail(Error::not_found(format!(
+                "nothing at descriptor path {wanted:?}"
+            )))
+        })
+    }
+
+    async fn poll_flight_info(
+        &self,
+        _r: Request<FlightDescriptor>,
+    ) -> std::result::Result<Response<PollInfo>, Status> {
+        Err(Status::unimplemented(
+            "stoker answers every request at once; use GetFlightInfo",
+        ))
+    }
+
+    async fn get_schema(
+        &self,
+        _r: Request<FlightDescriptor>,
+    ) -> std::result::Result<Response<SchemaResult>, Status> {
+        Err(Status::unimplemented(
+            "stoker streams carry their schema; GetSchema is not used",
+        ))
+    }
+
+    async fn do_get(
+        &self,
+        request: Request<Ticket>,
+    ) -> std::result::Result<Response<Self::DoGetStream>, Status> {
+        self.authorize(&request).map_err(|e| self.fail(e))?;
+        let ticket = request.into_inner().ticket;
+        let me = self.0.clone();
+        let state = blocking(move || me.ticket_state(&ticket))
+            .await
+            .map_err(|e| self.fail(e))?;
+        // A state travels as one Arrow batch with one binary cell, so any
+        // Flight client can download it with a plain DoGet.
+        let array = arrow::array::BinaryArray::from_vec(vec![state.as_slice()]);
+        let batch =
+            RecordBatch::try_from_iter(vec![("state", Arc::new(array) as arrow::array::ArrayRef)])
+                .map_err(|e| self.fail(Error::from(e)))?;
+        let me = self.0.clone();
+        let out = FlightDataEncoderBuilder::new()
+            .with_max_flight_data_size(self.max_message_bytes / 2)
+            .build(stream::iter([Ok(batch)]))
+            .map_err(move |e| me.fail(flight_error(e)));
+        Ok(Response::new(out.boxed()))
+    }
+
+    async fn do_put(
+        &self,
+        request: Request<Streaming<FlightData>>,
+    ) -> std::result::Result<Response<Self::DoPutStream>, Status> {
+        self.authorize(&request).map_err(|e| self.fail(e))?;
+        let result = self
+            .0
+            .clone()
+            .put(request.into_inner())
+            .await
+            .map_err(|e| self.fail(e))?;
+        Ok(Response::new(stream::iter([Ok(result)]).boxed()))
+    }
+
+    async fn do_exchange(
+        &self,
+        request: Request<Streaming<FlightData>>,
+    ) -> std::result::Result<Response<Self::DoExchangeStream>, Status> {
+        self.authorize(&request).map_err(|e| self.fail(e))?;
+        let keep = keep_columns(request.metadata());
+        let out = self
+            .0
+            .clone()
+            .exchange(request.into_inner(), keep)
+            .await
+            .map_err(|e| self.fail(e))?;
+        Ok(Response::new(out))
+    }
+
+    async fn do_action(
+        &self,
+        request: Request<Action>,
+    ) -> std::result::Result<Response<Self::DoActionStream>, Status> {
+        self.authorize(&request).map_err(|e| self.fail(e))?;
+        let a = request.into_inner();
+        let results = self
+            .0
+            .clone()
+            .action(a.r#type, a.body)
+            .await
+            .map_err(|e| self.fail(e))?;
+        let out: Vec<_> = results
+            .into_iter()
+            .map(|body| Ok(arrow_flight::Result { body }))
+            .collect();
+        Ok(Response::new(stream::iter(out).boxed()))
+    }
+
+    async fn list_actions(
+        &self,
+        request: Request<Empty>,
+    ) -> std::result::Result<Response<Self::ListActionsStream>, Status> {
+        self.authorize(&request).map_err(|e| self.fail(e))?;
+        Ok(Response::new(
+            stream::iter(action_types().into_iter().map(Ok)).boxed(),
+        ))
+    }
+}

@@ -1,0 +1,7 @@
+//! The server in-process on 127.0.0.1:0, driven by the Rust client:
+//! `actions` covers every action, bad input, auth, TLS and metrics;
+//! `serving` covers concurrent streams, model tiers and callers that leave.
+
+mod actions;
+mod common;
+mod serving;

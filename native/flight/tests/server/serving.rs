@@ -1,0 +1,207 @@
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use futures::StreamExt;
+use stoker_core::protocol::{ModelKey, TrainRound};
+use stoker_flight::client::{Client, ClientOptions};
+use stoker_flight::server::batcher::BatchLimits;
+use stoker_flight::server::{start, ServerConfig};
+
+use crate::common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 8)]
+async fn concurrent_streams_are_coalesced_and_stay_in_order() {
+    let server = start(ServerConfig {
+        batch: BatchLimits {
+            max_rows: 65_536,
+            max_wait: Duration::from_millis(25),
+        },
+        ..config()
+    })
+    .await
+    .unwrap();
+    let mut client = connect(&server, None).await;
+    trained_model(&mut client, "shared").await;
+    let reference = client
+        .predict(
+            &ModelKey {
+                name: "shared".into(),
+                version: None,
+            },
+            &["id".into()],
+            vec![rings(400, 77)],
+        )
+        .await
+        .unwrap();
+    let reference = floats(&reference, 1);
+
+    let uri = server.uri();
+    let streams = (0..8).map(|_| {
+        let uri = uri.clone();
+        tokio::spawn(async move {
+            let mut c = Client::connect(&uri, ClientOptions::default())
+                .await
+                .unwrap();
+            let data = rings(400, 77);
+            let input = futures::stream::iter((0..4).map(move |i| Ok(data.slice(i * 100, 100))));
+            let model = ModelKey {
+                name: "shared".into(),
+                version: None,
+            };
+            let out = c
+                .predict_stream(&model, &["id".into()], input)
+                .await
+                .unwrap();
+            let batches: Vec<RecordBatch> = out.map(|b| b.unwrap()).collect().await;
+            batches
+        })
+    });
+    for s in futures::future::join_all(streams).await {
+        let batches = s.unwrap();
+        let ids = ints(&batches, 0);
+        assert_eq!(ids, (0..400).collect::<Vec<_>>());
+        let p = floats(&batches, 1);
+        assert_eq!(p, reference);
+    }
+    let stats = client.stats().await.unwrap();
+    let m = &stats["models"][0];
+    assert!(
+        m["max_pass_rows"].as_u64().unwrap() > 100,
+        "no coalescing: {m}"
+    );
+    assert!(
+        m["forward_passes"].as_u64().unwrap() < m["requests"].as_u64().unwrap(),
+        "{m}"
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn models_move_between_tiers_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let tiered = || ServerConfig {
+        model_dir: Some(dir.path().to_path_buf()),
+        // Room for one small model on the device and none in host memory.
+        device_model_bytes: 2_000, // one 354-parameter MLP is 1,416 bytes
+        host_model_bytes: 0,
+        ..config()
+    };
+    let server = start(tiered()).await.unwrap();
+    let mut client = connect(&server, None).await;
+    trained_model(&mut client, "first").await;
+    trained_model(&mut client, "second").await;
+    let stats = client.stats().await.unwrap();
+    let tiers: Vec<(&str, &str)> = stats["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["name"].as_str().unwrap(), m["tier"].as_str().unwrap()))
+        .collect();
+    assert_eq!(tiers, [("first", "disk"), ("second", "device")]);
+
+    // Asking for the evicted model loads it back, transparently.
+    let test = rings(200, 3);
+    let first = ModelKey {
+        name: "first".into(),
+        version: None,
+    };
+    let a = client
+        .predict(&first, &[], vec![test.clone()])
+        .await
+        .unwrap();
+    assert_eq!(a[0].num_rows(), 200);
+    let stats = client.stats().await.unwrap();
+    assert!(
+        stats["tiers"]["device"]["misses"].as_u64().unwrap() >= 1,
+        "{stats}"
+    );
+    assert!(
+        stats["tiers"]["disk"]["hits"].as_u64().unwrap() >= 1,
+        "{stats}"
+    );
+    assert!(
+        stats["tiers"]["device"]["evictions"].as_u64().unwrap() >= 1,
+        "{stats}"
+    );
+    server.stop().await.unwrap();
+
+    // A new server on the same directory serves the same models.
+    let server = start(tiered()).await.unwrap();
+    let mut client = connect(&server, None).await;
+    let b = client.predict(&first, &[], vec![test]).await.unwrap();
+    assert_eq!(a, b);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_leaves_mid_exchange_harms_nobody() {
+    let server = start(config()).await.unwrap();
+    let mut client = connect(&server, None).await;
+    trained_model(&mut client, "steady").await;
+    let model = ModelKey {
+        name: "steady".into(),
+        version: None,
+    };
+    for _ in 0..3 {
+        let (tx, rx) = futures::channel::mpsc::unbounded::<stoker_core::Result<RecordBatch>>();
+        tx.unbounded_send(Ok(rings(100, 1))).unwrap();
+        let mut quitter = connect(&server, None).await;
+        let key = model.clone();
+        let pending = tokio::spawn(async move {
+            let mut out = quitter.predict_stream(&key, &[], rx).await?;
+            // Read one answer, then vanish with the request stream still open.
+            out.next().await;
+            Ok::<_, stoker_core::Error>(())
+        });
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        pending.abort();
+        drop(tx);
+    }
+    // The model's batcher is not stuck and later streams are served in full.
+    let out = client
+        .predict(&model, &["id".into()], vec![rings(300, 2)])
+        .await
+        .unwrap();
+    assert_eq!(ints(&out, 0), (0..300).collect::<Vec<_>>());
+    let stats = client.stats().await.unwrap();
+    assert_eq!(stats["models"][0]["tier"], "device");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_round_whose_caller_leaves_stops_early() {
+    let server = start(config()).await.unwrap();
+    let mut client = connect(&server, None).await;
+    client.create_job(&job("long"), None).await.unwrap();
+    client
+        .put_partition(&key("long", 0, "v1"), one(rings(20_000, 1)))
+        .await
+        .unwrap();
+    let mut leaver = connect(&server, None).await;
+    let endless = TrainRound {
+        epochs: 100_000,
+        ..round("long", 0, 0)
+    };
+    let pending = tokio::spawn(async move { leaver.train_round(&endless, None).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    pending.abort();
+    let _ = pending.await;
+    // Bounded wait for the server to notice; it never trains 100,000 epochs.
+    let mut abandoned = 0;
+    for _ in 0..600 {
+        abandoned = client.stats().await.unwrap()["train_rounds_abandoned"]
+            .as_u64()
+            .unwrap();
+        if abandoned > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(abandoned, 1);
+    let (res, _) = client
+        .train_round(&round("long", 0, 1), None)
+        .await
+        .unwrap();
+    assert_eq!(res.samples, 20_000);
+    server.stop().await.unwrap();
+}
