@@ -53,20 +53,7 @@ async fn every_action_end_to_end() {
     );
 
     // A second version; GetFlightInfo on the bare name shows the latest.
-    let req = RegisterModel {
-        name: "rings".into(),
-        version: None,
-        spec: None,
-        torchscript_path: None,
-        features: None,
-        loss: None,
-        input_width: None,
-    };
-    let spec = br#"{"type":"mlp","hidden":[16,16],"num_classes":2}"#.to_vec();
-    let v2 = client
-        .register_model(&req, Some(spec), Some(state.clone()))
-        .await
-        .unwrap();
+    let v2 = register(&mut client, "rings", &state).await;
     assert_eq!(v2["version"], 2);
     let info = client
         .flight_info(vec!["models".into(), "rings".into()])

@@ -140,6 +140,13 @@ pub async fn trained_model(client: &mut Client, name: &str) -> Vec<u8> {
         state = Some(sum.unwrap().average().unwrap().to_bytes().unwrap());
     }
     let state = state.unwrap();
+    register(client, name, &state).await;
+    state
+}
+
+/// Registers the rings MLP under `name` with `state`; returns the server's
+/// answer (`{name, version, task, features}`).
+pub async fn register(client: &mut Client, name: &str, state: &[u8]) -> serde_json::Value {
     let spec = br#"{"type":"mlp","hidden":[16,16],"num_classes":2}"#.to_vec();
     let req = RegisterModel {
         name: name.into(),
@@ -151,8 +158,7 @@ pub async fn trained_model(client: &mut Client, name: &str) -> Vec<u8> {
         input_width: None,
     };
     client
-        .register_model(&req, Some(spec), Some(state.clone()))
+        .register_model(&req, Some(spec), Some(state.to_vec()))
         .await
-        .unwrap();
-    state
+        .unwrap()
 }
