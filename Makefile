@@ -19,7 +19,9 @@ export LIBTORCH_USE_PYTORCH := 1
 export CARGO_HOME := $(ROOT)/target/cargo-home
 export PIP_CACHE_DIR := $(ROOT)/target/pip-cache
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
-MVN := mvn -B -ntp -Dmaven.repo.local=$(ROOT)/target/m2 -f jvm-shim/pom.xml
+# pyspark's own directory (SPARK_HOME for local-cluster tests); read after the venv exists.
+PYSPARK_HOME = $(shell $(PY) -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')
+MVN = mvn -B -ntp -Dmaven.repo.local=$(ROOT)/target/m2 -Dpyspark.home=$(PYSPARK_HOME) -f jvm-shim/pom.xml
 CARGO := cargo
 BIN := $(ROOT)/target/release/stoker
 JNI_LIB := $(ROOT)/target/release/libstoker_jni.so
@@ -52,7 +54,12 @@ native: venv
 python-ext: native
 	cd $(ROOT) && maturin develop --release -q
 
-jvm: native
+# Spark 4.3's jars come from pyspark, linked into the local Maven repository.
+$(STAMPS)/pyspark-repo: $(STAMPS)/venv jvm-shim/build/pyspark_repo.py
+	$(PY) jvm-shim/build/pyspark_repo.py $(ROOT)/target/m2
+	@touch $@
+
+jvm: native $(STAMPS)/pyspark-repo
 	$(MVN) -q package -DskipTests
 
 build: native python-ext jvm
@@ -74,8 +81,9 @@ test-rust: native
 test-python: python-ext
 	STOKER_BIN=$(BIN) $(PY) -m pytest -q
 
+# JUnit: unit suites (Surefire), then the Spark local-cluster suites (Failsafe, *IT).
 test-jvm: jvm
-	$(MVN) test
+	$(MVN) verify
 
 test: build lint test-rust test-python test-jvm
 	@echo "all test suites passed"

@@ -115,6 +115,11 @@ pub struct CreateJob {
     pub seed: u64,
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
+    /// When a job of this name exists, keep it (and its partitions) instead
+    /// of replacing it: what each Spark task sends, so tasks sharing a
+    /// server never drop each other's partitions.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_existing: bool,
 }
 
 fn default_batch_size() -> usize {
@@ -134,6 +139,10 @@ pub struct TrainRound {
     pub epochs: usize,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub steps: Option<usize>,
+    /// Drop the partition from the cache after this round (the caller's
+    /// last round), instead of leaving it to the LRU budget.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub release: bool,
 }
 
 fn one() -> usize {

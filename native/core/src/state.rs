@@ -164,6 +164,14 @@ impl State {
             .filter(|t| !t.name.starts_with(OPTIMIZER_PREFIX))
     }
 
+    /// The same state without optimizer tensors: what is broadcast when
+    /// optimizer state is not averaged, so every round starts the optimizer
+    /// afresh.
+    pub fn without_optimizer(mut self) -> State {
+        self.tensors.retain(|t| !t.name.starts_with(OPTIMIZER_PREFIX));
+        self
+    }
+
     /// Serializes to safetensors. The bytes are deterministic (header keys
     /// sorted, tensors in name order): equal states give equal bytes.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
@@ -311,6 +319,15 @@ pub(crate) mod tests {
         let back = State::from_bytes(&s.to_bytes().unwrap()).unwrap();
         assert_eq!(back, s);
         assert_eq!(back.parameters().count(), 2);
+    }
+
+    #[test]
+    fn without_optimizer_keeps_parameters_and_metadata() {
+        let s = state(&[1.0, 2.0], 0.5, 7);
+        let stripped = s.clone().without_optimizer();
+        assert_eq!(stripped.meta, s.meta);
+        let names: Vec<&str> = stripped.tensors.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["fc.bias", "fc.weight"]);
     }
 
     #[test]

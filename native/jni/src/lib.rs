@@ -12,7 +12,7 @@ use jni::objects::{JByteArray, JClass, JDoubleArray, JObjectArray, JString};
 use jni::sys::{jdouble, jint, jlong};
 use jni::{Env, EnvUnowned};
 use stoker_core::protocol::{ModelKey, PartitionKey};
-use stoker_core::{Error, WeightedSum};
+use stoker_core::{Error, State, WeightedSum};
 
 use errors::{BridgeResult, ThrowStoker};
 
@@ -247,6 +247,21 @@ pub extern "system" fn Java_dev_stoker_jni_NativeBridge_finishAverage<'caller>(
     env.with_env(|env| -> BridgeResult<_> {
         let sum = WeightedSum::from_sum_bytes(&bytes(env, &sum, "partial sum")?)?;
         Ok(env.byte_array_from_slice(&sum.average()?.to_bytes()?)?)
+    })
+    .resolve::<ThrowStoker>()
+}
+
+/// `NativeBridge.stripOptimizer(byte[] state)`: the state without its
+/// optimizer tensors (broadcast when optimizer state is not averaged).
+#[unsafe(no_mangle)]
+pub extern "system" fn Java_dev_stoker_jni_NativeBridge_stripOptimizer<'caller>(
+    mut env: EnvUnowned<'caller>,
+    _class: JClass<'caller>,
+    state: JByteArray<'caller>,
+) -> JByteArray<'caller> {
+    env.with_env(|env| -> BridgeResult<_> {
+        let state = State::from_bytes(&bytes(env, &state, "state")?)?;
+        Ok(env.byte_array_from_slice(&state.without_optimizer().to_bytes()?)?)
     })
     .resolve::<ThrowStoker>()
 }

@@ -282,11 +282,25 @@ impl Jobs {
     }
 
     /// Adds a job; creating a job that exists with the same name replaces
-    /// it (and drops its partitions), so a restarted driver starts clean.
-    pub fn create(&self, job: Job) {
+    /// it (and drops its partitions), so a restarted driver starts clean,
+    /// unless `keep_existing` asks to keep the one there. Returns whether
+    /// the job was created.
+    pub fn create(&self, job: Job, keep_existing: bool) -> bool {
         let name = job.name.clone();
-        lock(&self.partitions).retain(|(j, _), _| *j != name);
-        lock(&self.jobs).insert(name, Arc::new(job));
+        // Lock order: partitions, then jobs.
+        let mut parts = lock(&self.partitions);
+        let mut jobs = lock(&self.jobs);
+        if keep_existing && jobs.contains_key(&name) {
+            return false;
+        }
+        parts.retain(|(j, _), _| *j != name);
+        jobs.insert(name, Arc::new(job));
+        true
+    }
+
+    /// Drops one partition from the cache (after its last round).
+    pub fn release(&self, key: &PartitionKey) {
+        lock(&self.partitions).remove(&(key.job.clone(), key.partition));
     }
 
     pub fn get(&self, name: &str) -> Result<Arc<Job>> {

@@ -207,13 +207,18 @@ impl Service {
             action::STATS => one(Envelope::new(self.stats_json())?),
             action::CREATE_JOB => {
                 let req: CreateJob = env.parse(action::CREATE_JOB)?;
+                let keep = req.keep_existing;
                 let blob = env.take_blob("model");
                 let device = self.device;
                 let job = blocking(move || Job::new(req, blob, device)).await?;
                 let name = job.name.clone();
-                self.jobs.create(job);
-                tracing::info!(job = %name, "created job");
-                one(Envelope::new(serde_json::json!({"job": name}))?)
+                let created = self.jobs.create(job, keep);
+                if created {
+                    tracing::info!(job = %name, "created job");
+                }
+                one(Envelope::new(
+                    serde_json::json!({"job": name, "created": created}),
+                )?)
             }
             action::TRAIN_ROUND => {
                 let req: TrainRound = env.parse(action::TRAIN_ROUND)?;
@@ -225,6 +230,7 @@ impl Service {
                     version: req.version.clone(),
                 };
                 let part = self.jobs.partition(&key)?;
+                let release = req.release;
                 let started = std::time::Instant::now();
                 // If the client goes away, this future is dropped and the
                 // guard stops the round at its next step instead of letting
@@ -245,6 +251,9 @@ impl Service {
                 })
                 .await?;
                 cancel.disarm();
+                if release {
+                    self.jobs.release(&key);
+                }
                 self.counters.train_rounds.fetch_add(1, Ordering::Relaxed);
                 self.counters
                     .train_latency

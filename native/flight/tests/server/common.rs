@@ -80,6 +80,7 @@ pub fn round(job: &str, partition: u32, round: u64) -> TrainRound {
         round,
         epochs: 2,
         steps: None,
+        release: false,
     }
 }
 

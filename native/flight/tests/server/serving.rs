@@ -2,7 +2,8 @@ use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use futures::StreamExt;
-use stoker_core::protocol::{ModelKey, TrainRound};
+use stoker_core::protocol::{CreateJob, ModelKey, TrainRound};
+use stoker_core::ErrorKind;
 use stoker_flight::client::{Client, ClientOptions};
 use stoker_flight::server::batcher::BatchLimits;
 use stoker_flight::server::{start, ServerConfig};
@@ -204,4 +205,49 @@ async fn a_round_whose_caller_leaves_stops_early() {
         .unwrap();
     assert_eq!(res.samples, 20_000);
     server.stop().await.unwrap();
+}
+
+/// What Spark tasks sharing one server rely on: `keep_existing` never drops
+/// another task's partitions, and `release` frees a partition after its
+/// last round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tasks_share_a_job_and_release_partitions() {
+    let server = start(config()).await.unwrap();
+    let mut client = connect(&server, None).await;
+    client.create_job(&job("shared"), None).await.unwrap();
+    client
+        .put_partition(&key("shared", 0, "v1"), one(rings(500, 1)))
+        .await
+        .unwrap();
+    let again = CreateJob {
+        keep_existing: true,
+        ..job("shared")
+    };
+    client.create_job(&again, None).await.unwrap();
+    // Partition 0 survived the second create_job.
+    client
+        .train_round(&round("shared", 0, 0), None)
+        .await
+        .unwrap();
+    let last = TrainRound {
+        release: true,
+        ..round("shared", 0, 1)
+    };
+    client.train_round(&last, None).await.unwrap();
+    let e = client
+        .train_round(&round("shared", 0, 2), None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::CacheMiss, "{e}");
+    // Without keep_existing, create_job starts the job anew.
+    client
+        .put_partition(&key("shared", 0, "v1"), one(rings(500, 1)))
+        .await
+        .unwrap();
+    client.create_job(&job("shared"), None).await.unwrap();
+    let e = client
+        .train_round(&round("shared", 0, 0), None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::CacheMiss, "{e}");
 }

@@ -44,7 +44,18 @@ public final class NativeBridge {
     return finishAverage(partialSum);
   }
 
+  /**
+   * The state without its optimizer tensors: what is broadcast when optimizer state is
+   * not averaged, so each round starts the optimizer afresh.
+   */
+  public static byte[] withoutOptimizer(byte[] state) {
+    NativeLoader.ensureLoaded();
+    return stripOptimizer(state);
+  }
+
   private static native String version();
+
+  private static native byte[] stripOptimizer(byte[] state);
 
   private static native byte[] averageStates(byte[][] states, double[] weights);
 

@@ -29,7 +29,9 @@ import java.util.concurrent.TimeUnit;
  * <p>Settings: the run directory is {@code stoker.run.dir} (system property) or
  * {@code STOKER_RUN_DIR}, default {@code <tmpdir>/stoker-<user>}; the binary is
  * {@code stoker.bin} or {@code STOKER_BIN}, default {@code stoker} on the PATH; the
- * device is {@code stoker.device} or {@code STOKER_DEVICE}, default {@code auto}.
+ * device is {@code stoker.device} or {@code STOKER_DEVICE}, default {@code auto}. Spark
+ * passes its {@code spark.stoker.server.*} settings through {@link #configure}, which win
+ * over both.
  */
 public final class LocalServer {
   /** Where a running server listens and the token it wants. */
@@ -42,11 +44,25 @@ public final class LocalServer {
 
   private static Process started;
   private static Address known;
+  private static final java.util.Map<String, String> CONFIGURED =
+      new java.util.concurrent.ConcurrentHashMap<>();
 
   private LocalServer() {}
 
+  /**
+   * Settings from the application (Spark's {@code spark.stoker.server.bin}, {@code .device},
+   * {@code .runDir}), keyed by the system property they replace ({@code stoker.bin},
+   * {@code stoker.device}, {@code stoker.run.dir}). Null or empty values are ignored.
+   */
+  public static void configure(String property, String value) {
+    if (value != null && !value.isEmpty()) {
+      CONFIGURED.put(property, value);
+    }
+  }
+
   private static String setting(String property, String env, String fallback) {
-    return Optional.ofNullable(System.getProperty(property))
+    return Optional.ofNullable(CONFIGURED.get(property))
+        .or(() -> Optional.ofNullable(System.getProperty(property)))
         .or(() -> Optional.ofNullable(System.getenv(env)))
         .orElse(fallback);
   }

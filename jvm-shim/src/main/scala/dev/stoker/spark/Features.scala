@@ -1,0 +1,64 @@
+package dev.stoker.spark
+
+import dev.stoker.InvalidInputException
+import org.apache.spark.ml.functions.vector_to_array
+import org.apache.spark.ml.linalg.SQLDataTypes
+import org.apache.spark.sql.Column
+import org.apache.spark.sql.functions.col
+import org.apache.spark.sql.types._
+
+/**
+ * Which columns go to the server and how: numeric columns as they are, a Spark ML
+ * Vector as `array<float>` (Spark densifies sparse vectors), an array of numbers as it
+ * is. Schema problems are caught here, on the driver, before any Spark job runs; value
+ * problems (nulls, vectors of mixed sizes, labels out of range) are caught by the
+ * server, which names the column and row.
+ */
+private[spark] object Features {
+
+  /** The feature columns to send (named as in the DataFrame) and their names. */
+  def columns(schema: StructType, featureCols: Array[String], featuresCol: String)
+      : (Seq[Column], Seq[String]) = {
+    if (featureCols.nonEmpty) {
+      val dup = featureCols.diff(featureCols.distinct)
+      if (dup.nonEmpty) {
+        throw new InvalidInputException(s"featureCols names ${dup.mkString(", ")} twice")
+      }
+      featureCols.foreach { name =>
+        field(schema, name, "feature").dataType match {
+          case _: NumericType =>
+          case other => throw new InvalidInputException(
+            s"feature column '$name' has type ${other.simpleString}; featureCols must be " +
+              "numeric columns (use featuresCol for a vector or array column)")
+        }
+      }
+      (featureCols.toSeq.map(col), featureCols.toSeq)
+    } else {
+      val f = field(schema, featuresCol, "features")
+      val column = f.dataType match {
+        case dt if dt == SQLDataTypes.VectorType =>
+          vector_to_array(col(featuresCol), "float32").as(featuresCol)
+        case ArrayType(_: NumericType, _) => col(featuresCol)
+        case other => throw new InvalidInputException(
+          s"features column '$featuresCol' has type ${other.simpleString}; it must be a " +
+            "Spark ML Vector or an array of numbers (or set featureCols to numeric columns)")
+      }
+      (Seq(column), Seq(featuresCol))
+    }
+  }
+
+  /** The label column, checked to be numeric. */
+  def label(schema: StructType, labelCol: String): Column = {
+    field(schema, labelCol, "label").dataType match {
+      case _: NumericType => col(labelCol)
+      case other => throw new InvalidInputException(
+        s"label column '$labelCol' has type ${other.simpleString}; it must be numeric " +
+          "(class index 0..num_classes-1 for classifiers; use StringIndexer for strings)")
+    }
+  }
+
+  private def field(schema: StructType, name: String, role: String): StructField =
+    schema.find(_.name == name).getOrElse(throw new InvalidInputException(
+      s"$role column '$name' not found; the DataFrame has columns " +
+        schema.fieldNames.mkString("[", ", ", "]")))
+}

@@ -1,0 +1,130 @@
+package dev.stoker.spark
+
+import java.io.ByteArrayOutputStream
+
+import org.apache.hadoop.conf.Configuration
+import org.apache.hadoop.fs.Path
+import org.json4s._
+import org.json4s.jackson.JsonMethods
+
+/**
+ * One averaging round as `fit` saw it.
+ *
+ * @param round        0-based round index
+ * @param loss         sample-weighted mean loss of the round's last local epoch
+ * @param lossFirst    the same for the round's first local epoch
+ * @param samples      rows trained on across partitions (times local epochs)
+ * @param partitions   partitions that trained
+ * @param seconds      wall time of the round on the driver (training and averaging)
+ * @param trainSeconds the slowest partition's training time
+ */
+final case class RoundStats(
+    round: Int,
+    loss: Double,
+    lossFirst: Double,
+    samples: Long,
+    partitions: Int,
+    seconds: Double,
+    trainSeconds: Double) {
+
+  /** Rows trained per second of round wall time. */
+  def rowsPerSecond: Double = if (seconds > 0) samples / seconds else 0.0
+
+  /** Time spent outside training: broadcast, scheduling, aggregation, checkpoint. */
+  def overheadSeconds: Double = math.max(0.0, seconds - trainSeconds)
+
+  override def toString: String =
+    f"round $round: loss $loss%.5f, $samples samples on $partitions partitions, " +
+      f"$seconds%.2f s ($rowsPerSecond%.0f rows/s)"
+}
+
+object RoundStats {
+  def toJson(history: Seq[RoundStats]): String = JsonMethods.compact(JsonMethods.render(
+    JArray(history.map { r =>
+      JObject(
+        "round" -> JInt(r.round),
+        "loss" -> JDouble(r.loss),
+        "loss_first" -> JDouble(r.lossFirst),
+        "samples" -> JInt(r.samples),
+        "partitions" -> JInt(r.partitions),
+        "seconds" -> JDouble(r.seconds),
+        "train_seconds" -> JDouble(r.trainSeconds))
+    }.toList)))
+
+  def fromJson(text: String): Seq[RoundStats] = {
+    def num(v: JValue): Double = v match {
+      case JDouble(d) => d
+      case JInt(n) => n.toDouble
+      case JLong(n) => n.toDouble
+      case JDecimal(d) => d.toDouble
+      case _ => Double.NaN
+    }
+    JsonMethods.parse(text) match {
+      case JArray(items) => items.map { o =>
+        RoundStats(num(o \ "round").toInt, num(o \ "loss"), num(o \ "loss_first"),
+          num(o \ "samples").toLong, num(o \ "partitions").toInt, num(o \ "seconds"),
+          num(o \ "train_seconds"))
+      }
+      case other => throw new IllegalStateException(s"history is not a JSON array: $other")
+    }
+  }
+}
+
+/** Whole small files on any Hadoop file system, written atomically (temp then rename). */
+private[spark] object Files {
+  def write(path: Path, bytes: Array[Byte], conf: Configuration): Unit = {
+    val fs = path.getFileSystem(conf)
+    val tmp = new Path(path.getParent, s".${path.getName}.tmp")
+    val out = fs.create(tmp, true)
+    try out.write(bytes) finally out.close()
+    fs.delete(path, false)
+    if (!fs.rename(tmp, path)) throw new java.io.IOException(s"could not rename $tmp to $path")
+  }
+
+  def read(path: Path, conf: Configuration): Array[Byte] = {
+    val fs = path.getFileSystem(conf)
+    val in = fs.open(path)
+    try {
+      val out = new ByteArrayOutputStream()
+      in.transferTo(out)
+      out.toByteArray
+    } finally in.close()
+  }
+
+  def exists(path: Path, conf: Configuration): Boolean = path.getFileSystem(conf).exists(path)
+}
+
+/**
+ * Per-round checkpoints: `round-00004.safetensors` holds the averaged state after round
+ * 4, and `history.json` the history up to it. `fit` with the same directory resumes
+ * after the last complete round.
+ */
+private[spark] final class Checkpoints(dir: String, conf: Configuration) {
+  private val root = new Path(dir)
+  private val Name = """round-(\d{5,})\.safetensors""".r
+
+  /** The last complete round, its state and the history up to it. */
+  def latest(): Option[(Int, Array[Byte], Seq[RoundStats])] = {
+    val fs = root.getFileSystem(conf)
+    if (!fs.exists(root)) return None
+    val rounds = fs.listStatus(root).map(_.getPath.getName).collect {
+      case Name(n) => n.toInt
+    }
+    if (rounds.isEmpty) return None
+    val last = rounds.max
+    val historyPath = new Path(root, "history.json")
+    val history =
+      if (Files.exists(historyPath, conf)) {
+        RoundStats.fromJson(new String(Files.read(historyPath, conf), "UTF-8"))
+          .filter(_.round <= last)
+      } else Nil
+    Some((last, Files.read(stateFile(last), conf), history))
+  }
+
+  def save(round: Int, state: Array[Byte], history: Seq[RoundStats]): Unit = {
+    Files.write(stateFile(round), state, conf)
+    Files.write(new Path(root, "history.json"), RoundStats.toJson(history).getBytes("UTF-8"), conf)
+  }
+
+  private def stateFile(round: Int): Path = new Path(root, f"round-$round%05d.safetensors")
+}

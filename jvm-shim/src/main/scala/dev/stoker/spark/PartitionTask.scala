@@ -1,0 +1,146 @@
+package dev.stoker.spark
+
+import java.nio.charset.StandardCharsets.UTF_8
+
+import dev.stoker.{CacheMissException, InvalidInputException, NotFoundException, StokerException}
+import dev.stoker.jni.NativeClient
+import org.apache.spark.SparkEnv
+import org.apache.spark.sql.catalyst.InternalRow
+import org.apache.spark.sql.stoker.ArrowBatches
+import org.apache.spark.sql.types.StructType
+import org.json4s._
+
+/** What every task of one `fit` shares (broadcast once per fit). */
+private[spark] final case class TrainJob(
+    name: String,
+    createJob: JObject,
+    modelBlob: Option[Array[Byte]],
+    schema: StructType,
+    timeZone: String,
+    epochs: Int,
+    server: ServerTarget,
+    batchRows: Int,
+    dataVersion: String)
+
+/** One partition's part of a round, as the task reports it to the driver. */
+private[spark] sealed trait Outcome extends Serializable { def partition: Int }
+
+private[spark] object Outcome {
+  final case class Trained(
+      partition: Int,
+      samples: Long,
+      steps: Long,
+      lossFirst: Double,
+      lossLast: Double,
+      seconds: Double,
+      host: String,
+      state: Array[Byte]) extends Outcome
+
+  /** The partition has no rows; it takes no part in training. */
+  final case class Empty(partition: Int) extends Outcome
+
+  /**
+   * The server refused the partition's data or state (invalid input): returned, not
+   * thrown, so the driver fails the fit at once with this message and class instead of
+   * Spark retrying a task that can never succeed.
+   */
+  final case class Refused(partition: Int, kind: String, message: String) extends Outcome
+}
+
+/**
+ * A task's side of a round: train the partition on this node's server, sending the
+ * partition only when the server does not hold it (first round, eviction, or a task
+ * that moved to another node), and creating the job there only when it is missing.
+ * Each recovery happens at most once per task, so a failure cannot loop.
+ */
+private[spark] object PartitionTask {
+
+  def train(
+      job: TrainJob,
+      partition: Int,
+      round: Int,
+      last: Boolean,
+      state: Option[Array[Byte]],
+      rows: () => Iterator[InternalRow]): Outcome = {
+    try {
+      Servers.withClient(job.server) { client =>
+        var created = false
+        var sent = false
+        var outcome: Option[Outcome] = None
+        while (outcome.isEmpty) {
+          try {
+            outcome = Some(trainOnce(client, job, partition, round, last, state))
+          } catch {
+            case _: NotFoundException if !created =>
+              createJob(client, job)
+              created = true
+            case _: CacheMissException if !sent =>
+              sent = true
+              if (!put(client, job, partition, rows())) outcome = Some(Outcome.Empty(partition))
+          }
+        }
+        outcome.get
+      }
+    } catch {
+      case e: InvalidInputException =>
+        Outcome.Refused(partition, "invalid_input", e.getMessage)
+    }
+  }
+
+  private def trainOnce(
+      client: NativeClient,
+      job: TrainJob,
+      partition: Int,
+      round: Int,
+      last: Boolean,
+      state: Option[Array[Byte]]): Outcome.Trained = {
+    val body = JObject(
+      "job" -> JString(job.name),
+      "partition" -> JInt(partition),
+      "version" -> JString(job.dataVersion),
+      "round" -> JInt(round),
+      "epochs" -> JInt(job.epochs),
+      "release" -> JBool(last))
+    val request = Envelope(body, state.map("state" -> _).toSeq)
+    val result = Envelope.decode(client.action("train_round", request.encode()))
+    def num(field: String): Double = result.json \ field match {
+      case JInt(n) => n.toDouble
+      case JDouble(d) => d
+      case JLong(n) => n.toDouble
+      case _ => Double.NaN
+    }
+    Outcome.Trained(
+      partition = partition,
+      samples = num("samples").toLong,
+      steps = num("steps").toLong,
+      lossFirst = num("loss_first"),
+      lossLast = num("loss_last"),
+      seconds = num("seconds"),
+      host = executorHost,
+      state = result.blob("state").getOrElse(
+        throw new StokerException(s"train_round of partition $partition returned no state")))
+  }
+
+  private def createJob(client: NativeClient, job: TrainJob): Unit = {
+    val request = Envelope(job.createJob, job.modelBlob.map("model" -> _).toSeq)
+    client.action("create_job", request.encode())
+  }
+
+  /** Streams the partition to the server; false when it has no rows. */
+  private def put(
+      client: NativeClient,
+      job: TrainJob,
+      partition: Int,
+      rows: Iterator[InternalRow]): Boolean = {
+    if (!rows.hasNext) return false
+    val (ipc, _) = ArrowBatches.toIpcStream(rows, job.schema, job.timeZone, job.batchRows)
+    client.putPartition(job.name, partition, job.dataVersion, ipc)
+    true
+  }
+
+  /** The host Spark knows this executor by (what preferred locations name). */
+  def executorHost: String =
+    Option(SparkEnv.get).map(_.blockManager.blockManagerId.host).getOrElse(Servers.hostName)
+
+  def utf8(bytes: Array[Byte]): String = new String(bytes, UTF_8)
+}

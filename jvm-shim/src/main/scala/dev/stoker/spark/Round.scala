@@ -1,0 +1,98 @@
+package dev.stoker.spark
+
+import scala.reflect.ClassTag
+
+import dev.stoker.jni.NativeBridge
+import org.apache.spark.{Partition, TaskContext}
+import org.apache.spark.broadcast.Broadcast
+import org.apache.spark.rdd.RDD
+import org.apache.spark.sql.catalyst.InternalRow
+
+/**
+ * One round as a Spark stage: one task per data partition, each yielding its
+ * [[Outcome]]. The data partition is computed only when the task's server misses it,
+ * so rounds after the first read no rows from Spark. Tasks prefer the host whose
+ * server already holds their partition.
+ */
+private[spark] final class RoundRDD(
+    data: RDD[InternalRow],
+    job: Broadcast[TrainJob],
+    state: Option[Broadcast[Array[Byte]]],
+    round: Int,
+    last: Boolean,
+    hosts: Map[Int, String],
+    empty: Set[Int])
+  extends RDD[Outcome](data)(ClassTag(classOf[Outcome])) {
+
+  override protected def getPartitions: Array[Partition] = firstParent[InternalRow].partitions
+
+  override def compute(split: Partition, context: TaskContext): Iterator[Outcome] = {
+    val p = split.index
+    if (empty.contains(p)) return Iterator(Outcome.Empty(p))
+    Iterator(PartitionTask.train(job.value, p, round, last, state.map(_.value),
+      () => firstParent[InternalRow].iterator(split, context)))
+  }
+
+  override protected def getPreferredLocations(split: Partition): Seq[String] =
+    hosts.get(split.index).toSeq
+}
+
+/**
+ * The treeAggregate value of a round: the sample-weighted sum of the partitions' states
+ * (a native partial sum; docs/engine.md) and the round's statistics. Partial sums are
+ * combined by native code on the executors, so the driver receives one sum, not one
+ * state per partition.
+ */
+private[spark] final case class RoundSum(
+    sum: Option[Array[Byte]],
+    samples: Long,
+    steps: Long,
+    lossSum: Double,
+    lossFirstSum: Double,
+    trained: Int,
+    hosts: Map[Int, String],
+    empty: Set[Int],
+    refused: Option[Outcome.Refused],
+    slowestSeconds: Double) {
+
+  /** Sample-weighted mean of the partitions' last-epoch losses. */
+  def loss: Double = if (samples > 0) lossSum / samples else Double.NaN
+  def lossFirst: Double = if (samples > 0) lossFirstSum / samples else Double.NaN
+}
+
+private[spark] object RoundSum {
+  val zero: RoundSum = RoundSum(None, 0, 0, 0.0, 0.0, 0, Map.empty, Set.empty, None, 0.0)
+
+  def add(acc: RoundSum, outcome: Outcome): RoundSum = outcome match {
+    case t: Outcome.Trained =>
+      val weight = t.samples.toDouble
+      merge(acc, RoundSum(
+        sum = Some(NativeBridge.weightedSum(t.state, weight)),
+        samples = t.samples,
+        steps = t.steps,
+        lossSum = t.lossLast * weight,
+        lossFirstSum = t.lossFirst * weight,
+        trained = 1,
+        hosts = Map(t.partition -> t.host),
+        empty = Set.empty,
+        refused = None,
+        slowestSeconds = t.seconds))
+    case e: Outcome.Empty => acc.copy(empty = acc.empty + e.partition)
+    case r: Outcome.Refused => acc.copy(refused = acc.refused.orElse(Some(r)))
+  }
+
+  def merge(a: RoundSum, b: RoundSum): RoundSum = RoundSum(
+    sum = (a.sum, b.sum) match {
+      case (Some(x), Some(y)) => Some(NativeBridge.combine(x, y))
+      case (x, y) => x.orElse(y)
+    },
+    samples = a.samples + b.samples,
+    steps = a.steps + b.steps,
+    lossSum = a.lossSum + b.lossSum,
+    lossFirstSum = a.lossFirstSum + b.lossFirstSum,
+    trained = a.trained + b.trained,
+    hosts = a.hosts ++ b.hosts,
+    empty = a.empty ++ b.empty,
+    refused = a.refused.orElse(b.refused),
+    slowestSeconds = math.max(a.slowestSeconds, b.slowestSeconds))
+}

@@ -1,0 +1,84 @@
+package dev.stoker.spark
+
+import scala.jdk.CollectionConverters._
+
+import dev.stoker.InvalidInputException
+import org.apache.spark.ml.Estimator
+import org.apache.spark.ml.linalg.SQLDataTypes
+import org.apache.spark.ml.param.ParamMap
+import org.apache.spark.ml.util.{DefaultParamsReadable, DefaultParamsWritable, Identifiable}
+import org.apache.spark.sql.Dataset
+import org.apache.spark.sql.types.{DoubleType, StructField, StructType}
+import org.json4s.{JInt, JString}
+
+/**
+ * Trains a PyTorch-style network on a DataFrame with synchronous local SGD: each
+ * partition trains on its node's stoker server from the same weights, and the driver
+ * averages the weights (and optimizer state) every round.
+ *
+ * {{{
+ * val model = new StokerEstimator()
+ *   .setFeaturesCol("features").setLabelCol("label")
+ *   .setModel("""{"type": "mlp", "hidden": [64, 64], "num_classes": 2}""")
+ *   .setRounds(10).setLocalEpochs(2)
+ *   .fit(train)
+ * model.transform(test)
+ * }}}
+ */
+class StokerEstimator(override val uid: String)
+  extends Estimator[StokerModel] with StokerParams with DefaultParamsWritable {
+
+  def this() = this(Identifiable.randomUID("stoker"))
+
+  override def fit(dataset: Dataset[_]): StokerModel = {
+    transformSchema(dataset.schema, logging = true)
+    val trained = new Training(this, dataset).run()
+    val model = new StokerModel(uid, trained.state, trained.modelBlob, trained.history)
+    copyValues(model.setParent(this))
+  }
+
+  /**
+   * Runs one round from `state` (null: the initial weights) and returns each non-empty
+   * partition's trained state and sample count, without averaging: what `fit` would
+   * average for that round. For inspecting and testing the averaging.
+   */
+  def partitionStates(dataset: Dataset[_], round: Int, state: Array[Byte])
+      : java.util.List[PartitionState] = {
+    transformSchema(dataset.schema)
+    new Training(this, dataset).partitionStates(round, Option(state))
+      .map(t => PartitionState(t.partition, t.samples, t.state)).asJava
+  }
+
+  override def transformSchema(schema: StructType): StructType = {
+    Features.columns(schema, getFeatureCols, getFeaturesCol)
+    Features.label(schema, getLabelCol)
+    val classifier = modelSpecJson.exists(spec => (spec \ "num_classes") match {
+      case JInt(n) => n > 1
+      case _ => false
+    }) || Set("cross_entropy", "bce").contains(getLoss) ||
+      modelSpecJson.exists(spec => (spec \ "type") == JString("logistic_regression"))
+    StokerModel.outputSchema(schema, getPredictionCol, getProbabilityCol, classifier)
+  }
+
+  override def copy(extra: ParamMap): StokerEstimator = defaultCopy(extra)
+}
+
+object StokerEstimator extends DefaultParamsReadable[StokerEstimator] {
+  override def load(path: String): StokerEstimator = super.load(path)
+}
+
+/** One partition's state after a round, before averaging. */
+final case class PartitionState(partition: Int, samples: Long, state: Array[Byte])
+
+private[spark] object Schemas {
+  def addColumn(schema: StructType, field: StructField): StructType = {
+    if (schema.fieldNames.contains(field.name)) {
+      throw new InvalidInputException(
+        s"output column '${field.name}' already exists; set another name for it")
+    }
+    schema.add(field)
+  }
+
+  val Prediction = DoubleType
+  val Probability = SQLDataTypes.VectorType
+}

@@ -1,0 +1,109 @@
+package dev.stoker.spark
+
+import java.nio.charset.StandardCharsets.UTF_8
+
+import scala.jdk.CollectionConverters._
+
+import org.apache.hadoop.fs.Path
+import org.apache.spark.ml.Model
+import org.apache.spark.ml.param.ParamMap
+import org.apache.spark.ml.stoker.ParamsIO
+import org.apache.spark.ml.util.{MLReadable, MLReader, MLWritable, MLWriter}
+import org.apache.spark.sql.{DataFrame, Dataset}
+import org.apache.spark.sql.types.{StructField, StructType}
+
+/**
+ * A trained stoker network: its averaged state (safetensors, with optimizer state), the
+ * TorchScript archive when it is one, and the training history. `transform` appends
+ * `prediction` (and `probability` for classifiers) in Arrow batches through each node's
+ * stoker server.
+ */
+class StokerModel private[spark] (
+    override val uid: String,
+    private[spark] val state: Array[Byte],
+    private[spark] val modelBlob: Option[Array[Byte]],
+    private[spark] val history: Seq[RoundStats])
+  extends Model[StokerModel] with StokerParams with MLWritable {
+
+  /** The trained state as safetensors bytes (parameters plus optimizer state). */
+  def getState: Array[Byte] = state.clone()
+
+  /** The TorchScript archive this model was trained from, if it is one. */
+  def getTorchScript: Option[Array[Byte]] = modelBlob.map(_.clone())
+
+  /** Per-round training history: loss, samples, seconds. */
+  def getHistory: java.util.List[RoundStats] = history.asJava
+
+  /** Per-round training history (Scala). */
+  def trainingHistory: Seq[RoundStats] = history
+
+  /** regression, binary or multiclass:N (from the state's metadata). */
+  def task: String = StateInfo.of(state).task
+
+  def isClassifier: Boolean = StateInfo.of(state).isClassifier
+
+  override def transformSchema(schema: StructType): StructType = {
+    Features.columns(schema, getFeatureCols, getFeaturesCol)
+    StokerModel.outputSchema(schema, getPredictionCol, getProbabilityCol, isClassifier)
+  }
+
+  override def transform(dataset: Dataset[_]): DataFrame = {
+    val out = transformSchema(dataset.schema, logging = true)
+    Inference.transform(this, dataset, out)
+  }
+
+  override def copy(extra: ParamMap): StokerModel =
+    copyValues(new StokerModel(uid, state, modelBlob, history), extra).setParent(parent)
+
+  override def write: MLWriter = new StokerModel.Writer(this)
+}
+
+object StokerModel extends MLReadable[StokerModel] {
+  private val StateFile = "data/state.safetensors"
+  private val HistoryFile = "data/history.json"
+  private val TorchScriptFile = "data/model.pt"
+
+  private[spark] def outputSchema(
+      schema: StructType,
+      predictionCol: String,
+      probabilityCol: String,
+      classifier: Boolean): StructType = {
+    val withPrediction = Schemas.addColumn(schema,
+      StructField(predictionCol, Schemas.Prediction, nullable = true))
+    if (classifier && probabilityCol.nonEmpty) {
+      Schemas.addColumn(withPrediction,
+        StructField(probabilityCol, Schemas.Probability, nullable = true))
+    } else withPrediction
+  }
+
+  override def read: MLReader[StokerModel] = new Reader
+
+  override def load(path: String): StokerModel = super.load(path)
+
+  private class Writer(instance: StokerModel) extends MLWriter {
+    override protected def saveImpl(path: String): Unit = {
+      ParamsIO.saveMetadata(instance, path, sparkSession)
+      val conf = sparkSession.sparkContext.hadoopConfiguration
+      Files.write(new Path(path, StateFile), instance.state, conf)
+      Files.write(new Path(path, HistoryFile),
+        RoundStats.toJson(instance.history).getBytes(UTF_8), conf)
+      instance.modelBlob.foreach(b => Files.write(new Path(path, TorchScriptFile), b, conf))
+    }
+  }
+
+  private class Reader extends MLReader[StokerModel] {
+    override def load(path: String): StokerModel = {
+      val className = classOf[StokerModel].getName
+      val conf = sparkSession.sparkContext.hadoopConfiguration
+      val state = Files.read(new Path(path, StateFile), conf)
+      val history = RoundStats.fromJson(new String(Files.read(new Path(path, HistoryFile), conf),
+        UTF_8))
+      val torchScript = new Path(path, TorchScriptFile)
+      val blob = if (Files.exists(torchScript, conf)) Some(Files.read(torchScript, conf)) else None
+      val model = new StokerModel(ParamsIO.uid(path, sparkSession, className), state, blob,
+        history)
+      ParamsIO.loadInto(model, path, sparkSession, className)
+      model
+    }
+  }
+}

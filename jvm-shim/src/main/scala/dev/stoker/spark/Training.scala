@@ -1,0 +1,183 @@
+package dev.stoker.spark
+
+import java.util.UUID
+import java.util.concurrent.ConcurrentHashMap
+
+import dev.stoker.{InvalidInputException, StokerException}
+import dev.stoker.jni.NativeBridge
+import org.apache.hadoop.fs.Path
+import org.apache.spark.rdd.RDD
+import org.apache.spark.sql.{DataFrame, Dataset, SparkSession}
+import org.apache.spark.sql.catalyst.InternalRow
+import org.apache.spark.sql.stoker.ArrowBatches
+import org.json4s._
+import org.slf4j.LoggerFactory
+
+/** What `fit` produced: the averaged state and how it got there. */
+private[spark] final case class Trained(
+    state: Array[Byte],
+    modelBlob: Option[Array[Byte]],
+    history: Seq[RoundStats])
+
+/**
+ * The driver's round loop (docs/spark.md, ../DESIGN.md section 3): broadcast the state,
+ * one task per partition trains on its node's server, treeAggregate sums the weighted
+ * states with native code, the driver divides, checkpoints and records the round.
+ */
+private[spark] final class Training(params: StokerEstimator, dataset: Dataset[_]) {
+  private val log = LoggerFactory.getLogger(classOf[StokerEstimator])
+  private val spark: SparkSession = dataset.sparkSession
+  private val sc = spark.sparkContext
+
+  /** The columns sent to the server and the job every task shares. */
+  private def plan(): (DataFrame, TrainJob) = {
+    val (featureColumns, featureNames) = Features.columns(dataset.schema,
+      params.getFeatureCols, params.getFeaturesCol)
+    val label = Features.label(dataset.schema, params.getLabelCol)
+    if (featureNames.contains(params.getLabelCol)) {
+      throw new InvalidInputException(
+        s"column '${params.getLabelCol}' is both a feature and the label")
+    }
+    val prepared = dataset.select(featureColumns :+ label: _*)
+    val modelBlob = readModel()
+    val name = s"spark-${params.uid}-${UUID.randomUUID().toString.take(8)}"
+    val job = TrainJob(
+      name = name,
+      createJob = createJobBody(name, featureNames, modelBlob.isEmpty),
+      modelBlob = modelBlob,
+      schema = prepared.schema,
+      timeZone = spark.conf.get("spark.sql.session.timeZone"),
+      epochs = params.getLocalEpochs,
+      server = params.target,
+      batchRows = params.getInferenceBatchRows,
+      dataVersion = "1")
+    (prepared, job)
+  }
+
+  def run(): Trained = {
+    val (prepared, job) = plan()
+    // Planned once: every round reuses this RDD, so joins and shuffles upstream run
+    // once and later rounds (which read no rows unless a server missed) reuse them.
+    val data: RDD[InternalRow] = ArrowBatches.internalRows(prepared)
+    val jobBroadcast = sc.broadcast(job)
+    val checkpoints = Option(params.getCheckpointDir).filter(_.nonEmpty)
+      .map(dir => new Checkpoints(dir, sc.hadoopConfiguration))
+    val resumed = checkpoints.flatMap(_.latest())
+    var state: Option[Array[Byte]] = resumed.map(_._2)
+    var history: Vector[RoundStats] = resumed.map(_._3.toVector).getOrElse(Vector.empty)
+    val first = resumed.map(_._1 + 1).getOrElse(0)
+    resumed.foreach { case (r, _, _) =>
+      log.info(s"stoker: resuming from the checkpoint of round $r in ${params.getCheckpointDir}")
+    }
+    val total = params.getRounds
+    var hosts = Map.empty[Int, String]
+    var empty = Set.empty[Int]
+    Progress.start(params.uid, total, first)
+    try {
+      for (round <- first until total) {
+        val started = System.nanoTime()
+        val broadcastState = state.map(s => sc.broadcast(broadcastable(s)))
+        val last = round == total - 1
+        val rdd = new RoundRDD(data, jobBroadcast, broadcastState, round, last, hosts, empty)
+        sc.setJobDescription(s"stoker fit: round ${round + 1} of $total")
+        val sum = rdd.treeAggregate(RoundSum.zero)(RoundSum.add, RoundSum.merge, depth = 2)
+        broadcastState.foreach(_.destroy())
+        sum.refused.foreach { r =>
+          throw new InvalidInputException(s"partition ${r.partition}: ${r.message}")
+        }
+        val total_sum = sum.sum.getOrElse(throw new InvalidInputException(
+          "the training DataFrame has no rows (every partition is empty)"))
+        val averaged = NativeBridge.average(total_sum)
+        state = Some(averaged)
+        hosts = sum.hosts
+        empty = sum.empty
+        val seconds = (System.nanoTime() - started) / 1e9
+        val stats = RoundStats(round, sum.loss, sum.lossFirst, sum.samples, sum.trained,
+          seconds, sum.slowestSeconds)
+        history :+= stats
+        checkpoints.foreach(_.save(round, averaged, history))
+        Progress.update(params.uid, stats)
+        log.info(s"stoker fit ${round + 1}/$total: $stats")
+      }
+    } finally {
+      Progress.finish(params.uid)
+      jobBroadcast.destroy()
+    }
+    val finalState = state.getOrElse(throw new StokerException(
+      s"checkpoint directory ${params.getCheckpointDir} already holds all $total rounds " +
+        "but no state"))
+    Trained(finalState, job.modelBlob, history)
+  }
+
+  /** One partition state per non-empty partition after one round from `state` (no
+   *  averaging): for inspecting what averaging combines. */
+  def partitionStates(round: Int, state: Option[Array[Byte]]): Seq[Outcome.Trained] = {
+    val (prepared, job) = plan()
+    val jobBroadcast = sc.broadcast(job)
+    val stateBroadcast = state.map(sc.broadcast(_))
+    val rdd = new RoundRDD(ArrowBatches.internalRows(prepared), jobBroadcast, stateBroadcast,
+      round, true, Map.empty, Set.empty)
+    val outcomes = rdd.collect().toSeq
+    outcomes.collectFirst { case r: Outcome.Refused => r }.foreach { r =>
+      throw new InvalidInputException(s"partition ${r.partition}: ${r.message}")
+    }
+    outcomes.collect { case t: Outcome.Trained => t }.sortBy(_.partition)
+  }
+
+  /** The state as broadcast: without optimizer tensors unless they are averaged. */
+  private def broadcastable(state: Array[Byte]): Array[Byte] =
+    if (params.getAverageOptimizerState) state else NativeBridge.withoutOptimizer(state)
+
+  /** The TorchScript archive's bytes, read on the driver (any Hadoop file system). */
+  private def readModel(): Option[Array[Byte]] = {
+    if (params.modelSpecJson.isDefined) return None
+    val path = new Path(params.getModel.trim)
+    if (!Files.exists(path, sc.hadoopConfiguration)) {
+      throw new InvalidInputException(
+        s"model '${params.getModel}' is neither a JSON model spec nor an existing TorchScript file")
+    }
+    Some(Files.read(path, sc.hadoopConfiguration))
+  }
+
+  private def createJobBody(name: String, features: Seq[String], withSpec: Boolean): JObject = {
+    val optimizer = JObject(
+      "name" -> JString(params.getOptimizer),
+      "lr" -> JDouble(params.getLearningRate),
+      "momentum" -> JDouble(params.getMomentum),
+      "weight_decay" -> JDouble(params.getWeightDecay))
+    val fields = List[Option[(String, JValue)]](
+      Some("job" -> JString(name)),
+      if (withSpec) params.modelSpecJson.map("spec" -> _) else None,
+      Some("features" -> JArray(features.map(JString(_)).toList)),
+      Some("label" -> JString(params.getLabelCol)),
+      Option(params.getLoss).filter(_.nonEmpty).map(l => "loss" -> JString(l)),
+      Some("optimizer" -> optimizer),
+      Some("device" -> JString(params.getDevice)),
+      Some("seed" -> JInt(BigInt(params.getSeed))),
+      Some("batch_size" -> JInt(params.getBatchSize)),
+      Some("keep_existing" -> JBool(true)))
+    JObject(fields.flatten)
+  }
+}
+
+/**
+ * Live progress of running fits, by estimator uid: what PySpark's progress bar (and
+ * anyone else on the driver) polls while `fit` blocks.
+ */
+object Progress {
+  /** Rounds done of the total, and the last round's statistics. */
+  final case class Snapshot(total: Int, done: Int, last: Option[RoundStats], running: Boolean)
+
+  private val fits = new ConcurrentHashMap[String, Snapshot]()
+
+  def get(uid: String): Option[Snapshot] = Option(fits.get(uid))
+
+  private[spark] def start(uid: String, total: Int, done: Int): Unit =
+    fits.put(uid, Snapshot(total, done, None, running = true))
+
+  private[spark] def update(uid: String, stats: RoundStats): Unit =
+    fits.computeIfPresent(uid, (_, s) => s.copy(done = stats.round + 1, last = Some(stats)))
+
+  private[spark] def finish(uid: String): Unit =
+    fits.computeIfPresent(uid, (_, s) => s.copy(running = false))
+}
