@@ -13,7 +13,7 @@ import org.json4s.jackson.JsonMethods
  * @param round        0-based round index
  * @param loss         sample-weighted mean loss of the round's last local epoch
  * @param lossFirst    the same for the round's first local epoch
- * @param samples      rows trained on across partitions (times local epochs)
+ * @param samples      rows of the partitions that trained (their averaging weights)
  * @param partitions   partitions that trained
  * @param seconds      wall time of the round on the driver (training and averaging)
  * @param trainSeconds the slowest partition's training time

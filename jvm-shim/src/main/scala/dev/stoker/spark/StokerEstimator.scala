@@ -26,7 +26,7 @@ import org.json4s.{JInt, JString}
  * }}}
  */
 class StokerEstimator(override val uid: String)
-  extends Estimator[StokerModel] with StokerParams with DefaultParamsWritable {
+  extends Estimator[StokerModel] with StokerParams[StokerEstimator] with DefaultParamsWritable {
 
   def this() = this(Identifiable.randomUID("stoker"))
 

@@ -23,7 +23,7 @@ class StokerModel private[spark] (
     private[spark] val state: Array[Byte],
     private[spark] val modelBlob: Option[Array[Byte]],
     private[spark] val history: Seq[RoundStats])
-  extends Model[StokerModel] with StokerParams with MLWritable {
+  extends Model[StokerModel] with StokerParams[StokerModel] with MLWritable {
 
   /** The trained state as safetensors bytes (parameters plus optimizer state). */
   def getState: Array[Byte] = state.clone()

@@ -5,9 +5,10 @@ import org.apache.spark.ml.param._
 /**
  * The parameters shared by [[StokerEstimator]] and [[StokerModel]], with Spark ML's
  * naming (`featuresCol`, `labelCol`, `predictionCol`, ...) and setters that return the
- * stage, so Java, Scala and PySpark users configure both the same way.
+ * stage's own type (`Self`, so Java sees `StokerEstimator setRounds(int)`), so Java,
+ * Scala and PySpark users configure both the same way.
  */
-trait StokerParams extends Params {
+trait StokerParams[Self <: StokerParams[Self]] extends Params { self: Self =>
 
   final val featuresCol: Param[String] = new Param[String](this, "featuresCol",
     "features column: a Spark ML Vector or an array of numbers (ignored when featureCols is set)")
@@ -126,27 +127,27 @@ trait StokerParams extends Params {
   def getDevice: String = $(device)
   def getInferenceBatchRows: Int = $(inferenceBatchRows)
 
-  def setFeaturesCol(value: String): this.type = set(featuresCol, value)
-  def setFeatureCols(value: Array[String]): this.type = set(featureCols, value)
-  def setLabelCol(value: String): this.type = set(labelCol, value)
-  def setPredictionCol(value: String): this.type = set(predictionCol, value)
-  def setProbabilityCol(value: String): this.type = set(probabilityCol, value)
-  def setModel(value: String): this.type = set(model, value)
-  def setLoss(value: String): this.type = set(loss, value)
-  def setOptimizer(value: String): this.type = set(optimizer, value)
-  def setLearningRate(value: Double): this.type = set(learningRate, value)
-  def setMomentum(value: Double): this.type = set(momentum, value)
-  def setWeightDecay(value: Double): this.type = set(weightDecay, value)
-  def setBatchSize(value: Int): this.type = set(batchSize, value)
-  def setLocalEpochs(value: Int): this.type = set(localEpochs, value)
-  def setRounds(value: Int): this.type = set(rounds, value)
-  def setAverageOptimizerState(value: Boolean): this.type = set(averageOptimizerState, value)
-  def setSeed(value: Long): this.type = set(seed, value)
-  def setCheckpointDir(value: String): this.type = set(checkpointDir, value)
-  def setServerAddress(value: String): this.type = set(serverAddress, value)
-  def setServerToken(value: String): this.type = set(serverToken, value)
-  def setDevice(value: String): this.type = set(device, value)
-  def setInferenceBatchRows(value: Int): this.type = set(inferenceBatchRows, value)
+  def setFeaturesCol(value: String): Self = set(featuresCol, value)
+  def setFeatureCols(value: Array[String]): Self = set(featureCols, value)
+  def setLabelCol(value: String): Self = set(labelCol, value)
+  def setPredictionCol(value: String): Self = set(predictionCol, value)
+  def setProbabilityCol(value: String): Self = set(probabilityCol, value)
+  def setModel(value: String): Self = set(model, value)
+  def setLoss(value: String): Self = set(loss, value)
+  def setOptimizer(value: String): Self = set(optimizer, value)
+  def setLearningRate(value: Double): Self = set(learningRate, value)
+  def setMomentum(value: Double): Self = set(momentum, value)
+  def setWeightDecay(value: Double): Self = set(weightDecay, value)
+  def setBatchSize(value: Int): Self = set(batchSize, value)
+  def setLocalEpochs(value: Int): Self = set(localEpochs, value)
+  def setRounds(value: Int): Self = set(rounds, value)
+  def setAverageOptimizerState(value: Boolean): Self = set(averageOptimizerState, value)
+  def setSeed(value: Long): Self = set(seed, value)
+  def setCheckpointDir(value: String): Self = set(checkpointDir, value)
+  def setServerAddress(value: String): Self = set(serverAddress, value)
+  def setServerToken(value: String): Self = set(serverToken, value)
+  def setDevice(value: String): Self = set(device, value)
+  def setInferenceBatchRows(value: Int): Self = set(inferenceBatchRows, value)
 
   /** The model param as a built-in spec (a JSON object), or None for a TorchScript path. */
   private[spark] def modelSpecJson: Option[org.json4s.JObject] = {
