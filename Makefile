@@ -26,7 +26,7 @@ CARGO := cargo
 BIN := $(ROOT)/target/release/stoker
 JNI_LIB := $(ROOT)/target/release/libstoker_jni.so
 
-.PHONY: help setup venv native python-ext jvm build lint fmt test test-rust test-python test-jvm demo clean
+.PHONY: help setup venv native python-ext jvm build lint fmt test test-rust test-python test-jvm example-java demo clean
 
 help:
 	@echo "make demo    install, build, run the demo (examples/)"
@@ -85,7 +85,11 @@ test-python: python-ext
 test-jvm: jvm
 	$(MVN) verify
 
-test: build lint test-rust test-python test-jvm
+# The Java example through spark-submit --jars, as a user runs it.
+example-java: build
+	MASTER='local-cluster[2,1,1024]' examples/java/run.sh
+
+test: build lint test-rust test-python test-jvm example-java
 	@echo "all test suites passed"
 
 # --- demo and benchmarks ------------------------------------------------
