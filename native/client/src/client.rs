@@ -70,8 +70,14 @@ impl Client {
             }
         };
         let http = format!("{}://{rest}", if tls { "https" } else { "http" });
+        // A bounded connect, and HTTP/2 pings so a server that vanished is
+        // noticed instead of a call hanging on a dead connection.
         let mut endpoint = Endpoint::from_shared(http)
-            .map_err(|e| Error::invalid(format!("address '{uri}': {e}")))?;
+            .map_err(|e| Error::invalid(format!("address '{uri}': {e}")))?
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .http2_keep_alive_interval(std::time::Duration::from_secs(30))
+            .keep_alive_timeout(std::time::Duration::from_secs(20))
+            .keep_alive_while_idle(true);
         if tls {
             let mut config = ClientTlsConfig::new();
             if let Some(ca) = &options.ca_pem {

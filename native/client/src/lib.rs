@@ -4,7 +4,9 @@
 //! without loading torch; the server (native/flight) shares its status
 //! mapping.
 
+pub mod blocking;
 pub mod client;
 pub mod status;
 
+pub use blocking::BlockingClient;
 pub use client::{Client, ClientOptions};

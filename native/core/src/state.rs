@@ -168,7 +168,8 @@ impl State {
     /// optimizer state is not averaged, so every round starts the optimizer
     /// afresh.
     pub fn without_optimizer(mut self) -> State {
-        self.tensors.retain(|t| !t.name.starts_with(OPTIMIZER_PREFIX));
+        self.tensors
+            .retain(|t| !t.name.starts_with(OPTIMIZER_PREFIX));
         self
     }
 

@@ -34,6 +34,14 @@ fn read_states(
     states: &JObjectArray<'_, JByteArray<'_>>,
     weights: &JDoubleArray<'_>,
 ) -> BridgeResult<Vec<u8>> {
+    // Checked here: a null array would otherwise surface as a JNI error
+    // (a plain StokerException) instead of the invalid input it is.
+    if states.is_null() {
+        return Err(Error::invalid("states is null").into());
+    }
+    if weights.is_null() {
+        return Err(Error::invalid("weights is null").into());
+    }
     let n = states.len(env)?;
     let w_len = weights.len(env)?;
     if n != w_len {

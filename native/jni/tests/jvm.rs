@@ -1,11 +1,11 @@
 //! libstoker_jni inside a real JVM: each test calls a `NativeBridge` native
 //! the way Java code does and checks the exception class and message Java
 //! sees. Unit tests of the Rust functions cannot catch a wrong JNI name or
-//! signature, an exception class missing from the shim, or a panic crossing
-//! into the JVM; these do.
+//! signature, an exception class the shim lacks, or a crash where Java
+//! expects an exception; these do.
 //!
 //! Needs a JDK (`javac` on PATH; libjvm found through JAVA_HOME or `java`)
-//! and the cdylib of the same profile (`cargo build --release -p stoker-jni`).
+//! and libstoker_jni of the same profile, which cargo builds with the crate.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -15,54 +15,76 @@ use std::sync::OnceLock;
 use jni::errors::Error as JniError;
 use jni::objects::{JByteArray, JDoubleArray, JObject, JObjectArray, JString, JValue, JValueOwned};
 use jni::signature::MethodSignature;
-use jni::strings::JNIStr;
+use jni::strings::JNIString;
 use jni::{jni_sig, jni_str, Env, InitArgsBuilder, JNIVersion, JavaVM};
 use stoker_core::{State, StateMeta, TensorData};
 
 const INVALID: &str = "dev.stoker.InvalidInputException";
+const UNAVAILABLE: &str = "dev.stoker.ServerUnavailableException";
 
-/// target/<profile>: the test executable is target/<profile>/deps/jvm-<hash>.
-fn profile_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("test executable is in target/<profile>/deps")
-        .to_path_buf()
-}
+/// A `NativeBridge` native: its name and JNI signature.
+type Native = &'static (&'static str, MethodSignature<'static, 'static>);
+const VERSION: Native = &("version", jni_sig!("()Ljava/lang/String;"));
+const AVERAGE: Native = &("averageStates", jni_sig!("([[B[D)[B"));
+const PARTIAL_SUM: Native = &("partialSum", jni_sig!("([BD)[B"));
+const MERGE: Native = &("mergeSums", jni_sig!("([B[B)[B"));
+const FINISH: Native = &("finishAverage", jni_sig!("([B)[B"));
+const STRIP: Native = &("stripOptimizer", jni_sig!("([B)[B"));
+const CONNECT: Native = &(
+    "connect",
+    jni_sig!("(Ljava/lang/String;Ljava/lang/String;)J"),
+);
+const CLOSE: Native = &("close", jni_sig!("(J)V"));
+const ACTION: Native = &("action", jni_sig!("(JLjava/lang/String;[B)[B"));
 
-/// The cdylib cargo built next to this test, in the same profile.
+/// libstoker_jni of this profile. Cargo builds the library, cdylib
+/// included, into deps/ next to this test whenever it rebuilds it for the
+/// test, so that copy is never older than the test; the one `cargo build`
+/// copies to target/<profile>/ is stale after a plain `cargo test`.
 fn cdylib() -> PathBuf {
     use std::env::consts::{DLL_PREFIX, DLL_SUFFIX};
-    let lib = profile_dir().join(format!("{DLL_PREFIX}stoker_jni{DLL_SUFFIX}"));
-    assert!(
-        lib.is_file(),
-        "{} is missing: build the cdylib first with `cargo build --release -p stoker-jni` \
-         (the same profile as these tests)",
-        lib.display()
-    );
-    lib
+    let name = format!("{DLL_PREFIX}stoker_jni{DLL_SUFFIX}");
+    let exe = std::env::current_exe().expect("test executable path");
+    let deps = exe.parent().expect("test executable directory");
+    let profile = deps.parent().expect("target/<profile>");
+    [deps, profile]
+        .iter()
+        .map(|dir| dir.join(&name))
+        .find(|lib| lib.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "{name} is in neither {} nor {}: build the cdylib first with \
+                 `cargo build --release -p stoker-jni` (the same profile as these tests)",
+                deps.display(),
+                profile.display()
+            )
+        })
 }
 
-/// Compiles the shim's exception classes and NativeBridge into a directory
-/// of this process's own, so concurrent test processes never share one.
+/// The shim's packages: the exception classes and NativeBridge.
+const PACKAGES: [&str; 2] = ["dev/stoker", "dev/stoker/jni"];
+
+/// The files ending in `.ext` in PACKAGES under `root`.
+fn package_files(root: &Path, ext: &str) -> Vec<PathBuf> {
+    PACKAGES
+        .iter()
+        .flat_map(|p| std::fs::read_dir(root.join(p)).expect("reading a package directory"))
+        .map(|entry| entry.expect("directory entry").path())
+        .filter(|path| path.extension().is_some_and(|e| e == ext))
+        .collect()
+}
+
+/// Compiles PACKAGES into a directory of this process's own, so concurrent
+/// test processes never share one.
 fn compile_java() -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../jvm-shim/src/main/java/dev/stoker");
-    let mut sources = Vec::new();
-    for dir in [src.clone(), src.join("jni")] {
-        for entry in std::fs::read_dir(&dir).expect("reading the jvm-shim sources") {
-            let path = entry.expect("directory entry").path();
-            if path.extension().is_some_and(|e| e == "java") {
-                sources.push(path);
-            }
-        }
-    }
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../jvm-shim/src/main/java");
     let out = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("jni-test-classes-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
     let status = Command::new("javac")
         .arg("-d")
         .arg(&out)
-        .args(&sources)
+        .args(package_files(&src, "java"))
         .status()
         .unwrap_or_else(|e| panic!("running javac (is a JDK on PATH?): {e}"));
     assert!(status.success(), "javac failed on {}", src.display());
@@ -75,25 +97,40 @@ fn jvm() -> &'static JavaVM {
     static JVM: OnceLock<JavaVM> = OnceLock::new();
     JVM.get_or_init(|| {
         let lib = cdylib();
+        let classes = compile_java();
         let args = InitArgsBuilder::new()
             .version(JNIVersion::V1_8)
-            .option(format!("-Djava.class.path={}", compile_java().display()))
+            .option(format!("-Djava.class.path={}", classes.display()))
+            .option(format!("-Dstoker.native.lib={}", lib.display()))
             // Makes the JVM check every JNI call the library makes.
             .option("-Xcheck:jni")
             .build()
             .expect("JVM options");
         let vm = JavaVM::new(args).expect("starting a JVM (set JAVA_HOME to a JDK)");
         vm.attach_current_thread(|env| -> jni::errors::Result<()> {
-            let path = env.new_string(lib.to_string_lossy())?;
+            // The JVM reads a class file only when it first loads the class,
+            // so with every class loaded the directory can go.
+            for file in package_files(&classes, "class") {
+                let name = file
+                    .strip_prefix(&classes)
+                    .expect("a class under the class path");
+                env.find_class(JNIString::from(name.with_extension("").to_string_lossy()))?;
+            }
+            // System.load binds a library to its caller's class loader;
+            // called straight from JNI there is no caller, so it would land
+            // in the boot loader and NativeBridge's natives would not
+            // resolve. NativeLoader calls System.load(stoker.native.lib)
+            // itself, as in production.
             env.call_static_method(
-                jni_str!("java/lang/System"),
-                jni_str!("load"),
-                jni_sig!("(Ljava/lang/String;)V"),
-                &[JValue::from(&path)],
+                jni_str!("dev/stoker/jni/NativeLoader"),
+                jni_str!("ensureLoaded"),
+                jni_sig!("()V"),
+                &[],
             )?;
             Ok(())
         })
         .unwrap_or_else(|e| panic!("loading {}: {e}", lib.display()));
+        let _ = std::fs::remove_dir_all(&classes);
         vm
     })
 }
@@ -108,15 +145,15 @@ fn with_env(f: impl FnOnce(&mut Env<'_>)) {
         .expect("a Java exception was left pending");
 }
 
-/// Calls `NativeBridge.<name>`: its value, or the (class, message) of the
-/// exception it threw, which is then cleared.
+/// Calls a native: its value, or the (class, message) of the exception it
+/// threw, which is then cleared.
 fn call<'l>(
     env: &mut Env<'l>,
-    name: &JNIStr,
-    sig: MethodSignature<'_, '_>,
+    (name, sig): Native,
     args: &[JValue<'_>],
 ) -> Result<JValueOwned<'l>, (String, String)> {
-    match env.call_static_method(jni_str!("dev/stoker/jni/NativeBridge"), name, sig, args) {
+    let bridge = jni_str!("dev/stoker/jni/NativeBridge");
+    match env.call_static_method(bridge, JNIString::from(name), sig, args) {
         Ok(value) => Ok(value),
         Err(JniError::JavaException) => match env.exception_catch() {
             Err(JniError::CaughtJavaException { name, msg, .. }) => Err((name, msg)),
@@ -126,38 +163,43 @@ fn call<'l>(
     }
 }
 
-/// Asserts the call threw `class` with a message containing `message`.
-fn assert_throws(thrown: Result<JValueOwned<'_>, (String, String)>, class: &str, message: &str) {
-    match thrown {
-        Ok(v) => panic!("expected {class} ({message}), the call returned {v:?}"),
+/// Asserts the native threw `class` with a message containing `message`.
+fn assert_throws(
+    env: &mut Env<'_>,
+    native: Native,
+    args: &[JValue<'_>],
+    class: &str,
+    message: &str,
+) {
+    match call(env, native, args) {
+        Ok(v) => panic!("{} returned {v:?}, expected {class}: {message}", native.0),
         Err((c, m)) => {
-            assert_eq!(c, class, "exception class (message: {m})");
+            assert_eq!(c, class, "exception class of {} (message: {m})", native.0);
             assert!(m.contains(message), "message {m:?} lacks {message:?}");
         }
     }
+}
+
+fn closed(handle: i64) -> String {
+    format!("stoker client handle {handle} is closed or was never opened")
 }
 
 fn java_bytes<'l>(env: &mut Env<'l>, bytes: &[u8]) -> JByteArray<'l> {
     env.byte_array_from_slice(bytes).expect("new byte[]")
 }
 
-/// Calls a state native that must not throw with `inputs` as its `byte[]`
+/// Calls a state native that must not throw, with `inputs` as its `byte[]`
 /// arguments (then `weight`, if any); the `byte[]` it returned.
-fn call_bytes(
-    env: &mut Env<'_>,
-    name: &JNIStr,
-    sig: MethodSignature<'_, '_>,
-    inputs: &[&[u8]],
-    weight: Option<f64>,
-) -> Vec<u8> {
+fn call_bytes(env: &mut Env<'_>, native: Native, inputs: &[&[u8]], weight: Option<f64>) -> Vec<u8> {
     let arrays: Vec<JByteArray<'_>> = inputs.iter().map(|b| java_bytes(env, b)).collect();
     let mut args: Vec<JValue<'_>> = arrays.iter().map(JValue::from).collect();
     args.extend(weight.map(JValue::from));
-    let value = call(env, name, sig, &args).unwrap_or_else(|(c, m)| panic!("{name} threw {c}: {m}"));
+    let value =
+        call(env, native, &args).unwrap_or_else(|(c, m)| panic!("{} threw {c}: {m}", native.0));
     let array = env
         .cast_local::<JByteArray>(value.l().expect("an object"))
         .expect("a byte[]");
-    assert!(!array.is_null(), "{name} returned null");
+    assert!(!array.is_null(), "{} returned null", native.0);
     env.convert_byte_array(&array).expect("byte[] contents")
 }
 
@@ -171,8 +213,8 @@ fn states_and_weights<'l>(
         .expect("new byte[][]");
     for (i, s) in states.iter().enumerate() {
         if let Some(s) = s {
-            let element = java_bytes(env, s);
-            array.set_element(env, i, &element).expect("byte[][] element");
+            let s = java_bytes(env, s);
+            array.set_element(env, i, &s).expect("element");
         }
     }
     let w = env.new_double_array(weights.len()).expect("new double[]");
@@ -181,35 +223,32 @@ fn states_and_weights<'l>(
 }
 
 fn state(weight: [f32; 4], bias: [f32; 2]) -> State {
-    State {
-        meta: StateMeta {
-            model_id: "jvm-test".into(),
-            round: 1,
-            samples: 10,
-            ..Default::default()
-        },
-        tensors: vec![
-            TensorData::from_f32("fc.bias", vec![2], &bias),
-            TensorData::from_f32("fc.weight", vec![2, 2], &weight),
-            TensorData::from_f32("optimizer/fc.weight/momentum", vec![2, 2], &weight),
-        ],
-    }
+    let meta = StateMeta {
+        model_id: "jvm-test".into(),
+        round: 1,
+        samples: 10,
+        ..Default::default()
+    };
+    let tensors = vec![
+        TensorData::from_f32("fc.bias", vec![2], &bias),
+        TensorData::from_f32("fc.weight", vec![2, 2], &weight),
+        TensorData::from_f32("optimizer/fc.weight/momentum", vec![2, 2], &weight),
+    ];
+    State { meta, tensors }
 }
-
-const PARTIAL_SUM: MethodSignature<'static, 'static> = jni_sig!("([BD)[B");
-const FINISH: MethodSignature<'static, 'static> = jni_sig!("([B)[B");
-const CLOSE: MethodSignature<'static, 'static> = jni_sig!("(J)V");
-const ACTION: MethodSignature<'static, 'static> = jni_sig!("(JLjava/lang/String;[B)[B");
-const CONNECT: MethodSignature<'static, 'static> =
-    jni_sig!("(Ljava/lang/String;Ljava/lang/String;)J");
 
 #[test]
 fn version_is_the_crate_version() {
     with_env(|env| {
-        let v = call(env, jni_str!("version"), jni_sig!("()Ljava/lang/String;"), &[]);
-        let obj = v.expect("version() threw").l().expect("an object");
-        let s = env.cast_local::<JString>(obj).expect("a String");
-        assert_eq!(s.try_to_string(env).expect("text"), env!("CARGO_PKG_VERSION"));
+        let v = call(env, VERSION, &[])
+            .expect("version() threw")
+            .l()
+            .expect("an object");
+        let v = env.cast_local::<JString>(v).expect("a String");
+        assert_eq!(
+            v.try_to_string(env).expect("text"),
+            env!("CARGO_PKG_VERSION")
+        );
     });
 }
 
@@ -218,23 +257,21 @@ fn fewer_weights_than_states_is_invalid_input() {
     let a = state([1.0; 4], [0.0; 2]).to_bytes().expect("state bytes");
     with_env(|env| {
         let (states, weights) = states_and_weights(env, &[Some(&a), Some(&a)], &[1.0]);
-        let args = [JValue::from(&states), JValue::from(&weights)];
-        let thrown = call(env, jni_str!("averageStates"), jni_sig!("([[B[D)[B"), &args);
-        assert_throws(thrown, INVALID, "2 states but 1 weights");
+        let args = [(&states).into(), (&weights).into()];
+        assert_throws(env, AVERAGE, &args, INVALID, "2 states but 1 weights");
     });
 }
 
 #[test]
 fn corrupt_bytes_are_invalid_input() {
+    let a = state([1.0; 4], [0.0; 2]).to_bytes().expect("state bytes");
     with_env(|env| {
         let junk = java_bytes(env, b"definitely not safetensors");
-        let thrown = call(env, jni_str!("partialSum"), PARTIAL_SUM, &[(&junk).into(), 1.0.into()]);
-        assert_throws(thrown, INVALID, "not a valid stoker state");
+        let args = [(&junk).into(), 1.0.into()];
+        assert_throws(env, PARTIAL_SUM, &args, INVALID, "not a valid stoker state");
         // A state where a partial sum belongs is refused by what it is.
-        let s = state([1.0; 4], [0.0; 2]).to_bytes().expect("state bytes");
-        let s = java_bytes(env, &s);
-        let thrown = call(env, jni_str!("finishAverage"), FINISH, &[(&s).into()]);
-        assert_throws(thrown, INVALID, "not a partial sum");
+        let a = java_bytes(env, &a);
+        assert_throws(env, FINISH, &[(&a).into()], INVALID, "not a partial sum");
     });
 }
 
@@ -243,54 +280,44 @@ fn null_arguments_are_invalid_input() {
     let a = state([1.0; 4], [0.0; 2]).to_bytes().expect("state bytes");
     with_env(|env| {
         let null = JObject::null();
-        let thrown = call(env, jni_str!("partialSum"), PARTIAL_SUM, &[(&null).into(), 1.0.into()]);
-        assert_throws(thrown, INVALID, "state is null");
-        let thrown = call(env, jni_str!("stripOptimizer"), FINISH, &[(&null).into()]);
-        assert_throws(thrown, INVALID, "state is null");
+        let args = [(&null).into(), 1.0.into()];
+        assert_throws(env, PARTIAL_SUM, &args, INVALID, "state is null");
+        assert_throws(env, STRIP, &[(&null).into()], INVALID, "state is null");
+        let nulls = [(&null).into(), (&null).into()];
+        assert_throws(env, MERGE, &nulls, INVALID, "partial sum is null");
+        assert_throws(env, CONNECT, &nulls, INVALID, "server address is null");
         let (states, weights) = states_and_weights(env, &[Some(&a), None], &[1.0, 1.0]);
-        let args = [JValue::from(&states), JValue::from(&weights)];
-        let thrown = call(env, jni_str!("averageStates"), jni_sig!("([[B[D)[B"), &args);
-        assert_throws(thrown, INVALID, "state 2 is null");
-        let thrown = call(env, jni_str!("connect"), CONNECT, &[(&null).into(), (&null).into()]);
-        assert_throws(thrown, INVALID, "server address is null");
+        let args = [(&states).into(), (&weights).into()];
+        assert_throws(env, AVERAGE, &args, INVALID, "state 2 is null");
+        let args = [(&null).into(), (&weights).into()];
+        assert_throws(env, AVERAGE, &args, INVALID, "states is null");
+        let args = [(&states).into(), (&null).into()];
+        assert_throws(env, AVERAGE, &args, INVALID, "weights is null");
     });
 }
 
 #[test]
-fn handle_zero_is_invalid_input_not_a_crash() {
-    with_env(|env| {
-        let thrown = call(env, jni_str!("close"), CLOSE, &[0i64.into()]);
-        assert_throws(thrown, INVALID, "handle 0 is closed or was never opened");
-        let kind = env.new_string("health").expect("String");
-        let body = java_bytes(env, b"{}");
-        let args = [0i64.into(), (&kind).into(), (&body).into()];
-        let thrown = call(env, jni_str!("action"), ACTION, &args);
-        assert_throws(thrown, INVALID, "handle 0 is closed or was never opened");
-    });
-}
-
-#[test]
-fn closed_and_unknown_handles_are_invalid_input() {
+fn zero_closed_and_unknown_handles_are_invalid_input_not_a_crash() {
     // A listener that never answers still completes the TCP connect, which
     // is all `connect` waits for, so this issues a real handle to close.
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let uri = format!("grpc://{}", listener.local_addr().expect("address"));
     with_env(|env| {
         let uri = env.new_string(&uri).expect("String");
-        let handle = call(env, jni_str!("connect"), CONNECT, &[(&uri).into(), (&JObject::null()).into()])
+        let null = JObject::null();
+        let args = [(&uri).into(), (&null).into()];
+        let handle = call(env, CONNECT, &args)
             .expect("connect threw")
             .j()
             .expect("a long");
         assert_ne!(handle, 0);
-        call(env, jni_str!("close"), CLOSE, &[handle.into()]).expect("first close threw");
-        let thrown = call(env, jni_str!("close"), CLOSE, &[handle.into()]);
-        assert_throws(thrown, INVALID, &format!("handle {handle} is closed or was never opened"));
+        call(env, CLOSE, &[handle.into()]).expect("the first close threw");
         let kind = env.new_string("health").expect("String");
         let body = java_bytes(env, b"{}");
-        for h in [handle, i64::MAX, -7] {
+        for h in [0, handle, i64::MAX, -7] {
+            assert_throws(env, CLOSE, &[h.into()], INVALID, &closed(h));
             let args = [h.into(), (&kind).into(), (&body).into()];
-            let thrown = call(env, jni_str!("action"), ACTION, &args);
-            assert_throws(thrown, INVALID, &format!("handle {h} is closed or was never opened"));
+            assert_throws(env, ACTION, &args, INVALID, &closed(h));
         }
     });
     drop(listener);
@@ -306,9 +333,10 @@ fn connect_without_a_server_is_server_unavailable() {
     let uri = format!("grpc://127.0.0.1:{port}");
     with_env(|env| {
         let juri = env.new_string(&uri).expect("String");
-        let thrown = call(env, jni_str!("connect"), CONNECT, &[(&juri).into(), (&JObject::null()).into()]);
+        let null = JObject::null();
+        let args = [(&juri).into(), (&null).into()];
         let expected = format!("cannot reach the stoker server at {uri}");
-        assert_throws(thrown, "dev.stoker.ServerUnavailableException", &expected);
+        assert_throws(env, CONNECT, &args, UNAVAILABLE, &expected);
     });
 }
 
@@ -317,27 +345,23 @@ fn states_round_trip_through_partial_sums() {
     let a = state([1.0, 2.0, 3.0, 4.0], [0.5, -0.5]);
     let b = state([5.0, 6.0, 7.0, 8.0], [2.5, 1.5]);
     let (a_bytes, b_bytes) = (a.to_bytes().expect("a"), b.to_bytes().expect("b"));
-    let (partial_sum, finish) = (jni_str!("partialSum"), jni_str!("finishAverage"));
     with_env(|env| {
         // One state, weighted: its average is itself.
-        let sum = call_bytes(env, partial_sum, PARTIAL_SUM, &[&a_bytes], Some(2.0));
-        let avg = call_bytes(env, finish, FINISH, &[&sum], None);
-        let avg = State::from_bytes(&avg).expect("finishAverage returned a state");
+        let sum = call_bytes(env, PARTIAL_SUM, &[&a_bytes], Some(2.0));
+        let avg = State::from_bytes(&call_bytes(env, FINISH, &[&sum], None)).expect("a state");
         assert_eq!(avg.tensors, a.tensors);
         assert_eq!(avg.meta.model_id, a.meta.model_id);
         // Two partial sums merged: (1 * a + 3 * b) / 4.
-        let sa = call_bytes(env, partial_sum, PARTIAL_SUM, &[&a_bytes], Some(1.0));
-        let sb = call_bytes(env, partial_sum, PARTIAL_SUM, &[&b_bytes], Some(3.0));
-        let merge_sig = jni_sig!("([B[B)[B");
-        let merged = call_bytes(env, jni_str!("mergeSums"), merge_sig, &[&sa, &sb], None);
-        let avg = call_bytes(env, finish, FINISH, &[&merged], None);
-        let avg = State::from_bytes(&avg).expect("finishAverage returned a state");
-        let weight = avg.tensor("fc.weight").expect("fc.weight").to_f32();
-        assert_eq!(weight, vec![4.0, 5.0, 6.0, 7.0]);
-        assert_eq!(avg.tensor("fc.bias").expect("fc.bias").to_f32(), vec![2.0, 1.0]);
+        let sa = call_bytes(env, PARTIAL_SUM, &[&a_bytes], Some(1.0));
+        let sb = call_bytes(env, PARTIAL_SUM, &[&b_bytes], Some(3.0));
+        let merged = call_bytes(env, MERGE, &[&sa, &sb], None);
+        let avg = State::from_bytes(&call_bytes(env, FINISH, &[&merged], None)).expect("a state");
+        let tensor = |name: &str| avg.tensor(name).expect("tensor").to_f32();
+        assert_eq!(tensor("fc.weight"), [4.0, 5.0, 6.0, 7.0]);
+        assert_eq!(tensor("fc.bias"), [2.0, 1.0]);
         // stripOptimizer drops optimizer/* and keeps the parameters.
-        let stripped = call_bytes(env, jni_str!("stripOptimizer"), FINISH, &[&a_bytes], None);
-        let stripped = State::from_bytes(&stripped).expect("stripOptimizer returned a state");
+        let stripped =
+            State::from_bytes(&call_bytes(env, STRIP, &[&a_bytes], None)).expect("a state");
         let names: Vec<&str> = stripped.tensors.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(names, ["fc.bias", "fc.weight"]);
         assert_eq!(stripped, a.clone().without_optimizer());

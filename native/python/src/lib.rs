@@ -1,7 +1,9 @@
 //! stoker._native: the Python extension. It converts Python arguments,
-//! calls native/core (and later the Flight client), and maps errors to the
+//! calls native/core and native/client (the Flight client), and maps errors to the
 //! `stoker.StokerError` hierarchy; logic lives in the library crates.
 
+mod arrow_stream;
+mod client;
 mod errors;
 
 use pyo3::prelude::*;
@@ -45,6 +47,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(average_states, m)?)?;
+    m.add_class::<client::Client>()?;
+    m.add_class::<arrow_stream::ArrowStream>()?;
     m.add("StokerError", py.get_type::<errors::StokerError>())?;
     m.add(
         "InvalidInputError",

@@ -298,9 +298,17 @@ impl Jobs {
         true
     }
 
-    /// Drops one partition from the cache (after its last round).
+    /// Drops one partition from the cache (after its last round), and the
+    /// job with its last partition: a finished fit leaves nothing behind.
+    /// A task of the job that still needs the server later finds the job
+    /// missing and creates it again (`keep_existing`).
     pub fn release(&self, key: &PartitionKey) {
-        lock(&self.partitions).remove(&(key.job.clone(), key.partition));
+        // Lock order: partitions, then jobs.
+        let mut parts = lock(&self.partitions);
+        parts.remove(&(key.job.clone(), key.partition));
+        if !parts.keys().any(|(j, _)| *j == key.job) {
+            lock(&self.jobs).remove(&key.job);
+        }
     }
 
     pub fn get(&self, name: &str) -> Result<Arc<Job>> {

@@ -238,7 +238,7 @@ impl Service {
                 let cancel = CancelOnDrop::new();
                 let flag = cancel.flag();
                 let me = self.clone();
-                let (result, out) = blocking(move || {
+                let trained = blocking(move || {
                     let r = job.train_round(&part, &req, state.as_deref(), flag);
                     if r.as_ref()
                         .is_err_and(|e| e.kind() == ErrorKind::Unavailable)
@@ -249,8 +249,10 @@ impl Service {
                     }
                     r
                 })
-                .await?;
+                .await;
+                // The round is over either way; only a dropped caller cancels.
                 cancel.disarm();
+                let (result, out) = trained?;
                 if release {
                     self.jobs.release(&key);
                 }

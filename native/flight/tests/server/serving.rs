@@ -234,12 +234,14 @@ async fn tasks_share_a_job_and_release_partitions() {
         ..round("shared", 0, 1)
     };
     client.train_round(&last, None).await.unwrap();
+    // Its last partition released, the job is gone too.
     let e = client
         .train_round(&round("shared", 0, 2), None)
         .await
         .unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::CacheMiss, "{e}");
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
     // Without keep_existing, create_job starts the job anew.
+    client.create_job(&job("shared"), None).await.unwrap();
     client
         .put_partition(&key("shared", 0, "v1"), one(rings(500, 1)))
         .await

@@ -29,7 +29,8 @@ import java.util.concurrent.TimeUnit;
  * <p>Settings: the run directory is {@code stoker.run.dir} (system property) or
  * {@code STOKER_RUN_DIR}, default {@code <tmpdir>/stoker-<user>}; the binary is
  * {@code stoker.bin} or {@code STOKER_BIN}, default {@code stoker} on the PATH; the
- * device is {@code stoker.device} or {@code STOKER_DEVICE}, default {@code auto}. Spark
+ * device is {@code stoker.device} or {@code STOKER_DEVICE}, default {@code auto}; more
+ * {@code stoker serve} options are {@code stoker.server.args} or {@code STOKER_SERVER_ARGS}. Spark
  * passes its {@code spark.stoker.server.*} settings through {@link #configure}, which win
  * over both.
  */
@@ -42,6 +43,7 @@ public final class LocalServer {
     }
   }
 
+  private static final long STARTUP_SECONDS = 120;
   private static Process started;
   private static Address known;
   private static final java.util.Map<String, String> CONFIGURED =
@@ -69,8 +71,12 @@ public final class LocalServer {
 
   static Path runDir() {
     String user = System.getProperty("user.name", "user").replaceAll("[^A-Za-z0-9_.-]", "_");
+    // /tmp, not java.io.tmpdir: YARN points java.io.tmpdir into each container, which
+    // would give every executor its own server instead of one per node.
+    Path tmp = Files.isDirectory(Paths.get("/tmp")) ? Paths.get("/tmp")
+        : Paths.get(System.getProperty("java.io.tmpdir"));
     return Paths.get(setting("stoker.run.dir", "STOKER_RUN_DIR",
-        Paths.get(System.getProperty("java.io.tmpdir"), "stoker-" + user).toString()));
+        tmp.resolve("stoker-" + user).toString()));
   }
 
   /** The node's server, started if no live one is found. */
@@ -139,17 +145,22 @@ public final class LocalServer {
     String bin = setting("stoker.bin", "STOKER_BIN", "stoker");
     String device = setting("stoker.device", "STOKER_DEVICE", "auto");
     Path log = dir.resolve("server.log");
-    Process process = new ProcessBuilder(bin, "serve", "--host", "127.0.0.1", "--port", "0",
-        "--token-file", tokenFile.toString(), "--device", device)
+    java.util.List<String> command = new java.util.ArrayList<>(java.util.List.of(bin, "serve",
+        "--host", "127.0.0.1", "--port", "0", "--token-file", tokenFile.toString(),
+        "--device", device));
+    // More `stoker serve` options (e.g. --cache-mb 16384), space-separated.
+    String extra = setting("stoker.server.args", "STOKER_SERVER_ARGS", "").trim();
+    if (!extra.isEmpty()) {
+      command.addAll(java.util.Arrays.asList(extra.split("\\s+")));
+    }
+    Process process = new ProcessBuilder(command)
         .redirectError(ProcessBuilder.Redirect.appendTo(log.toFile()))
         .start();
-    BufferedReader out = new BufferedReader(
-        new InputStreamReader(process.getInputStream(), StandardCharsets.UTF_8));
-    String uri = out.readLine();
+    String uri = firstLine(process, STARTUP_SECONDS);
     if (uri == null || !uri.startsWith("grpc")) {
       process.destroy();
       throw new ServerUnavailableException("the stoker server (" + bin
-          + ") did not start; see " + log);
+          + ") did not start within " + STARTUP_SECONDS + " s; see " + log);
     }
     Properties p = new Properties();
     p.setProperty("uri", uri);
@@ -165,6 +176,31 @@ public final class LocalServer {
     started = process;
     Runtime.getRuntime().addShutdownHook(new Thread(LocalServer::stop, "stoker-server-stop"));
     return new Address(uri, token);
+  }
+
+  /**
+   * The server's first output line (its address), or null if it exits or says nothing
+   * in time: a server stuck starting (e.g. in CUDA init) must not hold the node's lock
+   * forever.
+   */
+  private static String firstLine(Process process, long seconds) {
+    java.util.concurrent.CompletableFuture<String> line =
+        java.util.concurrent.CompletableFuture.supplyAsync(() -> {
+          try {
+            return new BufferedReader(new InputStreamReader(process.getInputStream(),
+                StandardCharsets.UTF_8)).readLine();
+          } catch (IOException e) {
+            return null;
+          }
+        });
+    try {
+      return line.get(seconds, TimeUnit.SECONDS);
+    } catch (java.util.concurrent.TimeoutException | java.util.concurrent.ExecutionException e) {
+      return null;
+    } catch (InterruptedException e) {
+      Thread.currentThread().interrupt();
+      return null;
+    }
   }
 
   /** Stops the server if this JVM started it (SIGTERM: it drains and exits). */

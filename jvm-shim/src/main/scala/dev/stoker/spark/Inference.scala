@@ -33,6 +33,7 @@ private[spark] final case class Served(
 private[spark] object Inference {
 
   def transform(model: StokerModel, dataset: Dataset[_], outSchema: StructType): DataFrame = {
+    ArrowBatches.requireClassic(dataset)
     val spark = dataset.sparkSession
     val schema = dataset.schema
     val (featureColumns, featureNames) =
@@ -57,20 +58,23 @@ private[spark] object Inference {
   }
 
   private def servedModel(model: StokerModel, features: Seq[String]): Served = {
-    val digest = MessageDigest.getInstance("SHA-256")
-    digest.update(model.state)
-    model.modelBlob.foreach(digest.update)
-    val fingerprint = digest.digest().take(8).map(b => f"$b%02x").mkString
-    val name = s"spark-${model.uid}-$fingerprint"
     val spec = model.modelSpecJson
     val fields = List[Option[(String, JValue)]](
-      Some("name" -> JString(name)),
       Some("version" -> JInt(1)),
       spec.map("spec" -> _),
       Some("features" -> JArray(features.map(JString(_)).toList)),
       Option(model.getLoss).filter(_.nonEmpty).map(l => "loss" -> JString(l)))
+    // The name covers everything registered (state, archive, features, loss), so a
+    // model whose params changed is registered anew instead of meeting a stale one.
+    val digest = MessageDigest.getInstance("SHA-256")
+    digest.update(model.state)
+    model.modelBlob.foreach(digest.update)
+    digest.update(Envelope(JObject(fields.flatten)).encode())
+    val fingerprint = digest.digest().take(8).map(b => f"$b%02x").mkString
+    val name = s"spark-${model.uid}-$fingerprint"
     val blob = model.modelBlob.getOrElse(Array.emptyByteArray)
-    Served(name, JObject(fields.flatten), blob, model.state, model.target)
+    Served(name, JObject(("name" -> JString(name)) :: fields.flatten), blob, model.state,
+      model.target)
   }
 }
 
@@ -106,7 +110,8 @@ private[spark] final class PartitionPredictor(
       val (ipc, _) = ArrowBatches.toIpcStream(chunk.iterator.map(features), featureSchema,
         timeZone, batchRows)
       val predictions = predict(client, model, ipc)
-      if (predictions.prediction.length != chunk.length) {
+      if (predictions.prediction.length != chunk.length ||
+          predictions.probability.exists(_.length != chunk.length)) {
         throw new IllegalStateException(s"the server returned ${predictions.prediction.length} " +
           s"predictions for ${chunk.length} rows")
       }

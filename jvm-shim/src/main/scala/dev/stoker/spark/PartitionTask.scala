@@ -2,7 +2,8 @@ package dev.stoker.spark
 
 import java.nio.charset.StandardCharsets.UTF_8
 
-import dev.stoker.{CacheMissException, InvalidInputException, NotFoundException, StokerException}
+import dev.stoker.{CacheMissException, InvalidInputException, NotFoundException,
+  ResourceExhaustedException, StokerException}
 import dev.stoker.jni.NativeClient
 import org.apache.spark.SparkEnv
 import org.apache.spark.sql.catalyst.InternalRow
@@ -44,7 +45,14 @@ private[spark] object Outcome {
    * thrown, so the driver fails the fit at once with this message and class instead of
    * Spark retrying a task that can never succeed.
    */
-  final case class Refused(partition: Int, kind: String, message: String) extends Outcome
+  final case class Refused(partition: Int, kind: String, message: String) extends Outcome {
+    /** The exception the driver throws: the class the task caught, the partition named. */
+    def exception: StokerException = {
+      val text = s"partition $partition: $message"
+      if (kind == "resource_exhausted") new ResourceExhaustedException(text)
+      else new InvalidInputException(text)
+    }
+  }
 }
 
 /**
@@ -82,8 +90,11 @@ private[spark] object PartitionTask {
         outcome.get
       }
     } catch {
+      // Retrying cannot help these: the same data or state meets the same refusal.
       case e: InvalidInputException =>
         Outcome.Refused(partition, "invalid_input", e.getMessage)
+      case e: ResourceExhaustedException =>
+        Outcome.Refused(partition, "resource_exhausted", e.getMessage)
     }
   }
 

@@ -14,6 +14,11 @@ import org.apache.spark.SparkEnv
  */
 final case class ServerTarget(address: String, token: String) {
 
+  // Never print the token (tasks, broadcasts and errors show this object).
+  override def toString: String =
+    s"ServerTarget(${if (address.isEmpty) "auto-started" else address}, token ${
+      if (token.isEmpty) "none" else "set"})"
+
   /** Connects to this node's server. The caller closes the client. */
   def connect(): NativeClient = {
     val trimmed = address.trim
@@ -57,6 +62,7 @@ private[spark] object Servers {
     pass("spark.stoker.server.bin", "stoker.bin")
     pass("spark.stoker.server.device", "stoker.device")
     pass("spark.stoker.server.runDir", "stoker.run.dir")
+    pass("spark.stoker.server.args", "stoker.server.args")
   }
 
   /** Runs `f` with a fresh client to this node's server, closed afterwards. */

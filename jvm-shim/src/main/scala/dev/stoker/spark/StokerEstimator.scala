@@ -8,8 +8,8 @@ import org.apache.spark.ml.linalg.SQLDataTypes
 import org.apache.spark.ml.param.ParamMap
 import org.apache.spark.ml.util.{DefaultParamsReadable, DefaultParamsWritable, Identifiable}
 import org.apache.spark.sql.Dataset
-import org.apache.spark.sql.types.{DoubleType, StructField, StructType}
-import org.json4s.{JInt, JString}
+import org.apache.spark.sql.types._
+import org.json4s.{JInt, JNothing, JString}
 
 /**
  * Trains a PyTorch-style network on a DataFrame with synchronous local SGD: each
@@ -31,7 +31,9 @@ class StokerEstimator(override val uid: String)
   def this() = this(Identifiable.randomUID("stoker"))
 
   override def fit(dataset: Dataset[_]): StokerModel = {
-    transformSchema(dataset.schema, logging = true)
+    // Inputs only: a training table may well carry an old prediction column.
+    Features.columns(dataset.schema, getFeatureCols, getFeaturesCol)
+    Features.label(dataset.schema, getLabelCol)
     val trained = new Training(this, dataset).run()
     val model = new StokerModel(uid, trained.state, trained.modelBlob, trained.history)
     copyValues(model.setParent(this))
@@ -44,7 +46,6 @@ class StokerEstimator(override val uid: String)
    */
   def partitionStates(dataset: Dataset[_], round: Int, state: Array[Byte])
       : java.util.List[PartitionState] = {
-    transformSchema(dataset.schema)
     new Training(this, dataset).partitionStates(round, Option(state))
       .map(t => PartitionState(t.partition, t.samples, t.state)).asJava
   }
@@ -52,12 +53,28 @@ class StokerEstimator(override val uid: String)
   override def transformSchema(schema: StructType): StructType = {
     Features.columns(schema, getFeatureCols, getFeaturesCol)
     Features.label(schema, getLabelCol)
-    val classifier = modelSpecJson.exists(spec => (spec \ "num_classes") match {
-      case JInt(n) => n > 1
-      case _ => false
-    }) || Set("cross_entropy", "bce").contains(getLoss) ||
-      modelSpecJson.exists(spec => (spec \ "type") == JString("logistic_regression"))
-    StokerModel.outputSchema(schema, getPredictionCol, getProbabilityCol, classifier)
+    StokerModel.outputSchema(schema, getPredictionCol, getProbabilityCol, classifier(schema))
+  }
+
+  /**
+   * Whether the trained model will be a classifier, as the engine decides it
+   * (`ModelSource::default_loss`): the loss when set; else a spec's `num_classes` (a
+   * linear_regression spec never); else an integer label means cross-entropy.
+   */
+  private def classifier(schema: StructType): Boolean = getLoss match {
+    case "cross_entropy" | "bce" => true
+    case "mse" => false
+    case _ => modelSpecJson match {
+      case Some(spec) if (spec \ "num_classes") != JNothing => (spec \ "num_classes") match {
+        case JInt(n) => n > 1
+        case _ => false
+      }
+      case Some(spec) if (spec \ "type") == JString("linear_regression") => false
+      case _ => schema.find(_.name == getLabelCol).map(_.dataType).exists {
+        case ByteType | ShortType | IntegerType | LongType => true
+        case _ => false
+      }
+    }
   }
 
   override def copy(extra: ParamMap): StokerEstimator = defaultCopy(extra)

@@ -63,7 +63,8 @@ trait StokerParams[Self <: StokerParams[Self]] extends Params { self: Self =>
       "when false every round starts the optimizer afresh")
 
   final val seed: LongParam = new LongParam(this, "seed",
-    "seed of the initial weights, shuffling and dropout (a rerun gives the same model)")
+    "seed of the initial weights, shuffling and dropout (a rerun gives the same model)",
+    ParamValidators.gtEq[Long](0))
 
   final val checkpointDir: Param[String] = new Param[String](this, "checkpointDir",
     "directory (any Hadoop file system) for per-round checkpoints; fit resumes from the " +
@@ -71,10 +72,8 @@ trait StokerParams[Self <: StokerParams[Self]] extends Params { self: Self =>
 
   final val serverAddress: Param[String] = new Param[String](this, "serverAddress",
     "stoker server: empty to start one per node automatically, grpc://host:port, or a " +
-      "per-host map 'host1=grpc://h1:7070,host2=grpc://h2:7070,*=grpc://default:7070'")
-
-  final val serverToken: Param[String] = new Param[String](this, "serverToken",
-    "bearer token of the server named by serverAddress (auto-started servers need none)")
+      "per-host map 'host1=grpc://h1:7070,host2=grpc://h2:7070,*=grpc://default:7070'; " +
+      "its token, if any, is the Spark conf spark.stoker.server.token")
 
   final val device: Param[String] = new Param[String](this, "device",
     "auto, cpu, cuda or cuda:N (auto: CUDA when the server has it)")
@@ -101,7 +100,6 @@ trait StokerParams[Self <: StokerParams[Self]] extends Params { self: Self =>
     seed -> 42L,
     checkpointDir -> "",
     serverAddress -> "",
-    serverToken -> "",
     device -> "auto",
     inferenceBatchRows -> 65536)
 
@@ -123,7 +121,6 @@ trait StokerParams[Self <: StokerParams[Self]] extends Params { self: Self =>
   def getSeed: Long = $(seed)
   def getCheckpointDir: String = $(checkpointDir)
   def getServerAddress: String = $(serverAddress)
-  def getServerToken: String = $(serverToken)
   def getDevice: String = $(device)
   def getInferenceBatchRows: Int = $(inferenceBatchRows)
 
@@ -145,7 +142,6 @@ trait StokerParams[Self <: StokerParams[Self]] extends Params { self: Self =>
   def setSeed(value: Long): Self = set(seed, value)
   def setCheckpointDir(value: String): Self = set(checkpointDir, value)
   def setServerAddress(value: String): Self = set(serverAddress, value)
-  def setServerToken(value: String): Self = set(serverToken, value)
   def setDevice(value: String): Self = set(device, value)
   def setInferenceBatchRows(value: Int): Self = set(inferenceBatchRows, value)
 
@@ -162,6 +158,14 @@ trait StokerParams[Self <: StokerParams[Self]] extends Params { self: Self =>
     }
   }
 
-  /** Where tasks find their server. */
-  private[spark] def target: ServerTarget = ServerTarget($(serverAddress), $(serverToken))
+  /**
+   * Where tasks find their server. The token of a server named by serverAddress comes
+   * from the Spark conf `spark.stoker.server.token` (which Spark redacts in its UI and
+   * logs), never from a Param, so saved models and pipelines carry no credential.
+   */
+  private[spark] def target: ServerTarget = {
+    val token = Option(org.apache.spark.SparkEnv.get).flatMap(_.conf
+      .getOption("spark.stoker.server.token")).getOrElse("")
+    ServerTarget($(serverAddress), token)
+  }
 }

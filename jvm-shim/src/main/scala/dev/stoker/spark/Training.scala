@@ -26,6 +26,7 @@ private[spark] final case class Trained(
  */
 private[spark] final class Training(params: StokerEstimator, dataset: Dataset[_]) {
   private val log = LoggerFactory.getLogger(classOf[StokerEstimator])
+  ArrowBatches.requireClassic(dataset)
   private val spark: SparkSession = dataset.sparkSession
   private val sc = spark.sparkContext
 
@@ -49,7 +50,7 @@ private[spark] final class Training(params: StokerEstimator, dataset: Dataset[_]
       timeZone = spark.conf.get("spark.sql.session.timeZone"),
       epochs = params.getLocalEpochs,
       server = params.target,
-      batchRows = params.getInferenceBatchRows,
+      batchRows = Training.PutBatchRows,
       dataVersion = "1")
     (prepared, job)
   }
@@ -73,6 +74,7 @@ private[spark] final class Training(params: StokerEstimator, dataset: Dataset[_]
     var hosts = Map.empty[Int, String]
     var empty = Set.empty[Int]
     Progress.start(params.uid, total, first)
+    val description = sc.getLocalProperty("spark.job.description")
     try {
       for (round <- first until total) {
         val started = System.nanoTime()
@@ -80,11 +82,10 @@ private[spark] final class Training(params: StokerEstimator, dataset: Dataset[_]
         val last = round == total - 1
         val rdd = new RoundRDD(data, jobBroadcast, broadcastState, round, last, hosts, empty)
         sc.setJobDescription(s"stoker fit: round ${round + 1} of $total")
-        val sum = rdd.treeAggregate(RoundSum.zero)(RoundSum.add, RoundSum.merge, depth = 2)
-        broadcastState.foreach(_.destroy())
-        sum.refused.foreach { r =>
-          throw new InvalidInputException(s"partition ${r.partition}: ${r.message}")
-        }
+        val sum =
+          try rdd.treeAggregate(RoundSum.zero)(RoundSum.add, RoundSum.merge, depth = 2)
+          finally broadcastState.foreach(_.destroy())
+        sum.refused.foreach(r => throw r.exception)
         val total_sum = sum.sum.getOrElse(throw new InvalidInputException(
           "the training DataFrame has no rows (every partition is empty)"))
         val averaged = NativeBridge.average(total_sum)
@@ -100,6 +101,7 @@ private[spark] final class Training(params: StokerEstimator, dataset: Dataset[_]
         log.info(s"stoker fit ${round + 1}/$total: $stats")
       }
     } finally {
+      sc.setJobDescription(description)
       Progress.finish(params.uid)
       jobBroadcast.destroy()
     }
@@ -117,10 +119,13 @@ private[spark] final class Training(params: StokerEstimator, dataset: Dataset[_]
     val stateBroadcast = state.map(sc.broadcast(_))
     val rdd = new RoundRDD(ArrowBatches.internalRows(prepared), jobBroadcast, stateBroadcast,
       round, true, Map.empty, Set.empty)
-    val outcomes = rdd.collect().toSeq
-    outcomes.collectFirst { case r: Outcome.Refused => r }.foreach { r =>
-      throw new InvalidInputException(s"partition ${r.partition}: ${r.message}")
-    }
+    val outcomes =
+      try rdd.collect().toSeq
+      finally {
+        stateBroadcast.foreach(_.destroy())
+        jobBroadcast.destroy()
+      }
+    outcomes.collectFirst { case r: Outcome.Refused => r }.foreach(r => throw r.exception)
     outcomes.collect { case t: Outcome.Trained => t }.sortBy(_.partition)
   }
 
@@ -152,12 +157,20 @@ private[spark] final class Training(params: StokerEstimator, dataset: Dataset[_]
       Some("label" -> JString(params.getLabelCol)),
       Option(params.getLoss).filter(_.nonEmpty).map(l => "loss" -> JString(l)),
       Some("optimizer" -> optimizer),
-      Some("device" -> JString(params.getDevice)),
+      // "auto" leaves the choice to the server (its --device, for auto-started servers
+      // spark.stoker.server.device).
+      Option(params.getDevice).filter(d => d.nonEmpty && d != "auto")
+        .map(d => "device" -> JString(d)),
       Some("seed" -> JInt(BigInt(params.getSeed))),
       Some("batch_size" -> JInt(params.getBatchSize)),
       Some("keep_existing" -> JBool(true)))
     JObject(fields.flatten)
   }
+}
+
+private[spark] object Training {
+  /** Rows per Arrow record batch when a partition is streamed to its server. */
+  val PutBatchRows = 65536
 }
 
 /**

@@ -25,17 +25,19 @@ import org.apache.spark.sql.util.ArrowUtils
 object ArrowBatches {
 
   /** The rows of a DataFrame as Catalyst rows (no per-row conversion to `Row`). */
-  def internalRows(df: Dataset[_]): RDD[InternalRow] = classicOf(df).queryExecution.toRdd
+  def internalRows(df: Dataset[_]): RDD[InternalRow] = requireClassic(df).queryExecution.toRdd
 
   /** A DataFrame over Catalyst rows that match `schema`. */
   def createDataFrame(spark: SparkSession, rows: RDD[InternalRow], schema: StructType): DataFrame =
     spark.asInstanceOf[classic.SparkSession].internalCreateDataFrame(rows, schema)
 
-  private def classicOf(df: Dataset[_]): classic.Dataset[_] = df match {
+  /** The classic Dataset behind `df`; Spark Connect DataFrames are refused clearly. */
+  def requireClassic(df: Dataset[_]): classic.Dataset[_] = df match {
     case c: classic.Dataset[_] => c
     case other =>
-      throw new IllegalArgumentException(
-        s"stoker needs a classic Spark session, not ${other.getClass.getName} (Spark Connect)")
+      throw new dev.stoker.InvalidInputException(
+        s"stoker needs a classic Spark session, not ${other.getClass.getName} (Spark Connect " +
+          "is not supported yet)")
   }
 
   /**
