@@ -10,3 +10,30 @@ class ServerUnavailableError(StokerError): ...
 
 def average_states(states: list[bytes], weights: list[float]) -> bytes:
     """Weighted average of serialized stoker states (safetensors bytes)."""
+
+class ArrowStream:
+    """Batches from the server, readable by any Arrow library (pyarrow.table(s))."""
+
+    num_rows: int
+    def __arrow_c_stream__(self, requested_schema: object | None = None) -> object: ...
+    def __len__(self) -> int: ...
+
+class Client:
+    """A connection to a stoker server; every call releases the GIL."""
+
+    address: str
+    def __init__(
+        self, address: str, token: str | None = None, ca_pem: bytes | None = None
+    ) -> None: ...
+    def action(
+        self, kind: str, body: str = "{}", blobs: list[tuple[str, bytes]] | None = None
+    ) -> tuple[str, dict[str, bytes]]: ...
+    def put_partition(self, job: str, partition: int, version: str, data: object) -> str: ...
+    def predict(
+        self,
+        model: str,
+        data: object,
+        version: int | None = None,
+        keep: list[str] | None = None,
+    ) -> ArrowStream: ...
+    def download_state(self, ticket: str) -> bytes: ...

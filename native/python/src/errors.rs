@@ -1,48 +1,51 @@
 //! The `stoker.StokerError` hierarchy and the mapping from error kinds.
 //! Classified by kind, never by message text; docs/errors.md keeps the table.
+//! The classes live in module `stoker._native` (their `__module__`), so
+//! pickles of them (Spark ships UDF closures with cloudpickle) refer to
+//! these very classes and `except stoker.NotFoundError` still matches.
 
 use pyo3::exceptions::PyException;
 use pyo3::{create_exception, PyErr};
 use stoker_core::{Error, ErrorKind};
 
 create_exception!(
-    _native,
+    stoker._native,
     StokerError,
     PyException,
     "Base class of every stoker error."
 );
 create_exception!(
-    _native,
+    stoker._native,
     InvalidInputError,
     StokerError,
     "Bad input: column, type, value, model or state bytes."
 );
 create_exception!(
-    _native,
+    stoker._native,
     NotFoundError,
     StokerError,
     "A job, model, file or tensor that does not exist."
 );
 create_exception!(
-    _native,
+    stoker._native,
     CacheMissError,
     StokerError,
     "The server no longer holds a partition; send it again."
 );
 create_exception!(
-    _native,
+    stoker._native,
     ResourceExhaustedError,
     StokerError,
     "A byte budget or message limit would be exceeded."
 );
 create_exception!(
-    _native,
+    stoker._native,
     UnauthenticatedError,
     StokerError,
     "Missing or wrong credentials."
 );
 create_exception!(
-    _native,
+    stoker._native,
     ServerUnavailableError,
     StokerError,
     "The stoker server or device is not reachable."

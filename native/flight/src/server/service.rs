@@ -181,7 +181,8 @@ impl Service {
             "models": self.models.list().iter().map(|m| {
                 let b = &m.batching;
                 serde_json::json!({
-                    "name": m.name, "version": m.version, "task": m.task, "bytes": m.param_bytes,
+                    "name": m.name, "version": m.version, "task": m.task,
+                    "features": m.features, "bytes": m.param_bytes,
                     "tier": m.tier().as_str(),
                     "requests": b.requests.load(Ordering::Relaxed),
                     "forward_passes": b.forward_passes.load(Ordering::Relaxed),

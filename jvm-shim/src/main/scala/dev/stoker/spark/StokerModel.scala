@@ -37,6 +37,9 @@ class StokerModel private[spark] (
   /** Per-round training history (Scala). */
   def trainingHistory: Seq[RoundStats] = history
 
+  /** The history as a JSON array (what model.save writes to data/history.json). */
+  def historyJson: String = RoundStats.toJson(history)
+
   /** regression, binary or multiclass:N (from the state's metadata). */
   def task: String = StateInfo.of(state).task
 

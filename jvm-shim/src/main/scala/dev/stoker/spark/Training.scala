@@ -185,6 +185,16 @@ object Progress {
 
   def get(uid: String): Option[Snapshot] = Option(fits.get(uid))
 
+  /**
+   * The snapshot as JSON (`{"total", "done", "running", "last": {round stats} | null}`),
+   * or null when no fit of that uid ran: for py4j and other non-Scala callers.
+   */
+  def json(uid: String): String = get(uid).map { s =>
+    val last = s.last.map(r => RoundStats.toJson(Seq(r)).stripPrefix("[").stripSuffix("]"))
+      .getOrElse("null")
+    s"""{"total": ${s.total}, "done": ${s.done}, "running": ${s.running}, "last": $last}"""
+  }.orNull
+
   private[spark] def start(uid: String, total: Int, done: Int): Unit =
     fits.put(uid, Snapshot(total, done, None, running = true))
 

@@ -1,0 +1,397 @@
+"""PySpark's face of stoker: `StokerEstimator` / `StokerModel` wrap the JVM
+classes (dev.stoker.spark), so Python uses the same training loop and the
+same fast JVM data path as Scala and Java users; `configure` adds what Spark
+needs to a SparkSession builder.
+
+    spark = stoker.spark.configure(SparkSession.builder).getOrCreate()
+    model = StokerEstimator(featureCols=["x", "y"], labelCol="label",
+                            model={"type": "mlp", "hidden": [64], "num_classes": 2},
+                            rounds=10).fit(train)
+    model.transform(test)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import threading
+import time
+import types
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pyspark import keyword_only
+from pyspark.ml.param import Param, Params, TypeConverters
+from pyspark.ml.util import JavaMLReadable, JavaMLReader, JavaMLWritable
+from pyspark.ml.wrapper import JavaEstimator, JavaModel
+from pyspark.sql import SparkSession
+
+from stoker import _native
+from stoker.server import find_binary
+
+if TYPE_CHECKING:  # typing.Self is Python 3.11+; annotations are not evaluated
+    from typing import Self
+
+__all__ = ["StokerEstimator", "StokerModel", "configure", "jar_path"]
+
+_JAVA_PACKAGE = "dev.stoker.spark"
+
+
+def jar_path() -> str:
+    """stoker-spark.jar: the one installed with this package, or a development build."""
+    here = Path(__file__).resolve().parent
+    for candidate in (
+        os.environ.get("STOKER_JAR"),
+        here / "jars" / "stoker-spark.jar",
+        here.parent.parent / "jvm-shim" / "target" / "stoker-spark.jar",
+    ):
+        if candidate and Path(candidate).is_file():
+            return str(candidate)
+    raise FileNotFoundError(
+        "stoker-spark.jar not found: set STOKER_JAR or build it with `make jvm`"
+    )
+
+
+def configure(
+    builder: SparkSession.Builder, *, server_bin: str | None = None, device: str | None = None
+) -> SparkSession.Builder:
+    """Adds stoker to a SparkSession builder: the bundled jar on `spark.jars`
+    (driver and executors), the server binary every node auto-starts, and the
+    stoker_predict SQL extension once it exists. Returns the builder."""
+    jar = jar_path()
+    existing = builder._options.get("spark.jars") if hasattr(builder, "_options") else None
+    jars = f"{existing},{jar}" if existing else jar
+    builder = builder.config("spark.jars", jars)
+    builder = builder.config("spark.stoker.server.bin", server_bin or find_binary())
+    if device is not None:
+        builder = builder.config("spark.stoker.server.device", device)
+    return builder
+
+
+# --- params: the JVM's StokerParams, by name ---------------------------------
+
+
+def _param(name: str, doc: str, converter: Any) -> Param:
+    return Param(Params._dummy(), name, doc, typeConverter=converter)
+
+
+_S, _I, _F, _B = (
+    TypeConverters.toString,
+    TypeConverters.toInt,
+    TypeConverters.toFloat,
+    TypeConverters.toBoolean,
+)
+
+
+def _model_converter(value: Any) -> str:
+    """A spec as a dict or JSON text, or a TorchScript path."""
+    if isinstance(value, dict):
+        return json.dumps(value)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return TypeConverters.toString(value)
+
+
+class _StokerParams(Params):
+    featuresCol = _param("featuresCol", "features column: a Vector or an array of numbers", _S)
+    featureCols = _param(
+        "featureCols",
+        "numeric feature columns (instead of featuresCol)",
+        TypeConverters.toListString,
+    )
+    labelCol = _param("labelCol", "label column", _S)
+    predictionCol = _param("predictionCol", "prediction column", _S)
+    probabilityCol = _param("probabilityCol", "class probability column; empty for none", _S)
+    model = _param("model", "built-in spec (dict or JSON) or TorchScript path", _model_converter)
+    loss = _param("loss", "mse, cross_entropy or bce; empty: from the model", _S)
+    optimizer = _param("optimizer", "sgd, adam or adamw", _S)
+    learningRate = _param("learningRate", "learning rate", _F)
+    momentum = _param("momentum", "sgd momentum", _F)
+    weightDecay = _param("weightDecay", "weight decay", _F)
+    batchSize = _param("batchSize", "training mini-batch size", _I)
+    localEpochs = _param("localEpochs", "epochs per partition per round", _I)
+    rounds = _param("rounds", "averaging rounds", _I)
+    averageOptimizerState = _param(
+        "averageOptimizerState", "average optimizer state with the weights", _B
+    )
+    seed = _param("seed", "seed of weights, shuffling and dropout", _I)
+    checkpointDir = _param("checkpointDir", "per-round checkpoints; fit resumes there", _S)
+    serverAddress = _param("serverAddress", "empty: auto-started server per node", _S)
+    device = _param("device", "auto, cpu, cuda or cuda:N", _S)
+    inferenceBatchRows = _param("inferenceBatchRows", "rows per Arrow batch in transform", _I)
+
+    _NAMES = (
+        "featuresCol",
+        "featureCols",
+        "labelCol",
+        "predictionCol",
+        "probabilityCol",
+        "model",
+        "loss",
+        "optimizer",
+        "learningRate",
+        "momentum",
+        "weightDecay",
+        "batchSize",
+        "localEpochs",
+        "rounds",
+        "averageOptimizerState",
+        "seed",
+        "checkpointDir",
+        "serverAddress",
+        "device",
+        "inferenceBatchRows",
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._setDefault(
+            featuresCol="features",
+            featureCols=[],
+            labelCol="label",
+            predictionCol="prediction",
+            probabilityCol="probability",
+            model='{"type": "mlp", "hidden": [64, 64], "num_classes": 2}',
+            loss="",
+            optimizer="adam",
+            learningRate=0.001,
+            momentum=0.0,
+            weightDecay=0.0,
+            batchSize=256,
+            localEpochs=1,
+            rounds=10,
+            averageOptimizerState=True,
+            seed=42,
+            checkpointDir="",
+            serverAddress="",
+            device="auto",
+            inferenceBatchRows=65536,
+        )
+
+    def _set_params(self, **kwargs: Any) -> Any:
+        unknown = set(kwargs) - set(self._NAMES)
+        if unknown:
+            raise TypeError(f"unknown stoker params: {sorted(unknown)}")
+        return self._set(**{k: v for k, v in kwargs.items() if v is not None})
+
+
+def _accessors(name: str) -> tuple[Any, Any]:
+    def getter(self: _StokerParams) -> Any:
+        return self.getOrDefault(name)
+
+    def setter(self: Any, value: Any) -> Any:
+        return self._set(**{name: value})
+
+    getter.__doc__ = f"The value of `{name}` (or its default)."
+    setter.__doc__ = f"Sets `{name}`; returns the stage."
+    return getter, setter
+
+
+# getX / setX for every param, as Spark's own Python stages have.
+for _name in _StokerParams._NAMES:
+    _get, _set = _accessors(_name)
+    _cap = _name[0].upper() + _name[1:]
+    setattr(_StokerParams, f"get{_cap}", _get)
+    setattr(_StokerParams, f"set{_cap}", _set)
+
+
+class _Reader(JavaMLReader):
+    @classmethod
+    def _java_loader_class(cls, clazz: type) -> str:
+        return f"{_JAVA_PACKAGE}.{clazz.__name__}"
+
+
+class _Readable(JavaMLReadable):
+    @classmethod
+    def read(cls) -> JavaMLReader:
+        return _Reader(cls)
+
+
+class StokerEstimator(JavaEstimator, _StokerParams, _Readable, JavaMLWritable):
+    """Trains a network on a DataFrame with synchronous local SGD on each node's
+    stoker server, averaging weights and optimizer state every round (the JVM's
+    dev.stoker.spark.StokerEstimator; docs/spark.md lists every param).
+
+    `fit` shows a progress bar (rounds, loss, rows/s) on an interactive terminal,
+    or with `STOKER_PROGRESS=1`; set `STOKER_PROGRESS=0` to silence it.
+    """
+
+    @keyword_only
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__()
+        self._java_obj = self._new_java_obj(f"{_JAVA_PACKAGE}.StokerEstimator", self.uid)
+        self._set_params(**self._input_kwargs)
+
+    @keyword_only
+    def setParams(self, **kwargs: Any) -> StokerEstimator:
+        return self._set_params(**self._input_kwargs)
+
+    def _create_model(self, java_model: Any) -> StokerModel:
+        return StokerModel(java_model)
+
+    def _fit_java(self, dataset: Any) -> Any:
+        with _ProgressBar(self.uid, self.getOrDefault(self.rounds)), _stoker_errors():
+            return super()._fit_java(dataset)
+
+
+class StokerModel(JavaModel, _StokerParams, _Readable, JavaMLWritable):
+    """A trained stoker network (dev.stoker.spark.StokerModel): `transform`
+    appends `prediction` (and `probability` for classifiers)."""
+
+    def __init__(self, java_model: Any = None) -> None:
+        super().__init__(java_model)
+        if java_model is not None:
+            self._transfer_params_from_java()
+
+    def _transform(self, dataset: Any) -> Any:
+        with _stoker_errors():
+            return super()._transform(dataset)
+
+    @property
+    def history(self) -> list[dict]:
+        """Per round: round, loss, loss_first, samples, partitions, seconds,
+        train_seconds."""
+        return json.loads(self._java_obj.historyJson())
+
+    @property
+    def state(self) -> bytes:
+        """The trained state: safetensors bytes (`safetensors.torch.load`)."""
+        return bytes(self._java_obj.getState())
+
+    @property
+    def task(self) -> str:
+        return self._java_obj.task()
+
+    def plot_history(self, path: str | os.PathLike) -> str:
+        """Writes a PNG of the loss per round (matplotlib); returns its path."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        history = self.history
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        rounds = [h["round"] + 1 for h in history]
+        ax.plot(rounds, [h["loss"] for h in history], marker="o", label="loss (last epoch)")
+        ax.plot(
+            rounds,
+            [h["loss_first"] for h in history],
+            marker=".",
+            linestyle="--",
+            label="loss (first epoch)",
+            alpha=0.6,
+        )
+        ax.set_xlabel("round")
+        ax.set_ylabel("training loss")
+        ax.set_title("stoker training history")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return os.fspath(path)
+
+
+# --- errors -----------------------------------------------------------------
+
+_JAVA_ERRORS = {
+    "dev.stoker.InvalidInputException": _native.InvalidInputError,
+    "dev.stoker.NotFoundException": _native.NotFoundError,
+    "dev.stoker.CacheMissException": _native.CacheMissError,
+    "dev.stoker.ResourceExhaustedException": _native.ResourceExhaustedError,
+    "dev.stoker.UnauthenticatedException": _native.UnauthenticatedError,
+    "dev.stoker.ServerUnavailableException": _native.ServerUnavailableError,
+    "dev.stoker.StokerException": _native.StokerError,
+}
+
+
+@contextlib.contextmanager
+def _stoker_errors() -> Iterator[None]:
+    """Raises the `stoker.StokerError` subclass of a JVM stoker exception (found
+    anywhere in the cause chain, e.g. inside a SparkException), with its message."""
+    from py4j.protocol import Py4JJavaError
+
+    try:
+        yield
+    except Py4JJavaError as e:
+        cause = e.java_exception
+        while cause is not None:
+            error = _JAVA_ERRORS.get(cause.getClass().getName())
+            if error is not None:
+                raise error(cause.getMessage()) from e
+            cause = cause.getCause()
+        raise
+
+
+# --- progress ---------------------------------------------------------------
+
+
+class _ProgressBar:
+    """Polls the driver JVM's Progress for this fit and draws one line on stderr."""
+
+    def __init__(self, uid: str, total: int, interval: float = 0.5) -> None:
+        forced = os.environ.get("STOKER_PROGRESS")
+        self.enabled = sys.stderr.isatty() if forced is None else forced not in ("0", "")
+        self.uid, self.total, self.interval = uid, total, interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._started = time.monotonic()
+
+    def __enter__(self) -> Self:
+        if self.enabled:
+            self._thread = threading.Thread(target=self._run, daemon=True, name="stoker-progress")
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._draw(final=True)
+
+    def _snapshot(self) -> dict | None:
+        from pyspark import SparkContext
+
+        sc = SparkContext._active_spark_context
+        if sc is None:
+            return None
+        text = sc._jvm.dev.stoker.spark.Progress.json(self.uid)
+        return json.loads(text) if text else None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._draw()
+
+    def _draw(self, final: bool = False) -> None:
+        snap = self._snapshot()
+        done = snap["done"] if snap else 0
+        total = snap["total"] if snap else self.total
+        width = 24
+        filled = int(width * done / max(total, 1))
+        line = f"stoker fit [{'#' * filled}{'.' * (width - filled)}] round {done}/{total}"
+        last = (snap or {}).get("last")
+        if last:
+            rate = last["samples"] / last["seconds"] if last["seconds"] > 0 else 0.0
+            line += f"  loss {last['loss']:.4f}  {rate / 1000:.1f}k rows/s"
+        line += f"  {time.monotonic() - self._started:.0f}s"
+        sys.stderr.write("\r" + line + ("\n" if final else ""))
+        sys.stderr.flush()
+
+
+# --- persistence of pipelines --------------------------------------------------
+# PySpark loads each stage of a saved PipelineModel by importing the Python module
+# named after its Java class (`dev.stoker.spark`). Alias that name to this module
+# so saved pipelines with stoker stages load in Python too.
+def _alias_java_package() -> None:
+    parts = _JAVA_PACKAGE.split(".")
+    for i in range(1, len(parts)):
+        name = ".".join(parts[:i])
+        if name not in sys.modules:
+            sys.modules[name] = types.ModuleType(name)
+    sys.modules.setdefault(_JAVA_PACKAGE, sys.modules[__name__])
+
+
+_alias_java_package()

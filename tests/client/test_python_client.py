@@ -1,0 +1,88 @@
+"""stoker.Client (the native Flight client for Python) against a stoker.serve()
+server: training and inference round trips with pyarrow and polars inputs, and
+the matching stoker errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pytest
+import stoker
+from conftest import rings
+
+SPEC = {"type": "mlp", "hidden": [16, 16], "num_classes": 2}
+
+
+@pytest.fixture(scope="module")
+def server():
+    with stoker.serve(device="cpu", token="s3cret") as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return stoker.Client(server.address, token=server.token)
+
+
+def ring_table(n: int, seed: int) -> pa.Table:
+    r = rings(n, seed)
+    return pa.table({"a": r["a"], "b": r["b"], "y": r["y"]})
+
+
+def test_train_register_and_predict_with_pyarrow_and_polars(client):
+    assert client.health()["status"] == "serving"
+    client.create_job(
+        "py",
+        features=["a", "b"],
+        label="y",
+        spec=SPEC,
+        optimizer={"name": "adam", "lr": 0.02},
+        seed=1,
+        batch_size=64,
+    )
+    train = ring_table(4000, 1)
+    # One partition from pyarrow, one from polars (both through __arrow_c_stream__).
+    assert client.put_partition("py", 0, train.slice(0, 2000))["rows"] == 2000
+    assert client.put_partition("py", 1, pl.from_arrow(train.slice(2000)))["rows"] == 2000
+    state = None
+    for r in range(8):
+        states, weights = [], []
+        for p in (0, 1):
+            result, s = client.train_round("py", p, r, state, epochs=2)
+            states.append(s)
+            weights.append(result["samples"])
+        state = stoker.average_states(states, weights)
+    client.register_model("rings-py", state, spec=SPEC, features=["a", "b"])
+
+    test = ring_table(1000, 9)
+    features = test.select(["a", "b"])
+    from_arrow = client.predict("rings-py", features)
+    from_polars = client.predict("rings-py", pl.from_arrow(features))
+    from_pandas = client.predict("rings-py", features.to_pandas())
+    assert from_arrow.num_rows == 1000
+    assert from_arrow.equals(from_polars) and from_arrow.equals(from_pandas)
+    accuracy = np.mean(from_arrow["prediction"].to_numpy() == test["y"].to_numpy())
+    assert accuracy > 0.95
+    # Pass-through columns come first, in order.
+    kept = client.predict("rings-py", test.append_column("id", pa.array(range(1000))), keep=["id"])
+    assert kept.column_names[:2] == ["id", "prediction"]
+    assert kept["id"].to_pylist() == list(range(1000))
+    assert client.download_state("models/rings-py") == state
+
+
+def test_errors_have_their_stoker_classes(server, client):
+    with pytest.raises(stoker.NotFoundError, match="no model named 'ghost'"):
+        client.predict("ghost", ring_table(10, 1).select(["a", "b"]))
+    client.create_job("bad", features=["a", "b"], label="y", spec=SPEC)
+    strings = pa.table({"a": ["x"] * 4, "b": [1.0] * 4, "y": [0] * 4})
+    with pytest.raises(stoker.InvalidInputError, match="'a' has type Utf8"):
+        client.put_partition("bad", 0, strings)
+    with pytest.raises(stoker.UnauthenticatedError):
+        stoker.Client(server.address, token="wrong").health()
+    with pytest.raises(stoker.ServerUnavailableError, match="127.0.0.1:1"):
+        stoker.Client("grpc://127.0.0.1:1")
+    with pytest.raises(TypeError, match="Arrow data"):
+        client.predict("rings-py", [1, 2, 3])
+    # The server still serves.
+    assert client.health()["status"] == "serving"
