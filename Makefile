@@ -26,7 +26,7 @@ CARGO := cargo
 BIN := $(ROOT)/target/release/stoker
 JNI_LIB := $(ROOT)/target/release/libstoker_jni.so
 
-.PHONY: help setup venv native python-ext jvm build lint fmt test test-rust test-python test-jvm example-java demo clean
+.PHONY: help setup venv native python-ext jvm build lint fmt test test-rust test-python test-jvm example-java demo demo-engine clean
 
 help:
 	@echo "make demo    install, build, run the demo (examples/)"
@@ -94,6 +94,10 @@ test: build lint test-rust test-python test-jvm example-java
 
 # --- demo and benchmarks ------------------------------------------------
 demo: build
+	STOKER_BIN=$(BIN) $(PY) examples/quickstart.py
+
+# The engine alone through the CLI (no Spark).
+demo-engine: build
 	STOKER_BIN=$(BIN) $(PY) examples/engine_quickstart.py
 
 clean:
