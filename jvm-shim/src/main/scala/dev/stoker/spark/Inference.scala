@@ -1,9 +1,5 @@
 package dev.stoker.spark
 
-import java.security.MessageDigest
-
-import dev.stoker.NotFoundException
-import dev.stoker.jni.NativeClient
 import org.apache.spark.TaskContext
 import org.apache.spark.broadcast.Broadcast
 import org.apache.spark.ml.linalg.{Vector, Vectors}
@@ -13,15 +9,6 @@ import org.apache.spark.sql.catalyst.expressions.{BoundReference, GenericInterna
 import org.apache.spark.sql.functions.col
 import org.apache.spark.sql.stoker.ArrowBatches
 import org.apache.spark.sql.types.{StructType, UserDefinedType}
-import org.json4s._
-
-/** How a task registers the model on its node's server (once per server). */
-private[spark] final case class Served(
-    name: String,
-    register: JObject,
-    modelBlob: Array[Byte],
-    state: Array[Byte],
-    server: ServerTarget)
 
 /**
  * `StokerModel.transform`: per partition, rows are buffered into Arrow batches of the
@@ -46,7 +33,7 @@ private[spark] object Inference {
     val featureSchema = StructType(featureNames.zipWithIndex.map { case (name, i) =>
       prepared.schema(width + i).copy(name = name)
     })
-    val served = spark.sparkContext.broadcast(servedModel(model, featureNames))
+    val served = spark.sparkContext.broadcast(Served.of(model, None, 1))
     val withProbability = outSchema.length == width + 2
     val batchRows = model.getInferenceBatchRows
     val timeZone = spark.conf.get("spark.sql.session.timeZone")
@@ -57,25 +44,6 @@ private[spark] object Inference {
     ArrowBatches.createDataFrame(spark, rows, outSchema)
   }
 
-  private def servedModel(model: StokerModel, features: Seq[String]): Served = {
-    val spec = model.modelSpecJson
-    val fields = List[Option[(String, JValue)]](
-      Some("version" -> JInt(1)),
-      spec.map("spec" -> _),
-      Some("features" -> JArray(features.map(JString(_)).toList)),
-      Option(model.getLoss).filter(_.nonEmpty).map(l => "loss" -> JString(l)))
-    // The name covers everything registered (state, archive, features, loss), so a
-    // model whose params changed is registered anew instead of meeting a stale one.
-    val digest = MessageDigest.getInstance("SHA-256")
-    digest.update(model.state)
-    model.modelBlob.foreach(digest.update)
-    digest.update(Envelope(JObject(fields.flatten)).encode())
-    val fingerprint = digest.digest().take(8).map(b => f"$b%02x").mkString
-    val name = s"spark-${model.uid}-$fingerprint"
-    val blob = model.modelBlob.getOrElse(Array.emptyByteArray)
-    Served(name, JObject(("name" -> JString(name)) :: fields.flatten), blob, model.state,
-      model.target)
-  }
 }
 
 private[spark] final class PartitionPredictor(
@@ -109,7 +77,7 @@ private[spark] final class PartitionPredictor(
     input.map(_.copy()).grouped(batchRows).flatMap { chunk =>
       val (ipc, _) = ArrowBatches.toIpcStream(chunk.iterator.map(features), featureSchema,
         timeZone, batchRows)
-      val predictions = predict(client, model, ipc)
+      val predictions = model.predict(client, ipc)
       if (predictions.prediction.length != chunk.length ||
           predictions.probability.exists(_.length != chunk.length)) {
         throw new IllegalStateException(s"the server returned ${predictions.prediction.length} " +
@@ -124,22 +92,5 @@ private[spark] final class PartitionPredictor(
         output(joined(row, extra))
       }
     }
-  }
-
-  private def predict(client: NativeClient, model: Served, ipc: Array[Byte]) = {
-    val call = () => ArrowBatches.readPredictions(
-      client.predict(model.name, 1, java.util.List.of(), ipc))
-    try call()
-    catch {
-      case _: NotFoundException =>
-        register(client, model)
-        call()
-    }
-  }
-
-  private def register(client: NativeClient, model: Served): Unit = {
-    val blobs = Seq("state" -> model.state) ++
-      (if (model.modelBlob.nonEmpty) Seq("model" -> model.modelBlob) else Nil)
-    client.action("register_model", Envelope(model.register, blobs).encode())
   }
 }

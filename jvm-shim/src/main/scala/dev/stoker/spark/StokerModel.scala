@@ -55,6 +55,13 @@ class StokerModel private[spark] (
     Inference.transform(this, dataset, out)
   }
 
+  /**
+   * Registers this model under `name` for SQL and DataFrame calls in this application
+   * (`SELECT stoker_predict('churn', f1, f2) FROM t`) and on the driver's server; a
+   * second registration of the same name becomes its next version. Returns the version.
+   */
+  def register(name: String): Int = ModelCatalog.register(name, this)
+
   override def copy(extra: ParamMap): StokerModel =
     copyValues(new StokerModel(uid, state, modelBlob, history), extra).setParent(parent)
 

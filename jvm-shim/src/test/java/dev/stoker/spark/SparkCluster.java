@@ -39,6 +39,7 @@ final class SparkCluster {
           .master("local-cluster[2,1,1024]")
           .appName("stoker-it")
           .config("spark.jars", System.getProperty("stoker.jar"))
+          .config("spark.sql.extensions", "dev.stoker.spark.sql.StokerExtensions")
           .config("spark.stoker.server.bin", System.getProperty("stoker.bin"))
           .config("spark.stoker.server.device", "cpu")
           .config("spark.stoker.server.runDir", runDir.toString())

@@ -1,0 +1,135 @@
+package dev.stoker.spark.sql
+
+import dev.stoker.{InvalidInputException, NotFoundException}
+import dev.stoker.spark.{ModelCatalog, Served, Servers, ServerTarget}
+import org.apache.spark.sql.SparkSession
+import org.apache.spark.sql.catalyst.expressions.{Attribute, AttributeReference, AttributeSet, Expression, NamedExpression}
+import org.apache.spark.sql.catalyst.plans.logical.{Filter, LogicalPlan, Project, UnaryNode}
+import org.apache.spark.sql.catalyst.rules.Rule
+import org.apache.spark.sql.execution.{SparkPlan, SparkStrategy}
+import org.apache.spark.sql.types.NumericType
+import org.json4s._
+
+/**
+ * Pulls stoker_predict calls out of projections and filters into a [[StokerEval]] node
+ * below them, whose result columns the projection or filter then reads (as Spark pulls
+ * Python UDFs into BatchEvalPython). Done on the logical plan, after the optimizer has
+ * pushed filters down, so that scan strategies which collapse Project/Filter chains
+ * into a scan never see a call.
+ */
+object ExtractStokerCalls extends Rule[LogicalPlan] {
+
+  override def apply(plan: LogicalPlan): LogicalPlan = plan.transformUp {
+    case Project(list, child) if list.exists(hasCall) =>
+      val (eval, rewrite) = extract(list, child)
+      Project(list.map(e => rewrite(e).asInstanceOf[NamedExpression]), eval)
+    case Filter(condition, child) if hasCall(condition) =>
+      val (eval, rewrite) = extract(Seq(condition), child)
+      Project(child.output, Filter(rewrite(condition), eval))
+  }
+
+  private def hasCall(e: Expression): Boolean = e.exists(_.isInstanceOf[StokerPredict])
+
+  /** The eval node for the distinct calls in `exprs`, and how to rewrite them. */
+  private def extract(exprs: Seq[Expression], child: LogicalPlan)
+      : (StokerEval, Expression => Expression) = {
+    val calls = exprs.flatMap(_.collect { case p: StokerPredict => p })
+      .groupBy(_.canonicalized).values.map(_.head).toSeq
+      .sortBy(_.toString)
+    calls.foreach { c =>
+      if (c.features.exists(hasCall)) {
+        throw new InvalidInputException(s"${c.prettyName} cannot take another " +
+          "stoker_predict as a feature; compute it in a SELECT first")
+      }
+    }
+    val results = calls.zipWithIndex.map { case (c, i) =>
+      AttributeReference(s"${c.prettyName}_$i", c.dataType, nullable = true)()
+    }
+    val byCall = calls.map(_.canonicalized).zip(results).toMap
+    val rewrite: Expression => Expression = _.transformUp {
+      case p: StokerPredict => byCall(p.canonicalized)
+    }
+    (StokerEval(calls, results, child), rewrite)
+  }
+}
+
+/** The logical node: `child`'s rows with the results of `calls` appended. */
+case class StokerEval(calls: Seq[StokerPredict], resultAttrs: Seq[Attribute], child: LogicalPlan)
+  extends UnaryNode {
+  override def output: Seq[Attribute] = child.output ++ resultAttrs
+  override def producedAttributes: AttributeSet = AttributeSet(resultAttrs)
+  override protected def withNewChildInternal(newChild: LogicalPlan): StokerEval =
+    copy(child = newChild)
+}
+
+/**
+ * Plans [[StokerEval]] as [[StokerEvalExec]], resolving each call's model here, on the
+ * driver, so an unknown model or a wrong feature count fails before any task runs.
+ */
+final class StokerStrategy(session: SparkSession) extends SparkStrategy {
+
+  override def apply(plan: LogicalPlan): Seq[SparkPlan] = plan match {
+    case StokerEval(calls, results, child) =>
+      val evalCalls = calls.map(c => EvalCall(session.sparkContext.broadcast(resolve(c)),
+        c.features, c.probability, c.sql))
+      StokerEvalExec(evalCalls, results, planLater(child)) :: Nil
+    case _ => Nil
+  }
+
+  /** The served model a call names: registered in this application, or on the server. */
+  private def resolve(call: StokerPredict): Served = {
+    val served = ModelCatalog.get(call.modelName, call.version)
+      .getOrElse(onServer(call))
+    val passed = call.features
+    val expected = served.features
+    val fits = passed.size == expected.size ||
+      (passed.size == 1 && !passed.head.dataType.isInstanceOf[NumericType])
+    if (!fits) {
+      throw new InvalidInputException(s"${call.prettyName}('${call.modelName}'): the model " +
+        s"takes ${expected.size} features (${expected.mkString(", ")}); the call passes " +
+        s"${passed.size} (${passed.map(g => s"${g.sql}: ${g.dataType.simpleString}")
+          .mkString(", ")})")
+    }
+    served
+  }
+
+  /** A model registered on the server the SQL session uses (not through this app). */
+  private def onServer(call: StokerPredict): Served = {
+    val conf = session.sparkContext.getConf
+    val target = ServerTarget(conf.get("spark.stoker.server.address", ""),
+      conf.get("spark.stoker.server.token", ""))
+    val models = Servers.withClient(target) { client =>
+      org.json4s.jackson.JsonMethods.parse(client.action("stats", "{}")) \ "models"
+    }
+    val versions = models match {
+      case JArray(items) => items.filter(m =>
+        (m \ "name") == JString(call.modelName) &&
+          call.version.forall(v => (m \ "version") == JInt(v)))
+      case _ => Nil
+    }
+    val latest = versions.sortBy(m => (m \ "version") match {
+      case JInt(v) => v.toInt
+      case _ => 0
+    }).lastOption.getOrElse(throw new NotFoundException(
+      s"${call.prettyName}: no model named '${call.modelName}'" +
+        call.version.map(v => s" at version $v").getOrElse("") +
+        " is registered in this application (StokerModel.register) or on its stoker server; " +
+        s"registered here: ${ModelCatalog.names}"))
+    val features = (latest \ "features") match {
+      case JArray(fs) => fs.collect { case JString(f) => f }
+      case _ => Nil
+    }
+    val version = (latest \ "version") match {
+      case JInt(v) => Some(v.toInt)
+      case _ => None
+    }
+    Served(call.modelName, version, features, None, target)
+  }
+}
+
+/** What StokerEvalExec needs of one call: the model and the feature expressions. */
+final case class EvalCall(
+    served: org.apache.spark.broadcast.Broadcast[Served],
+    features: Seq[Expression],
+    probability: Boolean,
+    display: String)
