@@ -1,4 +1,4 @@
-"""stoker's engine from the command line, end to end (what `make demo` runs).
+"""stoker's engine from the command line, end to end (what `make demo-engine` runs).
 
 Generates a churn-like table (fixed seed), trains an MLP and a logistic
 regression baseline with `stoker train`, scores held-out rows with

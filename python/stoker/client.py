@@ -18,19 +18,18 @@ from stoker import _native
 
 def _arrow(data: Any) -> Any:
     """Anything Arrow-like as an object with `__arrow_c_stream__`."""
-    if hasattr(data, "__arrow_c_stream__"):
-        return data
-    if isinstance(data, pa.RecordBatch):
-        return pa.Table.from_batches([data])
-    if hasattr(data, "__arrow_c_array__"):
-        return pa.Table.from_batches([pa.record_batch(data)])
     try:
         import pandas as pd
 
+        # Before __arrow_c_stream__: pandas' own export keeps the index as a column.
         if isinstance(data, pd.DataFrame):
             return pa.Table.from_pandas(data, preserve_index=False)
     except ImportError:  # pragma: no cover - pandas is a pyspark dependency
         pass
+    if hasattr(data, "__arrow_c_stream__"):
+        return data
+    if hasattr(data, "__arrow_c_array__"):
+        return pa.Table.from_batches([pa.record_batch(data)])
     raise TypeError(
         f"expected Arrow data (pyarrow, polars, or a pandas DataFrame), got {type(data).__name__}"
     )

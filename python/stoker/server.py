@@ -26,6 +26,8 @@ from stoker._native import ServerUnavailableError, StokerError
 if TYPE_CHECKING:  # typing.Self is Python 3.11+; annotations are not evaluated
     from typing import Self
 
+    from stoker.client import Client
+
 STARTUP_SECONDS = 120
 
 
@@ -74,7 +76,8 @@ class Server:
         self.token = token
         self.log = log
 
-    def client(self) -> _NativeClient:
+    def client(self) -> Client:
+        """A stoker.Client connected to this server."""
         from stoker.client import Client
 
         return Client(self.address, token=self.token)
@@ -192,8 +195,8 @@ def _write_properties(path: Path, props: dict[str, str]) -> None:
 
 def _alive(address: str, token: str | None) -> bool:
     try:
-        _, _ = _NativeClient(address, token).action("health", "{}")
-        return True
+        health, _ = _NativeClient(address, token).action("health", "{}")
+        return '"serving"' in health
     except StokerError:
         return False
 
@@ -237,9 +240,12 @@ def local_server() -> tuple[str, str | None]:
                 binary = find_binary()
                 device = os.environ.get("STOKER_DEVICE", "auto")
                 extra = os.environ.get("STOKER_SERVER_ARGS", "").split()
+                # --exit-with-parent: stopped with this process even when it ends
+                # by os._exit (as PySpark's forked workers do; atexit never runs).
                 command = [
                     binary,
                     "serve",
+                    "--exit-with-parent",
                     "--host",
                     "127.0.0.1",
                     "--port",
@@ -258,6 +264,7 @@ def local_server() -> tuple[str, str | None]:
                 address = _first_line(process, STARTUP_SECONDS)
                 if address is None:
                     process.kill()
+                    process.wait()
                     raise ServerUnavailableError(
                         f"the stoker server ({binary}) did not start within "
                         f"{STARTUP_SECONDS} s; see {log}"

@@ -58,16 +58,27 @@ def jar_path() -> str:
 def configure(
     builder: SparkSession.Builder, *, server_bin: str | None = None, device: str | None = None
 ) -> SparkSession.Builder:
-    """Adds stoker to a SparkSession builder: the bundled jar on `spark.jars`
-    (driver and executors), the server binary every node auto-starts, and the
-    stoker_predict SQL extension once it exists. Returns the builder."""
-    jar = jar_path()
-    existing = builder._options.get("spark.jars") if hasattr(builder, "_options") else None
-    jars = f"{existing},{jar}" if existing else jar
-    builder = builder.config("spark.jars", jars)
-    builder = builder.config("spark.stoker.server.bin", server_bin or find_binary())
+    """Adds stoker to a SparkSession builder and returns it: the bundled jar on
+    `spark.jars` (driver and executors), the `stoker_predict` SQL extension, and
+    the server binary (and device) that each node's auto-started server uses, for
+    executor JVMs and Python workers alike."""
+    options = getattr(builder, "_options", {})
+
+    def append(key: str, value: str) -> str:
+        existing = options.get(key)
+        return f"{existing},{value}" if existing else value
+
+    binary = server_bin or find_binary()
+    builder = builder.config("spark.jars", append("spark.jars", jar_path()))
+    builder = builder.config(
+        "spark.sql.extensions",
+        append("spark.sql.extensions", _JAVA_PACKAGE + ".sql.StokerExtensions"),
+    )
+    builder = builder.config("spark.stoker.server.bin", binary)
+    builder = builder.config("spark.executorEnv.STOKER_BIN", binary)
     if device is not None:
         builder = builder.config("spark.stoker.server.device", device)
+        builder = builder.config("spark.executorEnv.STOKER_DEVICE", device)
     return builder
 
 
@@ -267,13 +278,12 @@ class StokerModel(JavaModel, _StokerParams, _Readable, JavaMLWritable):
 
     def plot_history(self, path: str | os.PathLike) -> str:
         """Writes a PNG of the loss per round (matplotlib); returns its path."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        # A Figure without pyplot: no global backend switch, safe in notebooks.
+        from matplotlib.figure import Figure
 
         history = self.history
-        fig, ax = plt.subplots(figsize=(6, 3.5))
+        fig = Figure(figsize=(6, 3.5))
+        ax = fig.subplots()
         rounds = [h["round"] + 1 for h in history]
         ax.plot(rounds, [h["loss"] for h in history], marker="o", label="loss (last epoch)")
         ax.plot(
@@ -291,8 +301,12 @@ class StokerModel(JavaModel, _StokerParams, _Readable, JavaMLWritable):
         ax.legend()
         fig.tight_layout()
         fig.savefig(path, dpi=120)
-        plt.close(fig)
         return os.fspath(path)
+
+    def register(self, name: str) -> int:
+        """Registers the model under `name` for SQL (`stoker_predict(name, ...)`) in
+        this application; returns its version."""
+        return self._java_obj.register(name)
 
 
 # --- errors -----------------------------------------------------------------

@@ -35,9 +35,13 @@ class _Model:
         self.version = version
         self.registration: tuple[dict, dict[str, bytes]] | None = None
         self.features: list[str] | None = None
-        if isinstance(model, str) and not os.path.exists(model):
+        if isinstance(model, str) and "://" not in model and not os.path.exists(model):
             self.name = model
             return
+        if version is not None:
+            raise TypeError(
+                "version applies to a model registered by name; a StokerModel is served as it is"
+            )
         java = _java_model(model)
         state = bytes(java.getState())
         blobs = {"state": state}
@@ -139,7 +143,7 @@ def _feature_names(client: Client, target: _Model) -> list[str]:
     if not versions:
         raise NotFoundError(
             f"no model named '{target.name}'"
-            + (f" at version {target.version}" if target.version else "")
+            + (f" at version {target.version}" if target.version is not None else "")
             + f" on the stoker server at {client.address}"
         )
     return list(max(versions, key=lambda m: m["version"])["features"])

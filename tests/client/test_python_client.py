@@ -86,3 +86,35 @@ def test_errors_have_their_stoker_classes(server, client):
         client.predict("rings-py", [1, 2, 3])
     # The server still serves.
     assert client.health()["status"] == "serving"
+
+
+def test_a_server_started_with_exit_with_parent_stops_with_its_parent(stoker_bin):
+    """What Python UDF workers rely on: they end with os._exit, so atexit never runs."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    starter = (
+        "import os, subprocess, sys\n"
+        f"p = subprocess.Popen([{stoker_bin!r}, 'serve', '--exit-with-parent', '--device', "
+        "'cpu'], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)\n"
+        "print(p.pid); print(p.stdout.readline().decode().strip()); sys.stdout.flush()\n"
+        "os._exit(0)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", starter], check=True, capture_output=True, text=True, timeout=60
+    ).stdout.split()
+    pid, address = int(out[0]), out[1]
+    assert address.startswith("grpc://")
+
+    def running() -> bool:
+        status = Path(f"/proc/{pid}/status")
+        if not status.exists():
+            return False
+        return "\nState:\tZ" not in status.read_text()
+
+    deadline = time.monotonic() + 20
+    while running() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not running(), "the server outlived the process that started it"

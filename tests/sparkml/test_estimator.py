@@ -162,3 +162,29 @@ def test_bad_inputs_raise_stoker_errors(data, spark):
         stoker.predict_udf("no-such-model")
     with pytest.raises(stoker.ServerUnavailableError):
         estimator(rounds=1, serverAddress="grpc://127.0.0.1:1").fit(train)
+
+
+def test_stoker_predict_sql_function_from_pyspark(model, data, spark):
+    version = model.register("rings_py")
+    assert version >= 1
+    data[1].createOrReplaceTempView("people_sql")
+    expected = {r.id: r.prediction for r in model.transform(data[1]).collect()}
+    got = spark.sql("SELECT id, stoker_predict('rings_py', x, y) AS p FROM people_sql").collect()
+    assert {r.id: r.p for r in got} == expected
+    via_expr = data[1].select("id", F.expr("stoker_predict('rings_py', x, y)").alias("p"))
+    assert {r.id: r.p for r in via_expr.collect()} == expected
+    plan = spark.sql("SELECT stoker_predict('rings_py', x, y) FROM people_sql")
+    assert "StokerEval" in plan._jdf.queryExecution().executedPlan().toString()
+
+
+def test_predict_udf_on_a_vector_column(data):
+    train, test = data
+    assembled = VectorAssembler(inputCols=["x", "y"], outputCol="features")
+    vec_model = estimator(featureCols=[], featuresCol="features", rounds=3).fit(
+        assembled.transform(train)
+    )
+    scored = vec_model.transform(assembled.transform(test)).select("id", "prediction")
+    expected = {r.id: r.prediction for r in scored.collect()}
+    predict = stoker.predict_udf(vec_model)
+    got = assembled.transform(test).select("id", predict("features").alias("p")).collect()
+    assert {r.id: r.p for r in got} == expected

@@ -50,6 +50,11 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics (plain HTTP) on this port.
     #[arg(long)]
     metrics_port: Option<u16>,
+    /// Shut down (draining, as on SIGTERM) when the process that started this
+    /// server exits, even if it could not stop it (e.g. a Python worker that
+    /// ends with os._exit).
+    #[arg(long)]
+    exit_with_parent: bool,
 }
 
 fn read(path: &PathBuf, what: &str) -> Result<Vec<u8>> {
@@ -113,10 +118,32 @@ pub fn run(a: ServeArgs) -> Result<()> {
             let _ = writeln!(out, "metrics http://{m}/metrics");
         }
         let _ = out.flush();
-        wait_for_signal().await;
+        tokio::select! {
+            _ = wait_for_signal() => {},
+            _ = parent_exit(), if a.exit_with_parent => {
+                tracing::info!("the process that started this server exited");
+            },
+        }
         tracing::info!("shutting down: draining in-flight requests");
         server.stop().await
     })
+}
+
+/// Resolves when this process's parent changes (it exited and the process was
+/// re-parented), checked once a second.
+async fn parent_exit() {
+    #[cfg(unix)]
+    {
+        let original = std::os::unix::process::parent_id();
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            if std::os::unix::process::parent_id() != original {
+                return;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    std::future::pending::<()>().await
 }
 
 async fn wait_for_signal() {
