@@ -26,7 +26,7 @@ CARGO := cargo
 BIN := $(ROOT)/target/release/stoker
 JNI_LIB := $(ROOT)/target/release/libstoker_jni.so
 
-.PHONY: help setup venv native python-ext jvm build lint fmt test test-rust test-python test-jvm example-java demo demo-engine clean
+.PHONY: help setup venv native python-ext jvm build lint fmt test test-rust test-python test-jvm example-java demo demo-engine bench clean
 
 help:
 	@echo "make demo    install, build, run the demo (examples/)"
@@ -68,12 +68,12 @@ build: native python-ext jvm
 lint: venv
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
-	ruff check python tests examples
-	ruff format --check python tests examples
+	ruff check python tests examples bench
+	ruff format --check python tests examples bench
 
 fmt: venv
 	$(CARGO) fmt --all
-	ruff format python tests examples
+	ruff format python tests examples bench
 
 test-rust: native
 	$(CARGO) test --release --workspace
@@ -95,6 +95,11 @@ test: build lint test-rust test-python test-jvm example-java
 # --- demo and benchmarks ------------------------------------------------
 demo: build
 	STOKER_BIN=$(BIN) $(PY) examples/quickstart.py
+
+# Benchmarks side by side with their peers (bench/, docs/benchmarks.md).
+# BENCH_SCALE=quick (default, about 15 minutes here) or full; BENCH_ONLY=1,3 for some.
+bench: build
+	STOKER_BIN=$(BIN) $(PY) -m bench.run
 
 # The engine alone through the CLI (no Spark).
 demo-engine: build

@@ -243,6 +243,14 @@ class StokerEstimator(JavaEstimator, _StokerParams, _Readable, JavaMLWritable):
     def _create_model(self, java_model: Any) -> StokerModel:
         return StokerModel(java_model)
 
+    def feed(self, dataset: Any) -> int:
+        """Sends every partition to its node's server cache, converted as `fit` does,
+        without training (a warm-up, or a measurement of the data path); returns the
+        rows sent."""
+        self._transfer_params_to_java()
+        with _stoker_errors():
+            return self._java_obj.feed(dataset._jdf)
+
     def _fit_java(self, dataset: Any) -> Any:
         with _ProgressBar(self.uid, self.getOrDefault(self.rounds)), _stoker_errors():
             return super()._fit_java(dataset)
@@ -306,7 +314,8 @@ class StokerModel(JavaModel, _StokerParams, _Readable, JavaMLWritable):
     def register(self, name: str) -> int:
         """Registers the model under `name` for SQL (`stoker_predict(name, ...)`) in
         this application; returns its version."""
-        return self._java_obj.register(name)
+        with _stoker_errors():
+            return self._java_obj.register(name)
 
 
 # --- errors -----------------------------------------------------------------

@@ -77,7 +77,10 @@ impl Client {
             .connect_timeout(std::time::Duration::from_secs(10))
             .http2_keep_alive_interval(std::time::Duration::from_secs(30))
             .keep_alive_timeout(std::time::Duration::from_secs(20))
-            .keep_alive_while_idle(true);
+            .keep_alive_while_idle(true)
+            .tcp_nodelay(true)
+            .initial_stream_window_size(Some(16 << 20))
+            .initial_connection_window_size(Some(32 << 20));
         if tls {
             let mut config = ClientTlsConfig::new();
             if let Some(ca) = &options.ca_pem {

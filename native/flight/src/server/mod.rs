@@ -7,6 +7,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod models;
 pub mod service;
+pub mod transport;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -16,7 +17,6 @@ use stoker_core::{Error, ErrorKind, Result};
 use stoker_engine::DeviceSpec;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 
 pub use service::Service;
 
@@ -165,7 +165,11 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
     let flight = FlightServiceServer::new(handler::Handler(service.clone()))
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
-    let mut builder = tonic::transport::Server::builder();
+    // Large HTTP/2 flow-control windows: with the 64 KiB defaults a stream of
+    // multi-megabyte Arrow batches stalls on window updates.
+    let mut builder = tonic::transport::Server::builder()
+        .initial_stream_window_size(Some(16 << 20))
+        .initial_connection_window_size(Some(32 << 20));
     let tls = config.tls.is_some();
     if let Some((cert, key)) = &config.tls {
         let identity = tonic::transport::Identity::from_pem(cert, key);
@@ -192,10 +196,14 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
         None => None,
     };
     let (tx, rx) = oneshot::channel::<()>();
+    // TCP_NODELAY on every accepted connection: without it, small responses (a
+    // prediction batch, an action result) wait out the client's delayed ACK, about
+    // 40 ms per call.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let router = builder.add_service(flight);
     let handle = tokio::spawn(async move {
         router
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            .serve_with_incoming_shutdown(incoming, async {
                 let _ = rx.await;
             })
             .await

@@ -105,6 +105,21 @@ async fn split_descriptor(
     })
 }
 
+/// Reads and drops a DoPut stream (the `_echo` transport check).
+async fn drain(data: DataStream) -> Result<PutResult> {
+    let mut decoded = FlightRecordBatchStream::new_from_flight_data(data);
+    let (mut rows, mut bytes) = (0usize, 0usize);
+    while let Some(batch) = decoded.next().await {
+        let batch = batch.map_err(flight_error)?;
+        rows += batch.num_rows();
+        bytes += batch.get_array_memory_size();
+    }
+    let meta = serde_json::json!({"rows": rows, "bytes": bytes});
+    Ok(PutResult {
+        app_metadata: Bytes::from(meta.to_string()),
+    })
+}
+
 fn descriptor_path(d: Option<&FlightDescriptor>) -> Result<Vec<String>> {
     let d = d.ok_or_else(|| Error::invalid("the first message carries no flight descriptor"))?;
     if d.path.is_empty() {
@@ -297,7 +312,11 @@ impl Service {
     pub(super) async fn put(self: Arc<Self>, input: Streaming<FlightData>) -> Result<PutResult> {
         let started = std::time::Instant::now();
         let (descriptor, data) = split_descriptor(input).await?;
-        let key = PartitionKey::from_path(&descriptor_path(descriptor.as_ref())?)?;
+        let path = descriptor_path(descriptor.as_ref())?;
+        if super::transport::is_echo(&path) {
+            return drain(data).await;
+        }
+        let key = PartitionKey::from_path(&path)?;
         // Fail before reading any data when the job does not exist.
         let job = self.jobs.get(&key.job)?;
         let mut decoded = FlightRecordBatchStream::new_from_flight_data(data);
@@ -356,7 +375,17 @@ impl Service {
         keep: Vec<String>,
     ) -> Result<Stream<FlightData>> {
         let (descriptor, data) = split_descriptor(input).await?;
-        let key = ModelKey::from_path(&descriptor_path(descriptor.as_ref())?)?;
+        let path = descriptor_path(descriptor.as_ref())?;
+        if super::transport::is_echo(&path) {
+            let echoed = FlightRecordBatchStream::new_from_flight_data(data);
+            let me = self.clone();
+            return Ok(FlightDataEncoderBuilder::new()
+                .with_max_flight_data_size(self.max_message_bytes / 2)
+                .build(echoed)
+                .map_err(move |e| me.fail(flight_error(e)))
+                .boxed());
+        }
+        let key = ModelKey::from_path(&path)?;
         let served = self.models.get(&key)?;
         let decoded = FlightRecordBatchStream::new_from_flight_data(data);
         let me = self.clone();

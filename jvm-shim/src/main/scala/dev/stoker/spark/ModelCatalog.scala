@@ -12,24 +12,41 @@ import org.slf4j.LoggerFactory
  */
 object ModelCatalog {
   private val log = LoggerFactory.getLogger(getClass)
-  private val models = new ConcurrentHashMap[String, Served]()
+  private val models = new ConcurrentHashMap[String, Map[Int, Served]]()
 
-  /** Registers `model` as the next version of `name`; returns that version. */
-  private[spark] def register(name: String, model: StokerModel): Int = {
-    val served = models.compute(name, (_, previous) => {
-      val version = Option(previous).flatMap(_.version).getOrElse(0) + 1
-      Served.of(model, Some(name), version)
-    })
-    Servers.withClient(served.server) { client =>
-      served.registration.foreach(r => client.action("register_model", r.body.encode()))
+  /**
+   * Registers `model` under `name` on the driver's server, which picks the next version
+   * (so a long-lived server never has a version replaced), then records that version
+   * here for queries. Nothing is recorded when the server refuses the model.
+   */
+  private[spark] def register(name: String, model: StokerModel): Int = synchronized {
+    val draft = Served.of(model, Some(name), 0)
+    val version = Servers.withClient(draft.server) { client =>
+      val registration = draft.registration.getOrElse(
+        throw new IllegalStateException("a StokerModel always carries its registration"))
+      val body = Envelope(org.json4s.JObject(registration.json.obj.filterNot(_._1 == "version")),
+        registration.body.blobs)
+      val answer = Envelope.parseObject(PartitionTask.utf8(
+        client.action("register_model", body.encode())))
+      answer \ "version" match {
+        case org.json4s.JInt(v) => v.toInt
+        case other => throw new IllegalStateException(s"register_model answered version $other")
+      }
     }
-    log.info(s"stoker: registered model '$name' version ${served.version.getOrElse(1)}")
-    served.version.getOrElse(1)
+    val served = Served.of(model, Some(name), version)
+    models.merge(name, Map(version -> served), (a, b) => a ++ b)
+    log.info(s"stoker: registered model '$name' version $version")
+    version
   }
 
-  /** The registered model `name` (at `version`, or its latest). */
+  /** The registered model `name` at `version`, or its latest version. */
   private[spark] def get(name: String, version: Option[Int]): Option[Served] =
-    Option(models.get(name)).filter(s => version.forall(v => s.version.contains(v)))
+    Option(models.get(name)).flatMap { versions =>
+      version match {
+        case Some(v) => versions.get(v)
+        case None => versions.keys.maxOption.flatMap(versions.get)
+      }
+    }
 
   /** Names registered in this application. */
   def names: java.util.Set[String] = java.util.Set.copyOf(models.keySet())

@@ -98,6 +98,18 @@ private[spark] object PartitionTask {
     }
   }
 
+  /** Sends one partition (creating the job if needed); returns its rows. */
+  def feed(job: TrainJob, partition: Int, rows: Iterator[InternalRow]): Long =
+    Servers.withClient(job.server) { client =>
+      createJob(client, job)
+      if (!rows.hasNext) 0L
+      else {
+        val (ipc, n) = ArrowBatches.toIpcStream(rows, job.schema, job.timeZone, job.batchRows)
+        client.putPartition(job.name, partition, job.dataVersion, ipc)
+        n
+      }
+    }
+
   private def trainOnce(
       client: NativeClient,
       job: TrainJob,

@@ -50,6 +50,17 @@ class StokerEstimator(override val uid: String)
       .map(t => PartitionState(t.partition, t.samples, t.state)).asJava
   }
 
+  /**
+   * Sends every partition of `dataset` to its node's server cache, converted as `fit`
+   * converts it, without training: the data path of a first round alone (a warm-up, or
+   * a measurement of it; bench/). Returns the rows sent.
+   */
+  def feed(dataset: Dataset[_]): Long = {
+    Features.columns(dataset.schema, getFeatureCols, getFeaturesCol)
+    Features.label(dataset.schema, getLabelCol)
+    new Training(this, dataset).feed()
+  }
+
   override def transformSchema(schema: StructType): StructType = {
     Features.columns(schema, getFeatureCols, getFeaturesCol)
     Features.label(schema, getLabelCol)

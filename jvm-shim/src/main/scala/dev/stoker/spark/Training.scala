@@ -111,6 +111,21 @@ private[spark] final class Training(params: StokerEstimator, dataset: Dataset[_]
     Trained(finalState, job.modelBlob, history)
   }
 
+  /**
+   * Streams every partition to its node's server (create the job, convert to Arrow,
+   * DoPut; the server converts to tensors and caches) without training. The partitions
+   * stay cached until evicted. Returns the rows sent: the data path of a first round.
+   */
+  def feed(): Long = {
+    val (prepared, job) = plan()
+    val jobBroadcast = sc.broadcast(job)
+    try {
+      ArrowBatches.internalRows(prepared).mapPartitionsWithIndex { (p, rows) =>
+        Iterator(PartitionTask.feed(jobBroadcast.value, p, rows))
+      }.sum().toLong
+    } finally jobBroadcast.destroy()
+  }
+
   /** One partition state per non-empty partition after one round from `state` (no
    *  averaging): for inspecting what averaging combines. */
   def partitionStates(round: Int, state: Option[Array[Byte]]): Seq[Outcome.Trained] = {

@@ -36,13 +36,21 @@ case class StokerEvalExec(calls: Seq[EvalCall], resultAttrs: Seq[Attribute], chi
     "nullRows" -> SQLMetrics.createMetric(sparkContext, "rows with null features"),
     "serverTime" -> SQLMetrics.createTimingMetric(sparkContext, "time in stoker server"))
 
+  override def outputPartitioning: org.apache.spark.sql.catalyst.plans.physical.Partitioning =
+    child.outputPartitioning
+
+  override def outputOrdering: Seq[org.apache.spark.sql.catalyst.expressions.SortOrder] =
+    child.outputOrdering
+
   override def simpleString(maxFields: Int): String =
     s"StokerEval [${calls.map(_.display).mkString(", ")}], " +
       s"[${resultAttrs.map(_.toString).mkString(", ")}]"
 
   override protected def doExecute(): RDD[InternalRow] = {
     // Session settings are read here, on the driver, and travel with the closure.
-    val batchRows = conf.getConfString("spark.stoker.sql.batchRows", "65536").toInt
+    val batchRows = scala.util.Try(conf.getConfString("spark.stoker.sql.batchRows", "65536")
+      .toInt).toOption.filter(_ > 0).getOrElse(throw new InvalidInputException(
+        "spark.stoker.sql.batchRows must be a positive number of rows"))
     val nulls = conf.getConfString("spark.stoker.sql.nullFeatures", "null")
     if (nulls != "null" && nulls != "error") {
       throw new InvalidInputException(
@@ -81,8 +89,7 @@ private[sql] final class BatchEvaluator(
       val names = c.served.value.features
       StructType(c.features.zipWithIndex.map { case (f, i) =>
         // Named as the model's features (by position), typed as the call's expressions.
-        StructField(if (c.features.size == names.size) names(i) else names.head, f.dataType,
-          nullable = true)
+        StructField(names(i), f.dataType, nullable = true)
       })
     }
     val width = input.size

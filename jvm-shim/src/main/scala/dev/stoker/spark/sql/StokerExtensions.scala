@@ -44,4 +44,8 @@ object StokerFunctions {
   /** Class probabilities (array<float>) of classifier `model`. */
   @varargs def stokerPredictProba(model: String, features: Column*): Column =
     call_function("stoker_predict_proba", lit(model) +: features: _*)
+
+  /** Class probabilities of version `version` of classifier `model`. */
+  @varargs def stokerPredictProba(model: String, version: Int, features: Column*): Column =
+    call_function("stoker_predict_proba", lit(model) +: lit(version) +: features: _*)
 }

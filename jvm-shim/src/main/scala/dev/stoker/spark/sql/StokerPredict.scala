@@ -17,9 +17,17 @@ import org.apache.spark.sql.types._
  *                    integer literal), then the feature expressions
  * @param probability whether this is `stoker_predict_proba`
  */
-case class StokerPredict(children: Seq[Expression], probability: Boolean) extends Expression {
+case class StokerPredict(
+    model: String,
+    version: Option[Int],
+    children: Seq[Expression],
+    probability: Boolean) extends Expression {
 
-  @transient lazy val (modelName, version, features) = StokerPredict.split(children)
+  /** The feature expressions (the children: model and version are fixed at analysis). */
+  def features: Seq[Expression] = children
+
+  /** The model name, as the strategy resolves it. */
+  def modelName: String = model
 
   override def dataType: DataType =
     if (probability) ArrayType(FloatType, containsNull = false) else DoubleType
@@ -28,6 +36,12 @@ case class StokerPredict(children: Seq[Expression], probability: Boolean) extend
   override def foldable: Boolean = false
   override def prettyName: String =
     if (probability) "stoker_predict_proba" else "stoker_predict"
+
+  override def sql: String = s"$prettyName('$model'${version.map(v => s", $v").getOrElse("")}, " +
+    s"${children.map(_.sql).mkString(", ")})"
+
+  override def toString: String =
+    s"$prettyName('$model'${version.map(v => s", $v").getOrElse("")}, ${children.mkString(", ")})"
 
   override def eval(input: InternalRow): Any = throw StokerPredict.notHere(this)
 
@@ -40,12 +54,19 @@ case class StokerPredict(children: Seq[Expression], probability: Boolean) extend
 
 object StokerPredict {
 
-  /** The function builder: checks the arguments at analysis. */
+  /**
+   * The function builder: checks the arguments at analysis and fixes the model name and
+   * version there, so later constant folding of a feature cannot turn it into a version.
+   */
   def build(args: Seq[Expression], probability: Boolean): StokerPredict = {
-    val call = StokerPredict(args, probability)
-    split(args)
+    val name = if (probability) "stoker_predict_proba" else "stoker_predict"
+    val (model, version, features) = split(args, name)
+    val call = StokerPredict(model, version, features, probability)
     call.features.foreach { f =>
       f.dataType match {
+        case _: DecimalType => throw new InvalidInputException(
+          s"$name: feature '${f.sql}' is a decimal; cast it to double (a literal such as " +
+            "1.0 is a decimal in SQL: write 1.0D)")
         case _: NumericType =>
         case ArrayType(_: NumericType, _) =>
         case dt if dt == SQLDataTypes.VectorType =>
@@ -63,21 +84,20 @@ object StokerPredict {
   }
 
   /** (model name, version, features) from the arguments. */
-  def split(args: Seq[Expression]): (String, Option[Int], Seq[Expression]) = {
+  def split(args: Seq[Expression], name: String): (String, Option[Int], Seq[Expression]) = {
     val model = args.headOption match {
       case Some(e) if e.foldable && e.dataType == StringType => Option(e.eval())
         .map(_.toString).getOrElse(throw new InvalidInputException(
-          "stoker_predict: the model name is null"))
+          s"$name: the model name is null"))
       case _ => throw new InvalidInputException(
-        "stoker_predict needs a model name (a string literal) first: " +
-          "stoker_predict('churn', f1, f2, ...)")
+        s"$name needs a model name (a string literal) first: $name('churn', f1, f2, ...)")
     }
     val (version, features) = args.drop(1) match {
       case Literal(v: Int, IntegerType) +: rest if rest.nonEmpty => (Some(v), rest)
       case rest => (None, rest)
     }
     if (features.isEmpty) {
-      throw new InvalidInputException(s"stoker_predict('$model') needs feature columns")
+      throw new InvalidInputException(s"$name('$model') needs feature columns")
     }
     (model, version, features)
   }

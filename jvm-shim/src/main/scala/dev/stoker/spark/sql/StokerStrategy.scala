@@ -19,7 +19,14 @@ import org.json4s._
  */
 object ExtractStokerCalls extends Rule[LogicalPlan] {
 
-  override def apply(plan: LogicalPlan): LogicalPlan = plan.transformUp {
+  override def apply(plan: LogicalPlan): LogicalPlan = plan.transformDown {
+    // The optimizer pushes `WHERE p > 0.5` over `SELECT stoker_predict(...) AS p` down
+    // by copying the call into the filter; one StokerEval then serves both, so the
+    // model runs once per row.
+    case Project(list, Filter(condition, child)) if list.exists(hasCall) && hasCall(condition) =>
+      val (eval, rewrite) = extract(list :+ condition, child)
+      Project(list.map(e => rewrite(e).asInstanceOf[NamedExpression]),
+        Filter(rewrite(condition), eval))
     case Project(list, child) if list.exists(hasCall) =>
       val (eval, rewrite) = extract(list, child)
       Project(list.map(e => rewrite(e).asInstanceOf[NamedExpression]), eval)
@@ -82,8 +89,9 @@ final class StokerStrategy(session: SparkSession) extends SparkStrategy {
       .getOrElse(onServer(call))
     val passed = call.features
     val expected = served.features
-    val fits = passed.size == expected.size ||
-      (passed.size == 1 && !passed.head.dataType.isInstanceOf[NumericType])
+    // One Vector/array column stands for a model's one (vector) feature only.
+    val fits = passed.size == expected.size &&
+      (passed.size == 1 || passed.forall(_.dataType.isInstanceOf[NumericType]))
     if (!fits) {
       throw new InvalidInputException(s"${call.prettyName}('${call.modelName}'): the model " +
         s"takes ${expected.size} features (${expected.mkString(", ")}); the call passes " +

@@ -1,0 +1,106 @@
+"""Benchmark 6: time per round spent outside training.
+
+Models of about 1M, 10M (and, at full scale, 50M) parameters train over 2, 4 and 8
+partitions for a few rounds of one optimizer step each, so a round is almost all
+averaging machinery: broadcasting the state, tasks loading it into the server's model
+and returning the trained state (with Adam's moments: 3x the parameters), the native
+weighted sums in treeAggregate, the division on the driver, and bookkeeping. The
+overhead of a round is its wall time minus the slowest partition's training time
+(RoundStats.overheadSeconds); round 0, which also streams the data, is left out.
+The bound is the time to copy the bytes a round moves (one state to and one from
+each partition) once in memory with numpy, measured in the same run.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+from bench.common import Context, Result, spark_session
+
+FEATURES = 32
+BENCH = "6 Averaging round overhead"
+
+
+def copy_seconds(nbytes: int, repeats: int = 3) -> float:
+    import numpy as np
+
+    src = np.ones(nbytes // 8 + 1, dtype=np.float64)
+    dst = np.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def run(ctx: Context) -> list[Result]:
+    from pyspark.sql import functions as F
+    from stoker.spark import StokerEstimator
+
+    spark = spark_session()
+    models = {"1M": [1000, 1000], "10M": [3150, 3150]}
+    if not ctx.quick:
+        models["50M"] = [7070, 7070]
+    results: list[Result] = []
+    for size, hidden in models.items():
+        for partitions in (2, 4, 8):
+            rows = partitions * 256
+            table = (
+                spark.range(rows)
+                .select(
+                    *[(F.rand(i) * 2 - 1).cast("float").alias(f"f{i}") for i in range(FEATURES)],
+                    (F.rand(99) > 0.5).cast("int").alias("label"),
+                )
+                .repartition(partitions)
+                .cache()
+            )
+            table.count()
+            rounds = 1 + ctx.repeats
+            model = StokerEstimator(
+                featureCols=[f"f{i}" for i in range(FEATURES)],
+                labelCol="label",
+                model={"type": "mlp", "hidden": hidden, "num_classes": 2},
+                batchSize=256,
+                localEpochs=1,
+                rounds=rounds,
+                seed=1,
+            ).fit(table)
+            history = model.history[1:]
+            overhead = [h["seconds"] - h["train_seconds"] for h in history]
+            state_bytes = len(model.state)
+            moved = state_bytes * partitions * 2
+            bound = copy_seconds(moved)
+            case = f"{size} parameters, {partitions} partitions"
+            info = {"state_mb": round(state_bytes / 2**20, 1), "moved_mb": round(moved / 2**20)}
+            results.append(
+                Result(
+                    bench=BENCH,
+                    case=case,
+                    variant="stoker round overhead",
+                    unit="seconds",
+                    value=statistics.median(overhead),
+                    spread=(min(overhead), max(overhead)),
+                    samples=overhead,
+                    lower_is_better=True,
+                    role="stoker",
+                    extra=info,
+                )
+            )
+            results.append(
+                Result(
+                    bench=BENCH,
+                    case=case,
+                    variant="memory copy of the same bytes (bound)",
+                    unit="seconds",
+                    value=bound,
+                    spread=(bound, bound),
+                    samples=[bound],
+                    lower_is_better=True,
+                    role="bound",
+                    extra=info,
+                )
+            )
+            table.unpersist()
+    return results
