@@ -34,6 +34,11 @@ RESULTS = ROOT / "bench" / "results"
 
 
 def main() -> None:
+    # Spark's Python workers and torchrun's processes unpickle functions defined in
+    # bench/: they need the repository on their path too.
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p
+    )
     parser = argparse.ArgumentParser()
     parser.add_argument(
         "--scale", default=os.environ.get("BENCH_SCALE", "quick"), choices=["quick", "full"]

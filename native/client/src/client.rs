@@ -35,7 +35,7 @@ impl Default for ClientOptions {
         ClientOptions {
             token: None,
             ca_pem: None,
-            max_message_bytes: 64 << 20,
+            max_message_bytes: stoker_core::protocol::MAX_MESSAGE_BYTES,
         }
     }
 }
@@ -153,7 +153,9 @@ impl Client {
         S: Stream<Item = Result<RecordBatch>> + Send + 'static,
     {
         let data = FlightDataEncoderBuilder::new()
-            .with_max_flight_data_size(self.max_message_bytes / 2)
+            .with_max_flight_data_size(stoker_core::protocol::data_message_bytes(
+                self.max_message_bytes,
+            ))
             .with_flight_descriptor(Some(FlightDescriptor::new_path(key.path())))
             .build(batches.map_err(|e| FlightError::ExternalError(Box::new(e))));
         let mut results = self.inner.do_put(data).await.map_err(from_flight)?;
@@ -234,7 +236,9 @@ impl Client {
             path.push(v.to_string());
         }
         let data = FlightDataEncoderBuilder::new()
-            .with_max_flight_data_size(self.max_message_bytes / 2)
+            .with_max_flight_data_size(stoker_core::protocol::data_message_bytes(
+                self.max_message_bytes,
+            ))
             .with_flight_descriptor(Some(FlightDescriptor::new_path(path)))
             .build(batches.map_err(|e| FlightError::ExternalError(Box::new(e))));
         let keep_header = keep.join(",");

@@ -3,6 +3,22 @@
 //! archives) in one action body. docs/protocol.md is the reference; this
 //! module is the one implementation the server and every client share.
 
+/// Default largest gRPC message, both ways (server `--max-message-mb`, clients):
+/// one action carries a whole model state with its optimizer tensors (a 50M-
+/// parameter model with Adam is 600 MB), so the limit is large; it caps, it does
+/// not allocate.
+pub const MAX_MESSAGE_BYTES: usize = 1 << 30;
+
+/// Arrow batches are split into Flight data messages of at most this size (or half
+/// the message limit, if smaller), so large batches stream instead of travelling
+/// as one giant message.
+pub const DATA_MESSAGE_BYTES: usize = 32 << 20;
+
+/// The Flight data message size for a message limit.
+pub fn data_message_bytes(max_message_bytes: usize) -> usize {
+    DATA_MESSAGE_BYTES.min(max_message_bytes / 2)
+}
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};

@@ -70,7 +70,13 @@ impl TensorData {
             name: name.into(),
             dtype: DType::F32,
             shape,
-            data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            data: {
+                let mut data = Vec::with_capacity(values.len() * 4);
+                for v in values {
+                    data.extend_from_slice(&v.to_le_bytes());
+                }
+                data
+            },
         }
     }
 

@@ -11,7 +11,7 @@ use tch::{Device, Kind, Tensor};
 use crate::network::{Mlp, Network, Script};
 use crate::optim::copy_into;
 use crate::spec::{ModelSpec, ModelType};
-use crate::torch::{filled_matrix, internal, shape, to_vec_f32};
+use crate::torch::{filled_matrix, internal, to_vec_f32};
 
 /// Where a model's architecture comes from.
 #[derive(Debug, Clone)]
@@ -191,13 +191,7 @@ impl Model {
         self.network
             .parameters()
             .iter()
-            .map(|(name, t)| {
-                Ok(TensorData::from_f32(
-                    name.clone(),
-                    shape(t),
-                    &to_vec_f32(t)?,
-                ))
-            })
+            .map(|(name, t)| crate::torch::state_tensor(name.clone(), t))
             .collect()
     }
 

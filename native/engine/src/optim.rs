@@ -227,11 +227,10 @@ impl Optimizer {
         let mut out = Vec::new();
         for ((name, _), slots) in params.iter().zip(&self.slots) {
             for (slot, t) in self.config.slots().iter().zip(slots) {
-                out.push(TensorData::from_f32(
+                out.push(crate::torch::state_tensor(
                     format!("{OPTIMIZER_PREFIX}{name}/{slot}"),
-                    crate::torch::shape(t),
-                    &crate::torch::to_vec_f32(t)?,
-                ));
+                    t,
+                )?);
             }
         }
         out.push(TensorData {
@@ -278,10 +277,8 @@ pub fn copy_into(target: &mut Tensor, data: &TensorData, expected: Vec<i64>) -> 
             data.name, data.shape, expected
         )));
     }
-    let values = data.to_f32();
-    let src = Tensor::f_from_slice(&values)
-        .and_then(|t| t.f_view(shape.as_slice()))
-        .and_then(|t| t.f_to_device(target.device()))
+    let src = crate::torch::tensor_from_state(data)?
+        .f_to_device(target.device())
         .and_then(|t| t.f_to_kind(Kind::Float))
         .map_err(internal("loading state tensor"))?;
     let _guard = tch::no_grad_guard();

@@ -2,6 +2,7 @@
 //! buffers. Every libtorch call in the engine goes through a fallible `f_*`
 //! method and is mapped here; the plain tch methods panic on error.
 
+use stoker_core::state::{DType, TensorData};
 use stoker_core::{Error, ErrorKind};
 use tch::{Device, Kind, TchError, Tensor};
 
@@ -56,6 +57,54 @@ pub fn to_vec_f32(t: &Tensor) -> stoker_core::Result<Vec<f32>> {
         .and_then(|t| t.f_view([-1]))
         .map_err(internal("copying a tensor to the host"))?;
     Vec::<f32>::try_from(&flat).map_err(internal("reading tensor values"))
+}
+
+/// A state tensor as a host float tensor. F32 data (stoker's states, always
+/// little-endian, like the hosts libtorch runs on here) is copied once, straight
+/// from the state's bytes; other dtypes are converted.
+pub fn tensor_from_state(data: &TensorData) -> stoker_core::Result<Tensor> {
+    let shape: Vec<i64> = data.shape.iter().map(|&d| d as i64).collect();
+    if data.dtype == DType::F32 && cfg!(target_endian = "little") {
+        // at_tensor_of_data reads numel * 4 bytes: check there are that many.
+        if data.data.len() != data.numel() * 4 {
+            return Err(stoker_core::Error::invalid(format!(
+                "state tensor '{}' has {} bytes, its shape {:?} needs {}",
+                data.name,
+                data.data.len(),
+                data.shape,
+                data.numel() * 4
+            )));
+        }
+        return Tensor::f_from_data_size(&data.data, &shape, Kind::Float)
+            .map_err(internal("loading a state tensor"));
+    }
+    Tensor::f_from_slice(&data.to_f32())
+        .and_then(|t| t.f_view(shape.as_slice()))
+        .map_err(internal("loading a state tensor"))
+}
+
+/// A tensor's values as a state tensor (float32; one copy on the host).
+pub fn state_tensor(name: String, t: &Tensor) -> stoker_core::Result<TensorData> {
+    let flat = t
+        .f_to_kind(Kind::Float)
+        .and_then(|t| t.f_to_device(Device::Cpu))
+        .and_then(|t| t.f_contiguous())
+        .map_err(internal("copying a tensor to the host"))?;
+    let numel = flat.numel();
+    let data = if cfg!(target_endian = "little") {
+        let mut bytes = vec![0u8; numel * 4];
+        flat.f_copy_data_u8(&mut bytes, numel)
+            .map_err(internal("reading tensor values"))?;
+        bytes
+    } else {
+        return Ok(TensorData::from_f32(name, shape(t), &to_vec_f32(t)?));
+    };
+    Ok(TensorData {
+        name,
+        dtype: DType::F32,
+        shape: shape(t),
+        data,
+    })
 }
 
 /// Shape of a tensor as usizes.

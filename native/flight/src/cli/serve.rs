@@ -26,8 +26,9 @@ pub struct ServeArgs {
     tls_cert: Option<PathBuf>,
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// Largest gRPC message in MiB (tonic's default is 4).
-    #[arg(long, default_value_t = 64)]
+    /// Largest gRPC message in MiB (tonic's default is 4): an action carries a
+    /// whole model state.
+    #[arg(long, default_value_t = 1024)]
     max_message_mb: usize,
     /// Byte budget of the partition cache, in MiB.
     #[arg(long, default_value_t = 4096)]

@@ -136,7 +136,9 @@ impl FlightService for Handler {
             let batches = super::transport::zeros(&text).map_err(|e| self.fail(e))?;
             let me = self.0.clone();
             let out = FlightDataEncoderBuilder::new()
-                .with_max_flight_data_size(self.max_message_bytes / 2)
+                .with_max_flight_data_size(stoker_core::protocol::data_message_bytes(
+                    self.max_message_bytes,
+                ))
                 .build(stream::iter(batches.into_iter().map(Ok)))
                 .map_err(move |e| me.fail(flight_error(e)));
             return Ok(Response::new(out.boxed()));
@@ -153,7 +155,9 @@ impl FlightService for Handler {
                 .map_err(|e| self.fail(Error::from(e)))?;
         let me = self.0.clone();
         let out = FlightDataEncoderBuilder::new()
-            .with_max_flight_data_size(self.max_message_bytes / 2)
+            .with_max_flight_data_size(stoker_core::protocol::data_message_bytes(
+                self.max_message_bytes,
+            ))
             .build(stream::iter([Ok(batch)]))
             .map_err(move |e| me.fail(flight_error(e)));
         Ok(Response::new(out.boxed()))

@@ -81,7 +81,7 @@ impl Default for ServerConfig {
             device: DeviceSpec::Auto,
             token: None,
             tls: None,
-            max_message_bytes: 64 << 20,
+            max_message_bytes: stoker_core::protocol::MAX_MESSAGE_BYTES,
             cache_bytes: 4 << 30,
             model_dir: None,
             device_model_bytes: 4 << 30,

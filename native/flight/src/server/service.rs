@@ -380,7 +380,9 @@ impl Service {
             let echoed = FlightRecordBatchStream::new_from_flight_data(data);
             let me = self.clone();
             return Ok(FlightDataEncoderBuilder::new()
-                .with_max_flight_data_size(self.max_message_bytes / 2)
+                .with_max_flight_data_size(stoker_core::protocol::data_message_bytes(
+                    self.max_message_bytes,
+                ))
                 .build(echoed)
                 .map_err(move |e| me.fail(flight_error(e)))
                 .boxed());
@@ -408,7 +410,9 @@ impl Service {
         });
         let me = self.clone();
         let encoded = FlightDataEncoderBuilder::new()
-            .with_max_flight_data_size(self.max_message_bytes / 2)
+            .with_max_flight_data_size(stoker_core::protocol::data_message_bytes(
+                self.max_message_bytes,
+            ))
             .build(predictions)
             .map_err(move |e| me.fail(flight_error(e)));
         Ok(encoded.boxed())
