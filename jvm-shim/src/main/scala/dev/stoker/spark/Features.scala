@@ -26,6 +26,7 @@ private[spark] object Features {
       }
       featureCols.foreach { name =>
         field(schema, name, "feature").dataType match {
+          case _: DecimalType => throw decimal("feature", name)
           case _: NumericType =>
           case other => throw new InvalidInputException(
             s"feature column '$name' has type ${other.simpleString}; featureCols must be " +
@@ -38,6 +39,7 @@ private[spark] object Features {
       val column = f.dataType match {
         case dt if dt == SQLDataTypes.VectorType =>
           vector_to_array(col(featuresCol), "float32").as(featuresCol)
+        case ArrayType(_: DecimalType, _) => throw decimal("features", featuresCol)
         case ArrayType(_: NumericType, _) => col(featuresCol)
         case other => throw new InvalidInputException(
           s"features column '$featuresCol' has type ${other.simpleString}; it must be a " +
@@ -50,12 +52,16 @@ private[spark] object Features {
   /** The label column, checked to be numeric. */
   def label(schema: StructType, labelCol: String): Column = {
     field(schema, labelCol, "label").dataType match {
+      case _: DecimalType => throw decimal("label", labelCol)
       case _: NumericType => col(labelCol)
       case other => throw new InvalidInputException(
         s"label column '$labelCol' has type ${other.simpleString}; it must be numeric " +
           "(class index 0..num_classes-1 for classifiers; use StringIndexer for strings)")
     }
   }
+
+  private def decimal(role: String, name: String) = new InvalidInputException(
+    s"$role column '$name' is a decimal; cast it to double (or float) first")
 
   private def field(schema: StructType, name: String, role: String): StructField =
     schema.find(_.name == name).getOrElse(throw new InvalidInputException(
