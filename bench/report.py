@@ -103,8 +103,13 @@ def write_report(data: dict) -> None:
                 if bound and v["role"] != "bound" and v["lower_is_better"]:
                     vs_bound = f"{v['value'] / bound['value']:.2f}x the bound"
                 notes = ", ".join(f"{k}: {val}" for k, val in v.get("extra", {}).items())
+                name = (
+                    v["variant"]
+                    if f"({v['role']})" in v["variant"]
+                    else (f"{v['variant']} ({v['role']})")
+                )
                 lines.append(
-                    f"| {case} | {v['variant']} ({v['role']}) | {fmt(v['value'])} {v['unit']} "
+                    f"| {case} | {name} | {fmt(v['value'])} {v['unit']} "
                     f"| {fmt(v['spread'][0])} - {fmt(v['spread'][1])} | {vs_peer} | {vs_bound} "
                     f"| {notes} |"
                 )
