@@ -98,7 +98,9 @@ class StokerSqlIT {
     for (Row r : rows) {
       long id = r.getLong(r.fieldIndex("id"));
       assertEquals(ring.get(id).<Double>getAs("prediction"), r.<Double>getAs("ring"));
-      assertEquals(seg.get(id).<Double>getAs("prediction"), r.<Double>getAs("seg"), 1e-9);
+      // float32 outputs of batches of different sizes (the filter changes them) may
+      // round differently in libtorch's matrix kernels.
+      assertEquals(seg.get(id).<Double>getAs("prediction"), r.<Double>getAs("seg"), 1e-5);
     }
     // In a WHERE condition, above a join.
     long inWhere = test.join(train.select("segment").distinct(), "segment")
