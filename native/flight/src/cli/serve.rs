@@ -109,6 +109,12 @@ pub fn run(a: ServeArgs) -> Result<()> {
         .enable_all()
         .build()
         .map_err(|e| Error::internal(format!("starting the runtime: {e}")))?;
+    // Taken before the address is printed: a parent that reads it and exits at
+    // once must still count as a change of parent.
+    #[cfg(unix)]
+    let parent = std::os::unix::process::parent_id();
+    #[cfg(not(unix))]
+    let parent = 0;
     runtime.block_on(async {
         let server = start(config).await?;
         // The first stdout line is the address: scripts and the Spark side
@@ -121,7 +127,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         let _ = out.flush();
         tokio::select! {
             _ = wait_for_signal() => {},
-            _ = parent_exit(), if a.exit_with_parent => {
+            _ = parent_exit(parent), if a.exit_with_parent => {
                 tracing::info!("the process that started this server exited");
             },
         }
@@ -130,12 +136,11 @@ pub fn run(a: ServeArgs) -> Result<()> {
     })
 }
 
-/// Resolves when this process's parent changes (it exited and the process was
-/// re-parented), checked once a second.
-async fn parent_exit() {
+/// Resolves when this process's parent is no longer `original` (it exited and
+/// the process was re-parented), checked once a second.
+async fn parent_exit(original: u32) {
     #[cfg(unix)]
     {
-        let original = std::os::unix::process::parent_id();
         loop {
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             if std::os::unix::process::parent_id() != original {
@@ -144,7 +149,10 @@ async fn parent_exit() {
         }
     }
     #[cfg(not(unix))]
-    std::future::pending::<()>().await
+    {
+        let _ = original;
+        std::future::pending::<()>().await
+    }
 }
 
 async fn wait_for_signal() {
