@@ -21,7 +21,15 @@ import uuid
 
 import pyarrow as pa
 
-from bench.common import Context, Result, side_by_side, spark_session, summarize, timed
+from bench.common import (
+    Context,
+    Result,
+    float_table,
+    side_by_side,
+    spark_session,
+    summarize,
+    timed,
+)
 
 FEATURES = 32
 BENCH = "1 Feeding training data"
@@ -36,7 +44,7 @@ def run(ctx: Context) -> list[Result]:
     spark = spark_session()
     rows = ctx.size(1_000_000, 4_000_000)
     partitions = 4
-    table = float_table_cached(spark, rows, partitions)
+    table = float_table(spark, rows, FEATURES, partitions)
     names = [f"f{i}" for i in range(FEATURES)]
     estimator = StokerEstimator(
         featureCols=names, labelCol="label", model={"type": "mlp", "hidden": [64], "num_classes": 2}
@@ -81,7 +89,8 @@ def run(ctx: Context) -> list[Result]:
                     np.column_stack([b.column(i).to_numpy() for i in range(FEATURES)])
                 )
                 y = torch.from_numpy(b.column(FEATURES).to_numpy())
-                n += x.shape[0] + 0 * y.shape[0]
+                assert x.shape[0] == y.shape[0]
+                n += x.shape[0]
             yield pa.RecordBatch.from_pydict({"n": [n]})
 
         return timed(
@@ -115,9 +124,3 @@ def run(ctx: Context) -> list[Result]:
     case = f"{rows:,} rows x {FEATURES} float32 + label, {partitions} partitions, local[2]"
     table.unpersist()
     return summarize(BENCH, case, rates, "rows/s", roles, extra=mbs)
-
-
-def float_table_cached(spark, rows: int, partitions: int):
-    from bench.common import float_table
-
-    return float_table(spark, rows, FEATURES, partitions)

@@ -16,14 +16,12 @@ Peak resident memory of the stoker server and Python workers is sampled per vari
 
 from __future__ import annotations
 
-import json
-import struct
-
 from bench.common import (
     Context,
     Result,
     RssSampler,
     float_table,
+    mlp,
     side_by_side,
     spark_session,
     summarize,
@@ -32,35 +30,6 @@ from bench.common import (
 
 FEATURES = 32
 BENCH = "2 Batch inference"
-
-
-def mlp(hidden: list[int]):
-    import torch
-
-    layers: list = []
-    width = FEATURES
-    for h in hidden:
-        layers += [torch.nn.Linear(width, h), torch.nn.ReLU()]
-        width = h
-    layers.append(torch.nn.Linear(width, 1))
-    return torch.nn.Sequential(*layers)
-
-
-def load_state(data: bytes) -> dict:
-    import numpy as np
-    import torch
-
-    (n,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8 : 8 + n])
-    header.pop("__metadata__", None)
-    out = {}
-    for name, info in header.items():
-        if name.startswith("optimizer/") or info["dtype"] != "F32":
-            continue
-        start, end = info["data_offsets"]
-        values = np.frombuffer(data[8 + n + start : 8 + n + end], dtype=np.float32)
-        out[name] = torch.from_numpy(values.copy().reshape(info["shape"]))
-    return out
 
 
 def run(ctx: Context) -> list[Result]:
@@ -88,7 +57,7 @@ def one_model(ctx, spark, table, sample, rows, label, hidden) -> list[Result]:
 
     names = [f"f{i}" for i in range(FEATURES)]
     torch.manual_seed(0)
-    module = torch.jit.script(mlp(hidden))
+    module = torch.jit.script(mlp(FEATURES, hidden, 1))
     path = ctx.work / f"b2-{'-'.join(map(str, hidden))}.pt"
     module.save(str(path))
     model = StokerEstimator(
@@ -104,7 +73,7 @@ def one_model(ctx, spark, table, sample, rows, label, hidden) -> list[Result]:
     state = model.state
     # The peer's module: the same TorchScript file with the same trained weights.
     peer_module = torch.jit.load(str(path))
-    peer_module.load_state_dict(load_state(state))
+    peer_module.load_state_dict(stoker.torch_state_dict(state))
     peer_module.eval()
     sql_name = f"b2_{len(hidden)}"
     model.register(sql_name)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import time
 
-from bench.common import Context, Result, side_by_side, summarize
+from bench.common import Context, Result, mlp, side_by_side, summarize
 
 FEATURES = 32
 BENCH = "4 Training step"
@@ -58,13 +58,7 @@ def run(ctx: Context) -> list[Result]:
 
             def pytorch(batch=batch, xt=xt, yt=yt) -> float:
                 torch.manual_seed(1)
-                model = torch.nn.Sequential(
-                    torch.nn.Linear(FEATURES, 256),
-                    torch.nn.ReLU(),
-                    torch.nn.Linear(256, 256),
-                    torch.nn.ReLU(),
-                    torch.nn.Linear(256, 2),
-                )
+                model = mlp(FEATURES, [256, 256], 2)
                 opt = torch.optim.Adam(model.parameters(), lr=1e-3)
                 loss_fn = torch.nn.CrossEntropyLoss()
                 started = time.perf_counter()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import shutil
 
-from bench.common import Context, Result, side_by_side, spark_session, summarize, timed
+from bench.common import Context, Result, mlp, side_by_side, spark_session, summarize, timed
 
 FEATURES = 32
 BENCH = "5 End-to-end training"
@@ -42,13 +42,7 @@ def train_ddp(path: str, epochs: int, batch: int, features: int) -> dict:
     )
     y = torch.from_numpy(table.column("label").to_numpy().astype("int64"))
     torch.manual_seed(1)
-    model = torch.nn.Sequential(
-        torch.nn.Linear(features, 256),
-        torch.nn.ReLU(),
-        torch.nn.Linear(256, 256),
-        torch.nn.ReLU(),
-        torch.nn.Linear(256, 2),
-    )
+    model = mlp(features, HIDDEN, 2)
     ddp = DistributedDataParallel(model)
     opt = torch.optim.Adam(ddp.parameters(), lr=1e-3)
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -123,13 +117,7 @@ def run(ctx: Context) -> list[Result]:
             )
 
         seconds = timed(job)
-        model = torch.nn.Sequential(
-            torch.nn.Linear(FEATURES, 256),
-            torch.nn.ReLU(),
-            torch.nn.Linear(256, 256),
-            torch.nn.ReLU(),
-            torch.nn.Linear(256, 2),
-        )
+        model = mlp(FEATURES, HIDDEN, 2)
         model.load_state_dict(holder["state"])
         with torch.no_grad():
             pred = model(x_test).argmax(1).numpy()

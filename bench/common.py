@@ -94,6 +94,20 @@ def summarize(
     ]
 
 
+def mlp(features: int, hidden: list[int], outputs: int):
+    """The PyTorch twin of stoker's `{"type": "mlp", "hidden": hidden}` spec: Linear and
+    ReLU layers, then a Linear to `outputs`."""
+    import torch
+
+    layers: list = []
+    width = features
+    for h in hidden:
+        layers += [torch.nn.Linear(width, h), torch.nn.ReLU()]
+        width = h
+    layers.append(torch.nn.Linear(width, outputs))
+    return torch.nn.Sequential(*layers)
+
+
 def timed(fn: Callable[[], object]) -> float:
     """Seconds `fn` takes."""
     started = time.perf_counter()

@@ -11,15 +11,14 @@ download.
 
 from __future__ import annotations
 
-import json
 import os
-import struct
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import stoker
 import torch
 from pyspark.sql import SparkSession
 from sklearn.datasets import load_digits
@@ -42,21 +41,6 @@ class DigitsCNN(torch.nn.Module):
         x = torch.relu(self.conv1(x))
         x = torch.max_pool2d(torch.relu(self.conv2(x)), 2)
         return self.head(x.flatten(1))
-
-
-def load_state(data: bytes) -> dict[str, torch.Tensor]:
-    """The parameter tensors of a stoker state (safetensors), as torch tensors."""
-    (n,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8 : 8 + n])
-    header.pop("__metadata__", None)
-    out = {}
-    for name, info in header.items():
-        if name.startswith("optimizer/") or info["dtype"] != "F32":
-            continue
-        start, end = info["data_offsets"]
-        values = np.frombuffer(data[8 + n + start : 8 + n + end], dtype=np.float32)
-        out[name] = torch.from_numpy(values.copy().reshape(info["shape"]))
-    return out
 
 
 def main() -> float:
@@ -101,7 +85,7 @@ def main() -> float:
 
     # Back in PyTorch: the scripted module with the averaged weights.
     trained = torch.jit.load(str(work / "digits.pt"))
-    missing = trained.load_state_dict(load_state(model.state), strict=True)
+    missing = trained.load_state_dict(stoker.torch_state_dict(model.state), strict=True)
     assert not missing.missing_keys and not missing.unexpected_keys, missing
     trained.eval()
     with torch.no_grad():

@@ -6,6 +6,7 @@
   stoker server, for DataFrame expressions and SQL.
 - `stoker.Client` and `stoker.serve`: the Arrow Flight client and a server
   process, usable without Spark.
+- `stoker.torch_state_dict`: a trained state's tensors for a PyTorch module.
 - `stoker.StokerError` and its subclasses: one per native error kind.
 """
 
@@ -22,6 +23,7 @@ from stoker._native import (
 )
 from stoker.client import Client
 from stoker.server import Server, find_binary, serve
+from stoker.state import torch_state_dict
 
 
 def predict_udf(*args, **kwargs):
@@ -46,4 +48,5 @@ __all__ = [
     "find_binary",
     "predict_udf",
     "serve",
+    "torch_state_dict",
 ]

@@ -10,12 +10,12 @@ server that the executor JVM uses.
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import os
 import secrets
 import shutil
 import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -128,25 +128,38 @@ def serve(
     run_dir.mkdir(parents=True, exist_ok=True)
     if token is not None:
         token_file = run_dir / "token"
-        token_file.touch(mode=0o600)
-        token_file.write_text(token)
+        _write_token(token_file, token)
         command += ["--token-file", str(token_file)]
     if cache_mb is not None:
         command += ["--cache-mb", str(cache_mb)]
     if model_dir is not None:
         command += ["--model-dir", str(model_dir)]
     command += list(args)
-    log_path = Path(log) if log else run_dir / "server.log"
-    with open(log_path, "ab") as err:
+    return _launch(command, Path(log) if log else run_dir / "server.log", token)
+
+
+def _write_token(path: Path, token: str) -> None:
+    """Writes the token to a new file only its owner can read."""
+    if path.exists():
+        path.unlink()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token)
+
+
+def _launch(command: list[str], log: Path, token: str | None) -> Server:
+    """Starts the server `command` describes, stderr to `log`; returns once it has
+    printed its address, or raises ServerUnavailableError (and leaves no process)."""
+    with open(log, "ab") as err:
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err, text=True)
     address = _first_line(process, STARTUP_SECONDS)
     if address is None:
         process.kill()
         process.wait()
         raise ServerUnavailableError(
-            f"the stoker server ({binary}) did not start within {STARTUP_SECONDS} s; see {log_path}"
+            f"the stoker server ({command[0]}) did not start within {STARTUP_SECONDS} s; see {log}"
         )
-    return Server(process, address, token, log_path)
+    return Server(process, address, token, log)
 
 
 # --- the node's shared server (same protocol as LocalServer.java) ----------
@@ -232,18 +245,12 @@ def local_server() -> tuple[str, str | None]:
                             return found
                 token = secrets.token_hex(32)
                 token_file = directory / "token"
-                if token_file.exists():
-                    token_file.unlink()
-                fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "w") as f:
-                    f.write(token)
-                binary = find_binary()
-                device = os.environ.get("STOKER_DEVICE", "auto")
+                _write_token(token_file, token)
                 extra = os.environ.get("STOKER_SERVER_ARGS", "").split()
                 # --exit-with-parent: stopped with this process even when it ends
                 # by os._exit (as PySpark's forked workers do; atexit never runs).
                 command = [
-                    binary,
+                    find_binary(),
                     "serve",
                     "--exit-with-parent",
                     "--host",
@@ -253,34 +260,20 @@ def local_server() -> tuple[str, str | None]:
                     "--token-file",
                     str(token_file),
                     "--device",
-                    device,
+                    os.environ.get("STOKER_DEVICE", "auto"),
                     *extra,
                 ]
-                log = directory / "server.log"
-                with open(log, "ab") as err:
-                    process = subprocess.Popen(
-                        command, stdout=subprocess.PIPE, stderr=err, text=True
-                    )
-                address = _first_line(process, STARTUP_SECONDS)
-                if address is None:
-                    process.kill()
-                    process.wait()
-                    raise ServerUnavailableError(
-                        f"the stoker server ({binary}) did not start within "
-                        f"{STARTUP_SECONDS} s; see {log}"
-                    )
+                _started = _launch(command, directory / "server.log", token)
                 _write_properties(
-                    info, {"uri": address, "token_file": str(token_file), "pid": str(process.pid)}
+                    info,
+                    {
+                        "uri": _started.address,
+                        "token_file": str(token_file),
+                        "pid": str(_started.process.pid),
+                    },
                 )
-                _started = Server(process, address, token, log)
-                import atexit
-
                 atexit.register(_started.stop)
-                _local = (address, token)
+                _local = (_started.address, token)
                 return _local
             finally:
                 fcntl.lockf(lock_file, fcntl.LOCK_UN)
-
-
-if __name__ == "__main__":  # pragma: no cover - manual check
-    print(local_server(), file=sys.stderr)
