@@ -12,6 +12,7 @@ pub mod labels;
 mod numeric;
 pub mod predictions;
 pub mod protocol;
+pub mod running_mean;
 pub mod state;
 pub mod task;
 mod vectors;

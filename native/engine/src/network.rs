@@ -48,6 +48,11 @@ impl Network {
         }
     }
 
+    /// A built-in network (its parameters are all the tensors it holds).
+    pub fn is_builtin(&self) -> bool {
+        matches!(self, Network::Builtin(_))
+    }
+
     /// Whether training draws from libtorch's global random generator:
     /// built-in models with dropout, and any TorchScript module (which may
     /// hold dropout or other random layers stoker cannot see).

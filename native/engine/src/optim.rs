@@ -127,6 +127,8 @@ pub struct Optimizer {
     /// `slots[i][k]` is slot `k` of parameter `i`.
     slots: Vec<Vec<Tensor>>,
     step: i64,
+    /// Room for a step's intermediates (see [`Optimizer::step`]).
+    scratch: Option<Tensor>,
 }
 
 impl Optimizer {
@@ -146,6 +148,7 @@ impl Optimizer {
             config,
             slots,
             step: 0,
+            scratch: None,
         })
     }
 
@@ -155,6 +158,19 @@ impl Optimizer {
 
     pub fn steps(&self) -> i64 {
         self.step
+    }
+
+    /// Back to a fresh optimizer's state (zero slots, step 0), in place.
+    pub fn reset(&mut self) -> Result<()> {
+        if self.step == 0 {
+            return Ok(());
+        }
+        let _guard = tch::no_grad_guard();
+        for t in self.slots.iter_mut().flatten() {
+            let _ = t.f_zero_().map_err(internal("optimizer reset"))?;
+        }
+        self.step = 0;
+        Ok(())
     }
 
     /// Clears the gradients of `params` before a backward pass.
@@ -169,12 +185,18 @@ impl Optimizer {
         Ok(())
     }
 
-    /// One update of every parameter from its gradient.
+    /// One update of every parameter from its gradient, in place: every
+    /// intermediate goes into one scratch buffer kept across steps (and
+    /// rounds, when the trainer is reused), so a step allocates nothing the
+    /// size of the model; fresh multi-megabyte temporaries cost more in page
+    /// faults than the arithmetic itself.
     pub fn step(&mut self, params: &[Parameter]) -> Result<()> {
         self.step += 1;
         let _guard = tch::no_grad_guard();
-        let c = &self.config;
+        let c = self.config.clone();
         let wd = c.weight_decay();
+        let t = self.step as i32;
+        let scratch = self.scratch(params)?;
         for ((_, p), slots) in params.iter().zip(self.slots.iter_mut()) {
             let mut g = p.grad();
             if !g.defined() {
@@ -182,36 +204,53 @@ impl Optimizer {
             }
             let mut p = p.shallow_clone();
             let r: std::result::Result<(), tch::TchError> = (|| {
+                let mut s = scratch
+                    .f_narrow(0, 0, p.numel() as i64)?
+                    .f_view(p.size().as_slice())?;
                 if wd > 0.0 && c.kind != OptimizerKind::Adamw {
-                    g = g.f_add(&p.f_mul_scalar(wd)?)?;
+                    // The gradient is recomputed from zero every step: adding the
+                    // decay to it in place is what `grad.add(param, alpha=wd)` does.
+                    let _ = p.f_mul_scalar_out(&s, wd)?;
+                    let _ = g.f_add_(&s)?;
                 }
                 match c.kind {
                     OptimizerKind::Sgd => {
-                        if let Some(buf) = slots.first_mut() {
-                            let _ = buf.f_mul_scalar_(c.momentum)?;
-                            let _ = buf.f_add_(&g)?;
-                            g = if c.nesterov {
-                                g.f_add(&buf.f_mul_scalar(c.momentum)?)?
-                            } else {
-                                buf.shallow_clone()
-                            };
-                        }
-                        let _ = p.f_sub_(&g.f_mul_scalar(c.lr)?)?;
+                        let direction = match slots.first_mut() {
+                            Some(buf) => {
+                                let _ = buf.f_mul_scalar_(c.momentum)?;
+                                let _ = buf.f_add_(&g)?;
+                                if c.nesterov {
+                                    let _ = buf.f_mul_scalar_out(&s, c.momentum)?;
+                                    let _ = s.f_add_(&g)?;
+                                    s.shallow_clone()
+                                } else {
+                                    buf.shallow_clone()
+                                }
+                            }
+                            None => g.shallow_clone(),
+                        };
+                        let _ = direction.f_mul_scalar_out(&s, c.lr)?;
+                        let _ = p.f_sub_(&s)?;
                     }
                     OptimizerKind::Adam | OptimizerKind::Adamw => {
                         if c.kind == OptimizerKind::Adamw && wd > 0.0 {
                             let _ = p.f_mul_scalar_(1.0 - c.lr * wd)?;
                         }
-                        let t = self.step as i32;
                         let (m, rest) = slots.split_at_mut(1);
                         let (m, v) = (&mut m[0], &mut rest[0]);
+                        // m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
                         let _ = m.f_lerp_(&g, 1.0 - c.beta1)?;
-                        let _ = v.f_mul_scalar_(c.beta2)?;
-                        let _ = v.f_add_(&g.f_mul(&g)?.f_mul_scalar(1.0 - c.beta2)?)?;
+                        let _ = g.f_mul_out(&s, &g)?;
+                        let _ = v.f_lerp_(&s, 1.0 - c.beta2)?;
                         let bc1 = 1.0 - c.beta1.powi(t);
                         let bc2 = 1.0 - c.beta2.powi(t);
-                        let denom = v.f_sqrt()?.f_div_scalar(bc2.sqrt())?.f_add_scalar(c.eps)?;
-                        let _ = p.f_sub_(&m.f_div(&denom)?.f_mul_scalar(c.lr / bc1)?)?;
+                        // p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps)
+                        let _ = v.f_sqrt_out(&s)?;
+                        let _ = s.f_div_scalar_(bc2.sqrt())?;
+                        let _ = s.f_add_scalar_(c.eps)?;
+                        let _ = m.f_div_out(&s, &s)?;
+                        let _ = s.f_mul_scalar_(c.lr / bc1)?;
+                        let _ = p.f_sub_(&s)?;
                     }
                 }
                 Ok(())
@@ -219,6 +258,24 @@ impl Optimizer {
             r.map_err(internal("optimizer step"))?;
         }
         Ok(())
+    }
+
+    /// A flat buffer as large as the largest parameter, on its device.
+    fn scratch(&mut self, params: &[Parameter]) -> Result<Tensor> {
+        let largest = params.iter().map(|(_, p)| p.numel()).max().unwrap_or(0) as i64;
+        if let Some(s) = &self.scratch {
+            if s.numel() as i64 >= largest {
+                return Ok(s.shallow_clone());
+            }
+        }
+        let device = params
+            .first()
+            .map(|(_, p)| p.device())
+            .unwrap_or(tch::Device::Cpu);
+        let s = Tensor::f_empty([largest.max(1)], (Kind::Float, device))
+            .map_err(internal("optimizer scratch"))?;
+        self.scratch = Some(s.shallow_clone());
+        Ok(s)
     }
 
     /// The optimizer state as named tensors:
@@ -244,10 +301,11 @@ impl Optimizer {
 
     /// Loads optimizer state written by [`Optimizer::export`] for the same
     /// parameters. A state without optimizer tensors leaves a fresh
-    /// optimizer (weights-only states are valid input).
+    /// optimizer (weights-only states are valid input): one that has
+    /// stepped is reset, so a reused trainer starts like a new one.
     pub fn import(&mut self, params: &[Parameter], state: &stoker_core::State) -> Result<()> {
         let Some(step) = state.tensor(&format!("{OPTIMIZER_PREFIX}step")) else {
-            return Ok(());
+            return self.reset();
         };
         let step = step.to_f64().first().copied().unwrap_or(0.0);
         let _guard = tch::no_grad_guard();
@@ -277,14 +335,7 @@ pub fn copy_into(target: &mut Tensor, data: &TensorData, expected: Vec<i64>) -> 
             data.name, data.shape, expected
         )));
     }
-    let src = crate::torch::tensor_from_state(data)?
-        .f_to_device(target.device())
-        .and_then(|t| t.f_to_kind(Kind::Float))
-        .map_err(internal("loading state tensor"))?;
-    let _guard = tch::no_grad_guard();
-    target
-        .f_copy_(&src)
-        .map_err(internal(format!("loading tensor '{}'", data.name)))
+    crate::torch::copy_from_state(target, data)
 }
 
 #[cfg(test)]

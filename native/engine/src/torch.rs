@@ -83,6 +83,55 @@ pub fn tensor_from_state(data: &TensorData) -> stoker_core::Result<Tensor> {
         .map_err(internal("loading a state tensor"))
 }
 
+/// Copies a state tensor's values into `target` (any device and float kind,
+/// same number of elements). F32 data goes straight from the state's bytes:
+/// `copy_` is the only copy, no host tensor is allocated on the way.
+pub fn copy_from_state(target: &mut Tensor, data: &TensorData) -> stoker_core::Result<()> {
+    let name = data.name.clone();
+    let copy = |target: &mut Tensor, src: &Tensor| {
+        let _guard = tch::no_grad_guard();
+        target
+            .f_copy_(src)
+            .map(|_| ())
+            .map_err(internal(format!("loading tensor '{name}'")))
+    };
+    if data.dtype != DType::F32 || cfg!(target_endian = "big") {
+        return copy(target, &tensor_from_state(data)?);
+    }
+    if data.data.len() != data.numel() * 4 {
+        return Err(stoker_core::Error::invalid(format!(
+            "state tensor '{}' has {} bytes, its shape {:?} needs {}",
+            data.name,
+            data.data.len(),
+            data.shape,
+            data.numel() * 4
+        )));
+    }
+    let shape: Vec<i64> = data.shape.iter().map(|&d| d as i64).collect();
+    let mut strides = vec![1i64; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        strides[i] = strides[i + 1] * shape[i + 1].max(1);
+    }
+    // SAFETY: the view aliases `data.data`, which holds exactly numel * 4
+    // bytes (checked above) of little-endian f32 and outlives the view: the
+    // view is only read by the `copy_` below (which leaves no reference to
+    // its source behind) and dropped before this function returns. libtorch's
+    // CPU kernels load unaligned f32 correctly.
+    let view = unsafe {
+        Tensor::f_from_blob(
+            data.data.as_ptr(),
+            &shape,
+            &strides,
+            Kind::Float,
+            Device::Cpu,
+        )
+    }
+    .map_err(internal("viewing a state tensor"))?;
+    let copied = copy(target, &view);
+    drop(view);
+    copied
+}
+
 /// A tensor's values as a state tensor (float32; one copy on the host).
 pub fn state_tensor(name: String, t: &Tensor) -> stoker_core::Result<TensorData> {
     let flat = t

@@ -8,10 +8,12 @@ mod client;
 pub mod errors;
 mod handles;
 
+use jni::objects::ReleaseMode;
 use jni::objects::{JByteArray, JClass, JDoubleArray, JObjectArray, JString};
 use jni::sys::{jdouble, jint, jlong};
 use jni::{Env, EnvUnowned};
 use stoker_core::protocol::{ModelKey, PartitionKey};
+use stoker_core::running_mean;
 use stoker_core::{Error, State, WeightedSum};
 
 use errors::{BridgeResult, ThrowStoker};
@@ -207,54 +209,71 @@ pub extern "system" fn Java_dev_stoker_jni_NativeBridge_predict<'caller>(
     .resolve::<ThrowStoker>()
 }
 
-/// `NativeBridge.partialSum(byte[] state, double weight)`: `weight * state`
-/// as a partial sum (what each Spark task emits).
+/// `NativeBridge.mergeMeanInto(byte[] mean, double meanWeight, byte[] other,
+/// double otherWeight)`: merges `other` into `mean` in place (the combine
+/// step of a round's aggregation; docs/engine.md).
 #[unsafe(no_mangle)]
-pub extern "system" fn Java_dev_stoker_jni_NativeBridge_partialSum<'caller>(
+pub extern "system" fn Java_dev_stoker_jni_NativeBridge_mergeMeanInto<'caller>(
     mut env: EnvUnowned<'caller>,
     _class: JClass<'caller>,
-    state: JByteArray<'caller>,
-    weight: jdouble,
+    mean: JByteArray<'caller>,
+    mean_weight: jdouble,
+    other: JByteArray<'caller>,
+    other_weight: jdouble,
+) {
+    env.with_env(|env| -> BridgeResult<()> {
+        if mean.is_null() || other.is_null() {
+            return Err(Error::invalid("a state to average is null").into());
+        }
+        // The mean of a state with itself is that state.
+        if env.is_same_object(&mean, &other)? {
+            return Ok(());
+        }
+        // SAFETY: two distinct arrays (checked above), each with one elements
+        // guard, so the mutable and the shared slice do not alias. Critical
+        // access may pause the JVM's garbage collector: nothing in the scope
+        // calls back into the JVM, and it lasts one pass over the bytes.
+        let mut dst = unsafe { mean.get_elements_critical(env, ReleaseMode::CopyBack)? };
+        let src = unsafe { other.get_elements_critical(env, ReleaseMode::NoCopyBack)? };
+        let (dst, src): (&mut [i8], &[i8]) = (&mut dst, &src);
+        // SAFETY: i8 and u8 have the same size, alignment and validity.
+        let (dst, src) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<u8>(), dst.len()),
+                std::slice::from_raw_parts(src.as_ptr().cast::<u8>(), src.len()),
+            )
+        };
+        running_mean::merge(dst, mean_weight, src, other_weight)?;
+        Ok(())
+    })
+    .resolve::<ThrowStoker>()
+}
+
+/// `NativeBridge.meanWithSamples(byte[] mean, long samples)`: the merged
+/// mean as the round's state, its `samples` metadata set.
+#[unsafe(no_mangle)]
+pub extern "system" fn Java_dev_stoker_jni_NativeBridge_meanWithSamples<'caller>(
+    mut env: EnvUnowned<'caller>,
+    _class: JClass<'caller>,
+    mean: JByteArray<'caller>,
+    samples: jlong,
 ) -> JByteArray<'caller> {
     env.with_env(|env| -> BridgeResult<_> {
-        let state = bytes(env, &state, "state")?;
-        let out = WeightedSum::from_bytes(&state, weight)?.to_bytes()?;
+        if mean.is_null() {
+            return Err(Error::invalid("state is null").into());
+        }
+        let out = {
+            // SAFETY: one shared guard on the array; nothing in this scope calls
+            // back into the JVM, and it lasts one copy of the bytes.
+            let elements = unsafe { mean.get_elements_critical(env, ReleaseMode::NoCopyBack)? };
+            let elements: &[i8] = &elements;
+            // SAFETY: i8 and u8 have the same size, alignment and validity.
+            let bytes = unsafe {
+                std::slice::from_raw_parts(elements.as_ptr().cast::<u8>(), elements.len())
+            };
+            running_mean::with_samples(bytes, samples.max(0) as u64)?
+        };
         Ok(env.byte_array_from_slice(&out)?)
-    })
-    .resolve::<ThrowStoker>()
-}
-
-/// `NativeBridge.mergeSums(byte[] a, byte[] b)`: the combine step of
-/// treeAggregate.
-#[unsafe(no_mangle)]
-pub extern "system" fn Java_dev_stoker_jni_NativeBridge_mergeSums<'caller>(
-    mut env: EnvUnowned<'caller>,
-    _class: JClass<'caller>,
-    a: JByteArray<'caller>,
-    b: JByteArray<'caller>,
-) -> JByteArray<'caller> {
-    env.with_env(|env| -> BridgeResult<_> {
-        let mut sum = WeightedSum::from_sum_bytes(&bytes(env, &a, "partial sum")?)?;
-        sum.merge(&WeightedSum::from_sum_bytes(&bytes(
-            env,
-            &b,
-            "partial sum",
-        )?)?)?;
-        Ok(env.byte_array_from_slice(&sum.to_bytes()?)?)
-    })
-    .resolve::<ThrowStoker>()
-}
-
-/// `NativeBridge.finishAverage(byte[] partialSum)`: the averaged state.
-#[unsafe(no_mangle)]
-pub extern "system" fn Java_dev_stoker_jni_NativeBridge_finishAverage<'caller>(
-    mut env: EnvUnowned<'caller>,
-    _class: JClass<'caller>,
-    sum: JByteArray<'caller>,
-) -> JByteArray<'caller> {
-    env.with_env(|env| -> BridgeResult<_> {
-        let sum = WeightedSum::from_sum_bytes(&bytes(env, &sum, "partial sum")?)?;
-        Ok(env.byte_array_from_slice(&sum.average()?.to_bytes()?)?)
     })
     .resolve::<ThrowStoker>()
 }

@@ -34,7 +34,16 @@ pub struct Job {
     batch_size: usize,
     /// Fixed by the first partition: the feature layout and the loss.
     resolved: Mutex<Option<(FeatureLayout, Loss)>>,
+    /// Trainers between rounds, reused by the next `train_round` that loads a
+    /// state: building a model draws random weights and zero-fills the
+    /// optimizer, and every buffer of a new model is first-touched memory,
+    /// all of which a round that loads a state throws away. At most
+    /// [`IDLE_TRAINERS`] are kept; they go with the job.
+    idle: Mutex<Vec<Trainer>>,
 }
+
+/// Trainers a job keeps between rounds (about the rounds a node runs at once).
+const IDLE_TRAINERS: usize = 4;
 
 /// A partition on the server, ready to train on.
 pub struct Partition {
@@ -94,6 +103,7 @@ impl Job {
             seed: req.seed,
             batch_size: req.batch_size,
             resolved: Mutex::new(None),
+            idle: Mutex::new(Vec::new()),
         })
     }
 
@@ -168,14 +178,21 @@ impl Job {
         let (layout, loss) = lock(&self.resolved)
             .clone()
             .ok_or_else(|| Error::new(ErrorKind::CacheMiss, "job has no partitions yet"))?;
-        let model = self.build_model(&layout, loss)?;
-        let mut trainer = Trainer::new(model, self.optimizer.clone())?;
-        if let Some(bytes) = input {
-            let state = State::from_bytes(bytes)?;
-            trainer
-                .load_state(&state)
-                .map_err(|e| e.context("input state"))?;
-        }
+        let mut trainer = match input {
+            Some(bytes) => {
+                let state = State::from_bytes(bytes)?;
+                let mut trainer = match self.reusable() {
+                    Some(t) => t,
+                    None => Trainer::new(self.build_model(&layout, loss)?, self.optimizer.clone())?,
+                };
+                trainer
+                    .load_state(&state)
+                    .map_err(|e| e.context("input state"))?;
+                trainer
+            }
+            // Round 0 starts from the job's seeded initial weights.
+            None => Trainer::new(self.build_model(&layout, loss)?, self.optimizer.clone())?,
+        };
         let opts = TrainOptions {
             epochs: req.epochs,
             max_steps: req.steps,
@@ -196,6 +213,7 @@ impl Job {
             .extra
             .insert("features".into(), layout.names().join(","));
         state.meta.extra.insert("label".into(), self.label.clone());
+        self.keep(trainer);
         let result = TrainRoundResult {
             job: self.name.clone(),
             partition: req.partition,
@@ -207,6 +225,23 @@ impl Job {
             seconds: report.seconds,
         };
         Ok((result, state.to_bytes()?))
+    }
+
+    /// An idle trainer of this job, if one is kept. Only built-in networks are
+    /// kept (see [`Job::keep`]): every
+    /// tensor they hold is a parameter or optimizer slot, which loading a
+    /// state overwrites; a TorchScript module may hold buffers no state has.
+    fn reusable(&self) -> Option<Trainer> {
+        lock(&self.idle).pop()
+    }
+
+    fn keep(&self, trainer: Trainer) {
+        if trainer.model().network().is_builtin() {
+            let mut idle = lock(&self.idle);
+            if idle.len() < IDLE_TRAINERS {
+                idle.push(trainer);
+            }
+        }
     }
 
     /// The job's initial state (round 0 weights from its seed), once its

@@ -26,22 +26,26 @@ public final class NativeBridge {
     return averageStates(states, weights);
   }
 
-  /** {@code weight * state} as a partial sum: what each training task emits. */
-  public static byte[] weightedSum(byte[] state, double weight) {
+  /**
+   * Merges {@code other} into {@code mean} in place: afterwards {@code mean} holds the
+   * weighted mean of both (weight {@code meanWeight + otherWeight}). A trained state is
+   * its own partial mean, so a round's aggregation is a chain of these, each one pass
+   * over the bytes with nothing allocated (docs/engine.md).
+   *
+   * @throws dev.stoker.InvalidInputException if a state is corrupt, a weight is not
+   *     positive, or the states are of different models or shapes ({@code mean} is then
+   *     unchanged)
+   */
+  public static void mergeMean(byte[] mean, double meanWeight, byte[] other,
+      double otherWeight) {
     NativeLoader.ensureLoaded();
-    return partialSum(state, weight);
+    mergeMeanInto(mean, meanWeight, other, otherWeight);
   }
 
-  /** The sum of two partial sums: the combine step of treeAggregate. */
-  public static byte[] combine(byte[] a, byte[] b) {
+  /** The merged mean as a round's state: a copy with its {@code samples} metadata set. */
+  public static byte[] withSamples(byte[] mean, long samples) {
     NativeLoader.ensureLoaded();
-    return mergeSums(a, b);
-  }
-
-  /** The averaged state of a partial sum: the driver's divide step. */
-  public static byte[] average(byte[] partialSum) {
-    NativeLoader.ensureLoaded();
-    return finishAverage(partialSum);
+    return meanWithSamples(mean, samples);
   }
 
   /**
@@ -59,11 +63,10 @@ public final class NativeBridge {
 
   private static native byte[] averageStates(byte[][] states, double[] weights);
 
-  private static native byte[] partialSum(byte[] state, double weight);
+  private static native void mergeMeanInto(byte[] mean, double meanWeight, byte[] other,
+      double otherWeight);
 
-  private static native byte[] mergeSums(byte[] a, byte[] b);
-
-  private static native byte[] finishAverage(byte[] partialSum);
+  private static native byte[] meanWithSamples(byte[] mean, long samples);
 
   static native long connect(String uri, String token);
 

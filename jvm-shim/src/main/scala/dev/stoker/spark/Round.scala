@@ -38,10 +38,11 @@ private[spark] final class RoundRDD(
 }
 
 /**
- * The treeAggregate value of a round: the sample-weighted sum of the partitions' states
- * (a native partial sum; docs/engine.md) and the round's statistics. Partial sums are
- * combined by native code on the executors, so the driver receives one sum, not one
- * state per partition.
+ * The aggregate of a round: the sample-weighted mean of the partitions' states so far
+ * and the round's statistics. A trained state is its own mean (weight: its samples);
+ * merging two means updates the first one's bytes in place with native code
+ * (docs/engine.md), so the aggregation copies and allocates nothing the size of a state
+ * beyond what Spark moves, and what it moves is one state per merged value.
  */
 private[spark] final case class RoundSum(
     sum: Option[Array[Byte]],
@@ -67,7 +68,7 @@ private[spark] object RoundSum {
     case t: Outcome.Trained =>
       val weight = t.samples.toDouble
       merge(acc, RoundSum(
-        sum = Some(NativeBridge.weightedSum(t.state, weight)),
+        sum = Some(t.state),
         samples = t.samples,
         steps = t.steps,
         lossSum = t.lossLast * weight,
@@ -81,10 +82,15 @@ private[spark] object RoundSum {
     case r: Outcome.Refused => acc.copy(refused = acc.refused.orElse(Some(r)))
   }
 
+  /** Spark's aggregate lets a combine step modify and return its first argument: the
+   *  first mean's bytes become the merged mean. */
   def merge(a: RoundSum, b: RoundSum): RoundSum = RoundSum(
     sum = (a.sum, b.sum) match {
-      case (Some(x), Some(y)) => Some(NativeBridge.combine(x, y))
-      case (x, y) => x.orElse(y)
+      case (Some(x), Some(y)) if a.samples > 0 && b.samples > 0 =>
+        NativeBridge.mergeMean(x, a.samples.toDouble, y, b.samples.toDouble)
+        Some(x)
+      case (Some(x), Some(_)) if a.samples > 0 => Some(x)
+      case (x, y) => y.orElse(x)
     },
     samples = a.samples + b.samples,
     steps = a.steps + b.steps,

@@ -83,12 +83,13 @@ private[spark] final class Training(params: StokerEstimator, dataset: Dataset[_]
         val rdd = new RoundRDD(data, jobBroadcast, broadcastState, round, last, hosts, empty)
         sc.setJobDescription(s"stoker fit: round ${round + 1} of $total")
         val sum =
-          try rdd.treeAggregate(RoundSum.zero)(RoundSum.add, RoundSum.merge, depth = 2)
+          try rdd.treeAggregate(RoundSum.zero)(RoundSum.add, RoundSum.merge,
+            depth = Training.aggregationDepth(rdd.getNumPartitions))
           finally broadcastState.foreach(_.destroy())
         sum.refused.foreach(r => throw r.exception)
         val total_sum = sum.sum.getOrElse(throw new InvalidInputException(
           "the training DataFrame has no rows (every partition is empty)"))
-        val averaged = NativeBridge.average(total_sum)
+        val averaged = NativeBridge.withSamples(total_sum, sum.samples)
         state = Some(averaged)
         hosts = sum.hosts
         empty = sum.empty
@@ -186,6 +187,16 @@ private[spark] final class Training(params: StokerEstimator, dataset: Dataset[_]
 private[spark] object Training {
   /** Rows per Arrow record batch when a partition is streamed to its server. */
   val PutBatchRows = 65536
+
+  /**
+   * treeAggregate's depth for a round over `partitions` tasks. Each value is a whole
+   * state (up to hundreds of MB), so an intermediate level costs a shuffle that writes
+   * every state to disk and reads it back; merging on the driver costs one in-place pass
+   * per state as results arrive (the driver holds the mean and the state in hand).
+   * Up to 64 partitions the driver merges; beyond that a second level spreads the
+   * merging over the executors.
+   */
+  def aggregationDepth(partitions: Int): Int = if (partitions <= 64) 1 else 2
 }
 
 /**

@@ -131,7 +131,7 @@ class NativeClientTest {
       }
       byte[] state = null;
       for (int round = 0; round < 3; round++) {
-        byte[] sum = null;
+        byte[] mean = null;
         for (int p = 0; p < 2; p++) {
           String fields = "\"job\":\"jvm\",\"partition\":" + p + ",\"version\":\"v1\",\"round\":"
               + round + ",\"epochs\":2";
@@ -139,10 +139,13 @@ class NativeClientTest {
               ? ("{" + fields + "}").getBytes(StandardCharsets.UTF_8)
               : envelope(fields, new String[] {"state"}, new byte[][] {state});
           byte[] out = blob(client.action("train_round", body));
-          byte[] weighted = NativeBridge.weightedSum(out, 1500);
-          sum = sum == null ? weighted : NativeBridge.combine(sum, weighted);
+          if (mean == null) {
+            mean = out;
+          } else {
+            NativeBridge.mergeMean(mean, 1500 * p, out, 1500);
+          }
         }
-        state = NativeBridge.average(sum);
+        state = NativeBridge.withSamples(mean, 3000);
       }
       client.action("register_model", envelope("\"name\":\"jvm\"",
           new String[] {"model", "state"},
@@ -207,6 +210,9 @@ class NativeClientTest {
         () -> NativeClient.connect("grpc://127.0.0.1:1", null));
     assertThrows(InvalidInputException.class, () -> NativeClient.connect("not a uri", null));
     assertThrows(InvalidInputException.class, () -> NativeBridge.close(0));
-    assertThrows(InvalidInputException.class, () -> NativeBridge.combine(new byte[0], new byte[0]));
+    assertThrows(InvalidInputException.class,
+        () -> NativeBridge.mergeMean(new byte[0], 1, new byte[0], 1));
+    assertThrows(InvalidInputException.class,
+        () -> NativeBridge.mergeMean(new byte[8], 1, null, 1));
   }
 }
