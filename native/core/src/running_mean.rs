@@ -62,13 +62,7 @@ fn layout(bytes: &[u8], what: &str) -> Result<(String, HashMap<String, Slot>)> {
 /// left as `mean`'s (see [`with_samples`]). Integer tensors (the optimizer's
 /// step count) are rounded.
 pub fn merge(mean: &mut [u8], mean_weight: f64, other: &[u8], other_weight: f64) -> Result<()> {
-    for (w, what) in [(mean_weight, "first"), (other_weight, "second")] {
-        if !(w.is_finite() && w > 0.0) {
-            return Err(Error::invalid(format!(
-                "the {what} state's weight must be positive, got {w}"
-            )));
-        }
-    }
+    check_weights(mean_weight, other_weight)?;
     let (mine_id, mine) = layout(mean, "the first state")?;
     let (theirs_id, theirs) = layout(other, "the second state")?;
     if mine_id != theirs_id {
@@ -118,6 +112,18 @@ pub fn merge(mean: &mut [u8], mean_weight: f64, other: &[u8], other_weight: f64)
                 let (d, s) = (i64::from_le_bytes(d) as f64, i64::from_le_bytes(s) as f64);
                 ((d + share * (s - d)).round() as i64).to_le_bytes()
             }),
+        }
+    }
+    Ok(())
+}
+
+/// Both weights of a merge are positive and finite.
+pub fn check_weights(mean_weight: f64, other_weight: f64) -> Result<()> {
+    for (w, what) in [(mean_weight, "first"), (other_weight, "second")] {
+        if !(w.is_finite() && w > 0.0) {
+            return Err(Error::invalid(format!(
+                "the {what} state's weight must be positive, got {w}"
+            )));
         }
     }
     Ok(())

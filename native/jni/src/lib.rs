@@ -225,6 +225,7 @@ pub extern "system" fn Java_dev_stoker_jni_NativeBridge_mergeMeanInto<'caller>(
         if mean.is_null() || other.is_null() {
             return Err(Error::invalid("a state to average is null").into());
         }
+        running_mean::check_weights(mean_weight, other_weight)?;
         // The mean of a state with itself is that state.
         if env.is_same_object(&mean, &other)? {
             return Ok(());

@@ -26,9 +26,8 @@ const UNAVAILABLE: &str = "dev.stoker.ServerUnavailableException";
 type Native = &'static (&'static str, MethodSignature<'static, 'static>);
 const VERSION: Native = &("version", jni_sig!("()Ljava/lang/String;"));
 const AVERAGE: Native = &("averageStates", jni_sig!("([[B[D)[B"));
-const PARTIAL_SUM: Native = &("partialSum", jni_sig!("([BD)[B"));
-const MERGE: Native = &("mergeSums", jni_sig!("([B[B)[B"));
-const FINISH: Native = &("finishAverage", jni_sig!("([B)[B"));
+const MERGE: Native = &("mergeMeanInto", jni_sig!("([BD[BD)V"));
+const WITH_SAMPLES: Native = &("meanWithSamples", jni_sig!("([BJ)[B"));
 const STRIP: Native = &("stripOptimizer", jni_sig!("([B)[B"));
 const CONNECT: Native = &(
     "connect",
@@ -189,11 +188,18 @@ fn java_bytes<'l>(env: &mut Env<'l>, bytes: &[u8]) -> JByteArray<'l> {
 }
 
 /// Calls a state native that must not throw, with `inputs` as its `byte[]`
-/// arguments (then `weight`, if any); the `byte[]` it returned.
-fn call_bytes(env: &mut Env<'_>, native: Native, inputs: &[&[u8]], weight: Option<f64>) -> Vec<u8> {
+/// arguments (then `weight` and `count`, if any); the `byte[]` it returned.
+fn call_bytes(
+    env: &mut Env<'_>,
+    native: Native,
+    inputs: &[&[u8]],
+    weight: Option<f64>,
+    count: Option<i64>,
+) -> Vec<u8> {
     let arrays: Vec<JByteArray<'_>> = inputs.iter().map(|b| java_bytes(env, b)).collect();
     let mut args: Vec<JValue<'_>> = arrays.iter().map(JValue::from).collect();
     args.extend(weight.map(JValue::from));
+    args.extend(count.map(JValue::from));
     let value =
         call(env, native, &args).unwrap_or_else(|(c, m)| panic!("{} threw {c}: {m}", native.0));
     let array = env
@@ -267,11 +273,20 @@ fn corrupt_bytes_are_invalid_input() {
     let a = state([1.0; 4], [0.0; 2]).to_bytes().expect("state bytes");
     with_env(|env| {
         let junk = java_bytes(env, b"definitely not safetensors");
-        let args = [(&junk).into(), 1.0.into()];
-        assert_throws(env, PARTIAL_SUM, &args, INVALID, "not a valid stoker state");
-        // A state where a partial sum belongs is refused by what it is.
         let a = java_bytes(env, &a);
-        assert_throws(env, FINISH, &[(&a).into()], INVALID, "not a partial sum");
+        let args = [(&a).into(), 1.0.into(), (&junk).into(), 1.0.into()];
+        assert_throws(env, MERGE, &args, INVALID, "not a valid stoker state");
+        let args = [(&junk).into(), 1i64.into()];
+        assert_throws(
+            env,
+            WITH_SAMPLES,
+            &args,
+            INVALID,
+            "not a valid stoker state",
+        );
+        // A weight of zero would divide by nothing.
+        let args = [(&a).into(), 0.0.into(), (&a).into(), 1.0.into()];
+        assert_throws(env, MERGE, &args, INVALID, "weight must be positive");
     });
 }
 
@@ -280,11 +295,12 @@ fn null_arguments_are_invalid_input() {
     let a = state([1.0; 4], [0.0; 2]).to_bytes().expect("state bytes");
     with_env(|env| {
         let null = JObject::null();
-        let args = [(&null).into(), 1.0.into()];
-        assert_throws(env, PARTIAL_SUM, &args, INVALID, "state is null");
+        let args = [(&null).into(), 1i64.into()];
+        assert_throws(env, WITH_SAMPLES, &args, INVALID, "state is null");
         assert_throws(env, STRIP, &[(&null).into()], INVALID, "state is null");
+        let args = [(&null).into(), 1.0.into(), (&null).into(), 1.0.into()];
+        assert_throws(env, MERGE, &args, INVALID, "a state to average is null");
         let nulls = [(&null).into(), (&null).into()];
-        assert_throws(env, MERGE, &nulls, INVALID, "partial sum is null");
         assert_throws(env, CONNECT, &nulls, INVALID, "server address is null");
         let (states, weights) = states_and_weights(env, &[Some(&a), None], &[1.0, 1.0]);
         let args = [(&states).into(), (&weights).into()];
@@ -346,22 +362,28 @@ fn states_round_trip_through_partial_sums() {
     let b = state([5.0, 6.0, 7.0, 8.0], [2.5, 1.5]);
     let (a_bytes, b_bytes) = (a.to_bytes().expect("a"), b.to_bytes().expect("b"));
     with_env(|env| {
-        // One state, weighted: its average is itself.
-        let sum = call_bytes(env, PARTIAL_SUM, &[&a_bytes], Some(2.0));
-        let avg = State::from_bytes(&call_bytes(env, FINISH, &[&sum], None)).expect("a state");
-        assert_eq!(avg.tensors, a.tensors);
-        assert_eq!(avg.meta.model_id, a.meta.model_id);
-        // Two partial sums merged: (1 * a + 3 * b) / 4.
-        let sa = call_bytes(env, PARTIAL_SUM, &[&a_bytes], Some(1.0));
-        let sb = call_bytes(env, PARTIAL_SUM, &[&b_bytes], Some(3.0));
-        let merged = call_bytes(env, MERGE, &[&sa, &sb], None);
-        let avg = State::from_bytes(&call_bytes(env, FINISH, &[&merged], None)).expect("a state");
+        // A mean of one state is the state; the sample count goes into its metadata.
+        let one = State::from_bytes(&call_bytes(env, WITH_SAMPLES, &[&a_bytes], None, Some(7)))
+            .expect("a state");
+        assert_eq!(one.tensors, a.tensors);
+        assert_eq!(
+            (one.meta.model_id.as_str(), one.meta.samples),
+            (a.meta.model_id.as_str(), 7)
+        );
+        // b merged into a, in place, weights 1 and 3: (1 * a + 3 * b) / 4.
+        let (ja, jb) = (java_bytes(env, &a_bytes), java_bytes(env, &b_bytes));
+        let args = [(&ja).into(), 1.0.into(), (&jb).into(), 3.0.into()];
+        call(env, MERGE, &args).unwrap_or_else(|(c, m)| panic!("merge threw {c}: {m}"));
+        let merged = env.convert_byte_array(&ja).expect("merged bytes");
+        let avg = State::from_bytes(&merged).expect("a state");
         let tensor = |name: &str| avg.tensor(name).expect("tensor").to_f32();
         assert_eq!(tensor("fc.weight"), [4.0, 5.0, 6.0, 7.0]);
         assert_eq!(tensor("fc.bias"), [2.0, 1.0]);
+        // The other state is read, never written.
+        assert_eq!(env.convert_byte_array(&jb).expect("b bytes"), b_bytes);
         // stripOptimizer drops optimizer/* and keeps the parameters.
         let stripped =
-            State::from_bytes(&call_bytes(env, STRIP, &[&a_bytes], None)).expect("a state");
+            State::from_bytes(&call_bytes(env, STRIP, &[&a_bytes], None, None)).expect("a state");
         let names: Vec<&str> = stripped.tensors.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(names, ["fc.bias", "fc.weight"]);
         assert_eq!(stripped, a.clone().without_optimizer());
