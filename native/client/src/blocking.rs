@@ -54,7 +54,7 @@ impl BlockingClient {
     }
 
     /// Runs an action with an encoded body; returns the encoded result.
-    pub fn action(&self, kind: &str, body: Vec<u8>) -> Result<Vec<u8>> {
+    pub fn action(&self, kind: &str, body: Vec<u8>) -> Result<bytes::Bytes> {
         self.with(async |c| c.action_bytes(kind, body).await)
     }
 

@@ -112,8 +112,9 @@ impl Client {
     }
 
     /// Any action with an already encoded body (JSON or envelope); returns
-    /// the encoded result. The JVM bridge uses this: Java builds the JSON.
-    pub async fn action_bytes(&mut self, kind: &str, body: Vec<u8>) -> Result<Vec<u8>> {
+    /// the encoded result as received (no copy). The JVM bridge uses this:
+    /// Java builds the JSON.
+    pub async fn action_bytes(&mut self, kind: &str, body: Vec<u8>) -> Result<Bytes> {
         let action = Action::new(kind, Bytes::from(body));
         let mut results = self.inner.do_action(action).await.map_err(from_flight)?;
         let first = results
@@ -121,7 +122,7 @@ impl Client {
             .await
             .ok_or_else(|| Error::internal(format!("{kind} returned no result")))?
             .map_err(from_flight)?;
-        Ok(first.to_vec())
+        Ok(first)
     }
 
     pub async fn health(&mut self) -> Result<serde_json::Value> {

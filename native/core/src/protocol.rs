@@ -269,11 +269,27 @@ impl Envelope {
             return serde_json::to_vec(&self.json)
                 .map_err(|e| Error::internal(format!("encoding JSON: {e}")));
         }
-        let mut json = self.json.clone();
-        let listing: Vec<serde_json::Value> = self
+        let sizes: Vec<(&str, usize)> = self
             .blobs
             .iter()
-            .map(|(n, b)| serde_json::json!({"name": n, "size": b.len()}))
+            .map(|(n, b)| (n.as_str(), b.len()))
+            .collect();
+        let mut out = Envelope::prefix(&self.json, &sizes)?;
+        for (_, b) in &self.blobs {
+            out.extend_from_slice(b);
+        }
+        Ok(out)
+    }
+
+    /// The bytes of an envelope before its blobs (magic, length, JSON with
+    /// the blob listing), with room reserved for the blobs: a caller holding
+    /// the blobs elsewhere (a JVM array) appends them without an
+    /// intermediate copy. `json` must be an object.
+    pub fn prefix(json: &serde_json::Value, blobs: &[(&str, usize)]) -> Result<Vec<u8>> {
+        let mut json = json.clone();
+        let listing: Vec<serde_json::Value> = blobs
+            .iter()
+            .map(|(n, size)| serde_json::json!({"name": n, "size": size}))
             .collect();
         match json.as_object_mut() {
             Some(obj) => {
@@ -287,31 +303,36 @@ impl Envelope {
         }
         let header = serde_json::to_vec(&json)
             .map_err(|e| Error::internal(format!("encoding JSON: {e}")))?;
-        let total: usize = self.blobs.iter().map(|(_, b)| b.len()).sum();
+        let total: usize = blobs.iter().map(|(_, size)| size).sum();
         let mut out = Vec::with_capacity(8 + header.len() + total);
         out.extend_from_slice(ENVELOPE_MAGIC);
         out.extend_from_slice(&(header.len() as u32).to_le_bytes());
         out.extend_from_slice(&header);
-        for (_, b) in &self.blobs {
-            out.extend_from_slice(b);
-        }
         Ok(out)
     }
 
     pub fn decode(body: &[u8]) -> Result<Envelope> {
+        let (json, ranges) = Envelope::split(body)?;
+        let blobs = ranges
+            .into_iter()
+            .map(|(name, range)| (name, body[range].to_vec()))
+            .collect();
+        Ok(Envelope { json, blobs })
+    }
+
+    /// The JSON of an encoded body and where each blob lies in it, without
+    /// copying the blobs (checked: every range is inside `body`).
+    #[allow(clippy::type_complexity)]
+    pub fn split(
+        body: &[u8],
+    ) -> Result<(serde_json::Value, Vec<(String, std::ops::Range<usize>)>)> {
         let bad = |why: &str| Error::invalid(format!("malformed action body: {why}"));
         if !body.starts_with(ENVELOPE_MAGIC) {
             if body.is_empty() {
-                return Ok(Envelope {
-                    json: serde_json::json!({}),
-                    blobs: Vec::new(),
-                });
+                return Ok((serde_json::json!({}), Vec::new()));
             }
             let json = serde_json::from_slice(body).map_err(|e| bad(&format!("not JSON ({e})")))?;
-            return Ok(Envelope {
-                json,
-                blobs: Vec::new(),
-            });
+            return Ok((json, Vec::new()));
         }
         let len_bytes: [u8; 4] = body
             .get(4..8)
@@ -335,17 +356,18 @@ impl Envelope {
                     item.get("size")
                         .and_then(|s| s.as_u64())
                         .ok_or_else(|| bad("a blob without a size"))? as usize;
-                let bytes = body
-                    .get(at..at + size)
+                let end = at
+                    .checked_add(size)
+                    .filter(|&end| end <= body.len())
                     .ok_or_else(|| bad(&format!("blob '{name}' is truncated")))?;
-                blobs.push((name.to_string(), bytes.to_vec()));
-                at += size;
+                blobs.push((name.to_string(), at..end));
+                at = end;
             }
         }
         if at != body.len() {
             return Err(bad("bytes after the last blob"));
         }
-        Ok(Envelope { json, blobs })
+        Ok((json, blobs))
     }
 }
 

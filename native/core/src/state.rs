@@ -179,9 +179,8 @@ impl State {
         self
     }
 
-    /// Serializes to safetensors. The bytes are deterministic (header keys
-    /// sorted, tensors in name order): equal states give equal bytes.
-    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+    /// The padded safetensors header and the tensors in data order.
+    fn header(&self) -> Result<(Vec<u8>, Vec<&TensorData>, usize)> {
         let mut meta = serde_json::Map::new();
         for (k, v) in &self.meta.extra {
             meta.insert(k.clone(), v.clone().into());
@@ -228,13 +227,34 @@ impl State {
         while json.len() % 8 != 0 {
             json.push(b' ');
         }
-        let mut out = Vec::with_capacity(8 + json.len() + offset);
+        Ok((json, order, offset))
+    }
+
+    /// Serializes to safetensors. The bytes are deterministic (header keys
+    /// sorted, tensors in name order): equal states give equal bytes.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(self.encoded_len()?);
+        self.append_to(&mut out)?;
+        Ok(out)
+    }
+
+    /// Length of [`State::to_bytes`]'s output.
+    pub fn encoded_len(&self) -> Result<usize> {
+        let (json, _, data) = self.header()?;
+        Ok(8 + json.len() + data)
+    }
+
+    /// Appends [`State::to_bytes`]'s output to `out` (one copy of the
+    /// tensors: for writing a state into a larger message).
+    pub fn append_to(&self, out: &mut Vec<u8>) -> Result<()> {
+        let (json, order, data) = self.header()?;
+        out.reserve(8 + json.len() + data);
         out.extend_from_slice(&(json.len() as u64).to_le_bytes());
         out.extend_from_slice(&json);
         for t in order {
             out.extend_from_slice(&t.data);
         }
-        Ok(out)
+        Ok(())
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<State> {

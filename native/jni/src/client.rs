@@ -25,7 +25,7 @@ pub fn close(id: i64) -> Result<()> {
     CLIENTS.remove(id, WHAT)
 }
 
-pub fn action(id: i64, kind: &str, body: Vec<u8>) -> Result<Vec<u8>> {
+pub fn action(id: i64, kind: &str, body: Vec<u8>) -> Result<bytes::Bytes> {
     CLIENTS.get(id, WHAT)?.action(kind, body)
 }
 

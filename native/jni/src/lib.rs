@@ -8,11 +8,25 @@ mod client;
 pub mod errors;
 mod handles;
 
+// Rust's allocations in the executor JVM: states and Arrow buffers of up to
+// hundreds of MB every round. glibc maps and unmaps buffers that large each
+// time, so every round pays page faults on them again; jemalloc (prefixed, so
+// the JVM's own malloc is untouched) keeps freed pages for the next round.
+#[cfg(all(target_os = "linux", not(target_env = "musl")))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// Keeps allocations over 8 MiB in the arenas that retain freed pages (see
+/// the stoker binary's main.rs).
+#[cfg(all(target_os = "linux", not(target_env = "musl")))]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+pub static MALLOC_CONF: &[u8; 21] = b"oversize_threshold:0\0";
+
 use jni::objects::ReleaseMode;
 use jni::objects::{JByteArray, JClass, JDoubleArray, JObjectArray, JString};
 use jni::sys::{jdouble, jint, jlong};
 use jni::{Env, EnvUnowned};
-use stoker_core::protocol::{ModelKey, PartitionKey};
+use stoker_core::protocol::{Envelope, ModelKey, PartitionKey};
 use stoker_core::running_mean;
 use stoker_core::{Error, State, WeightedSum};
 
@@ -147,6 +161,73 @@ pub extern "system" fn Java_dev_stoker_jni_NativeBridge_action<'caller>(
         let body = bytes(env, &body, "action body")?;
         let out = client::action(handle, &kind, body)?;
         Ok(env.byte_array_from_slice(&out)?)
+    })
+    .resolve::<ThrowStoker>()
+}
+
+/// `NativeBridge.actionParts(long handle, String type, String json,
+/// String[] blobNames, byte[][] blobs)`: an action whose body is `json` plus
+/// the blobs, and its result as `{json, blob...}` (the blobs in the order the
+/// result's JSON lists them). Each blob crosses the boundary once each way:
+/// it is copied from its Java array straight into the request, and from the
+/// response straight into a new Java array (states of hundreds of MB make
+/// every extra copy show).
+#[unsafe(no_mangle)]
+pub extern "system" fn Java_dev_stoker_jni_NativeBridge_actionParts<'caller>(
+    mut env: EnvUnowned<'caller>,
+    _class: JClass<'caller>,
+    handle: jlong,
+    kind: JString<'caller>,
+    json: JString<'caller>,
+    names: JObjectArray<'caller, JString<'caller>>,
+    blobs: JObjectArray<'caller, JByteArray<'caller>>,
+) -> JObjectArray<'caller, JByteArray<'caller>> {
+    env.with_env(|env| -> BridgeResult<_> {
+        let kind = string(env, &kind, "action type")?;
+        let json: serde_json::Value = serde_json::from_str(&string(env, &json, "action body")?)
+            .map_err(|e| Error::invalid(format!("action body is not JSON: {e}")))?;
+        let count = if names.is_null() { 0 } else { names.len(env)? };
+        if count != if blobs.is_null() { 0 } else { blobs.len(env)? } {
+            return Err(Error::invalid("blob names and blobs differ in number").into());
+        }
+        let mut arrays = Vec::with_capacity(count);
+        let mut sizes = Vec::with_capacity(count);
+        for i in 0..count {
+            let name = names.get_element(env, i)?;
+            let name = string(env, &name, "blob name")?;
+            let array = blobs.get_element(env, i)?;
+            if array.is_null() {
+                return Err(Error::invalid(format!("blob '{name}' is null")).into());
+            }
+            sizes.push((name, array.len(env)?));
+            arrays.push(array);
+        }
+        let listing: Vec<(&str, usize)> = sizes.iter().map(|(n, s)| (n.as_str(), *s)).collect();
+        let mut body = if count == 0 {
+            serde_json::to_vec(&json).map_err(|e| Error::internal(format!("encoding JSON: {e}")))?
+        } else {
+            Envelope::prefix(&json, &listing)?
+        };
+        for (array, (_, size)) in arrays.iter().zip(&sizes) {
+            let start = body.len();
+            body.resize(start + size, 0);
+            let target = &mut body[start..];
+            // SAFETY: i8 and u8 have the same size, alignment and validity.
+            let target = unsafe {
+                std::slice::from_raw_parts_mut(target.as_mut_ptr().cast::<i8>(), target.len())
+            };
+            array.get_region(env, 0, target)?;
+        }
+        let out = client::action(handle, &kind, body)?;
+        let (json, ranges) = Envelope::split(&out)?;
+        let parts = JObjectArray::<JByteArray>::new(env, ranges.len() + 1, JByteArray::null())?;
+        let text = env.byte_array_from_slice(json.to_string().as_bytes())?;
+        parts.set_element(env, 0, &text)?;
+        for (i, (_, range)) in ranges.into_iter().enumerate() {
+            let blob = env.byte_array_from_slice(&out[range])?;
+            parts.set_element(env, i + 1, &blob)?;
+        }
+        Ok(parts)
     })
     .resolve::<ThrowStoker>()
 }

@@ -58,17 +58,18 @@ impl Client {
         for (name, bytes) in blobs.unwrap_or_default() {
             envelope = envelope.with_blob(&name, bytes);
         }
-        let result = py
-            .detach(|| -> stoker_core::Result<Envelope> {
+        let (body, json, ranges) = py
+            .detach(|| -> stoker_core::Result<_> {
                 let out = self.inner.action(kind, envelope.encode()?)?;
-                Envelope::decode(&out)
+                let (json, ranges) = Envelope::split(&out)?;
+                Ok((out, json, ranges))
             })
             .map_err(errors::to_py)?;
         let out = PyDict::new(py);
-        for (name, bytes) in &result.blobs {
-            out.set_item(name, PyBytes::new(py, bytes))?;
+        for (name, range) in ranges {
+            out.set_item(name, PyBytes::new(py, &body[range]))?;
         }
-        Ok((result.json.to_string(), out))
+        Ok((json.to_string(), out))
     }
 
     /// Sends one partition of a job to the server's cache (DoPut). `data`

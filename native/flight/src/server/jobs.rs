@@ -167,14 +167,14 @@ impl Job {
 
     /// Runs one local round on a partition: build the model, load the
     /// input state (or start from the job's seeded initial weights), train,
-    /// and return the new state's bytes.
+    /// and return the new state.
     pub fn train_round(
         &self,
         partition: &Partition,
         req: &TrainRound,
         input: Option<&[u8]>,
         cancel: Arc<std::sync::atomic::AtomicBool>,
-    ) -> Result<(TrainRoundResult, Vec<u8>)> {
+    ) -> Result<(TrainRoundResult, State)> {
         let (layout, loss) = lock(&self.resolved)
             .clone()
             .ok_or_else(|| Error::new(ErrorKind::CacheMiss, "job has no partitions yet"))?;
@@ -224,7 +224,7 @@ impl Job {
             loss_last: report.final_loss(),
             seconds: report.seconds,
         };
-        Ok((result, state.to_bytes()?))
+        Ok((result, state))
     }
 
     /// An idle trainer of this job, if one is kept. Only built-in networks are

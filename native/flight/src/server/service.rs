@@ -211,7 +211,19 @@ impl Service {
     }
 
     pub(super) async fn action(self: Arc<Self>, kind: String, body: Bytes) -> Result<Vec<Bytes>> {
-        let mut env = Envelope::decode(&body)?;
+        // Blobs stay slices of the request (a state can be hundreds of MB):
+        // one is copied only where a handler needs it owned.
+        let (json, ranges) = Envelope::split(&body)?;
+        let env = Envelope {
+            json,
+            blobs: Vec::new(),
+        };
+        let blob = |name: &str| -> Option<Bytes> {
+            ranges
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, r)| body.slice(r.clone()))
+        };
         let one = |e: Envelope| -> Result<Vec<Bytes>> { Ok(vec![Bytes::from(e.encode()?)]) };
         match kind.as_str() {
             action::HEALTH => one(Envelope::new(serde_json::json!({
@@ -224,7 +236,7 @@ impl Service {
             action::CREATE_JOB => {
                 let req: CreateJob = env.parse(action::CREATE_JOB)?;
                 let keep = req.keep_existing;
-                let blob = env.take_blob("model");
+                let blob = blob("model").map(|b| b.to_vec());
                 let device = self.device;
                 let job = blocking(move || Job::new(req, blob, device)).await?;
                 let name = job.name.clone();
@@ -238,7 +250,7 @@ impl Service {
             }
             action::TRAIN_ROUND => {
                 let req: TrainRound = env.parse(action::TRAIN_ROUND)?;
-                let state = env.take_blob("state");
+                let state = blob("state");
                 let job = self.jobs.get(&req.job)?;
                 let key = PartitionKey {
                     job: req.job.clone(),
@@ -255,7 +267,18 @@ impl Service {
                 let flag = cancel.flag();
                 let me = self.clone();
                 let trained = blocking(move || {
-                    let r = job.train_round(&part, &req, state.as_deref(), flag);
+                    // The result's envelope is written here, off the async
+                    // runtime: the state goes straight into it (one copy).
+                    let r = job
+                        .train_round(&part, &req, state.as_deref(), flag)
+                        .and_then(|(result, state)| {
+                            let json = serde_json::to_value(&result)
+                                .map_err(|e| Error::internal(format!("encoding JSON: {e}")))?;
+                            let mut out =
+                                Envelope::prefix(&json, &[("state", state.encoded_len()?)])?;
+                            state.append_to(&mut out)?;
+                            Ok((result, out))
+                        });
                     if r.as_ref()
                         .is_err_and(|e| e.kind() == ErrorKind::Unavailable)
                     {
@@ -278,7 +301,7 @@ impl Service {
                     .observe(started.elapsed().as_secs_f64());
                 tracing::info!(job = %result.job, partition = result.partition, round = result.round,
                     samples = result.samples, loss = result.loss_last, seconds = result.seconds, "trained round");
-                one(Envelope::new(result)?.with_blob("state", out))
+                Ok(vec![Bytes::from(out)])
             }
             action::DROP_JOB => {
                 let req: Named = env.parse(action::DROP_JOB)?;
@@ -287,7 +310,10 @@ impl Service {
             }
             action::REGISTER_MODEL => {
                 let req: RegisterModel = env.parse(action::REGISTER_MODEL)?;
-                let (model, state) = (env.take_blob("model"), env.take_blob("state"));
+                let (model, state) = (
+                    blob("model").map(|b| b.to_vec()),
+                    blob("state").map(|b| b.to_vec()),
+                );
                 let me = self.clone();
                 let served = blocking(move || me.models.register(req, model, state)).await?;
                 tracing::info!(model = %served.name, version = served.version, "registered model");

@@ -74,6 +74,9 @@ public final class NativeBridge {
 
   static native byte[] action(long handle, String type, byte[] body);
 
+  static native byte[][] actionParts(long handle, String type, String json,
+      String[] blobNames, byte[][] blobs);
+
   static native String putPartition(long handle, String job, int partition, String version,
       byte[] arrowIpcStream);
 

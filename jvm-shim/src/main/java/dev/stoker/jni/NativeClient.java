@@ -41,6 +41,15 @@ public final class NativeClient implements AutoCloseable {
     return NativeBridge.action(handle(), type, body);
   }
 
+  /**
+   * Runs an action whose body is {@code json} plus named blobs (docs/protocol.md), each
+   * copied once from its array into the request. Returns the result's JSON (UTF-8) as
+   * element 0, then its blobs in the order the JSON's {@code blobs} listing names them.
+   */
+  public byte[][] actionParts(String type, String json, String[] blobNames, byte[][] blobs) {
+    return NativeBridge.actionParts(handle(), type, json, blobNames, blobs);
+  }
+
   /** Runs an action with a JSON body and no blobs; returns the result's text. */
   public String action(String type, String json) {
     byte[] out = action(type, json.getBytes(StandardCharsets.UTF_8));

@@ -36,6 +36,25 @@ final case class Envelope(json: JObject, blobs: Seq[(String, Array[Byte])] = Nil
 object Envelope {
   private val Magic = "STK1".getBytes(UTF_8)
 
+  /**
+   * Runs an action with this body and returns its result, the blobs crossing JNI once
+   * each way instead of being packed and unpacked in JVM arrays (NativeClient.actionParts).
+   */
+  def call(client: dev.stoker.jni.NativeClient, action: String, request: Envelope): Envelope = {
+    val body = JsonMethods.compact(JsonMethods.render(request.json))
+    val parts = client.actionParts(action, body, request.blobs.map(_._1).toArray,
+      request.blobs.map(_._2).toArray)
+    val json = parseObject(new String(parts(0), UTF_8))
+    val names = (json \ "blobs") match {
+      case JArray(items) => items.map(item => (item \ "name") match {
+        case JString(n) => n
+        case other => throw new IllegalStateException(s"blob name $other")
+      })
+      case _ => Nil
+    }
+    Envelope(json, names.zip(parts.toSeq.drop(1)))
+  }
+
   def decode(bytes: Array[Byte]): Envelope = {
     if (bytes.length < 8 || !bytes.take(4).sameElements(Magic)) {
       return Envelope(parseObject(new String(bytes, UTF_8)))

@@ -125,7 +125,7 @@ private[spark] object PartitionTask {
       "epochs" -> JInt(job.epochs),
       "release" -> JBool(last))
     val request = Envelope(body, state.map("state" -> _).toSeq)
-    val result = Envelope.decode(client.action("train_round", request.encode()))
+    val result = Envelope.call(client, "train_round", request)
     def num(field: String): Double = result.json \ field match {
       case JInt(n) => n.toDouble
       case JDouble(d) => d

@@ -84,7 +84,8 @@ private[spark] final class Training(params: StokerEstimator, dataset: Dataset[_]
         sc.setJobDescription(s"stoker fit: round ${round + 1} of $total")
         val sum =
           try rdd.treeAggregate(RoundSum.zero)(RoundSum.add, RoundSum.merge,
-            depth = Training.aggregationDepth(rdd.getNumPartitions))
+            depth = Training.aggregationDepth(rdd.getNumPartitions, state.map(_.length.toLong),
+              sc.getConf.getSizeAsBytes("spark.driver.maxResultSize", "1g")))
           finally broadcastState.foreach(_.destroy())
         sum.refused.foreach(r => throw r.exception)
         val total_sum = sum.sum.getOrElse(throw new InvalidInputException(
@@ -189,14 +190,22 @@ private[spark] object Training {
   val PutBatchRows = 65536
 
   /**
-   * treeAggregate's depth for a round over `partitions` tasks. Each value is a whole
-   * state (up to hundreds of MB), so an intermediate level costs a shuffle that writes
-   * every state to disk and reads it back; merging on the driver costs one in-place pass
-   * per state as results arrive (the driver holds the mean and the state in hand).
-   * Up to 64 partitions the driver merges; beyond that a second level spreads the
-   * merging over the executors.
+   * treeAggregate's depth for a round over `partitions` tasks whose states are about
+   * `stateBytes` (unknown before the first round). Each value is a whole state (up to
+   * hundreds of MB), so an intermediate level costs a shuffle that writes every state to
+   * disk and reads it back, while merging on the driver costs one in-place pass per state
+   * as results arrive. The driver merges (depth 1) unless there are many partitions or
+   * their states together would come within 10% of `spark.driver.maxResultSize` (which
+   * fails the job); then a second level merges on the executors first.
    */
-  def aggregationDepth(partitions: Int): Int = if (partitions <= 64) 1 else 2
+  def aggregationDepth(partitions: Int, stateBytes: Option[Long], maxResultBytes: Long): Int =
+    stateBytes match {
+      case _ if partitions <= 2 => 1
+      case Some(bytes) if partitions <= 64 &&
+          (maxResultBytes <= 0 || partitions * bytes <= maxResultBytes / 10 * 9) => 1
+      case None if partitions <= 8 => 1
+      case _ => 2
+    }
 }
 
 /**
