@@ -6,8 +6,6 @@ import dev.stoker.{CacheMissException, InvalidInputException, NotFoundException,
   ResourceExhaustedException, StokerException}
 import dev.stoker.jni.NativeClient
 import org.apache.spark.SparkEnv
-import org.apache.spark.sql.catalyst.InternalRow
-import org.apache.spark.sql.stoker.ArrowBatches
 import org.apache.spark.sql.types.StructType
 import org.json4s._
 
@@ -69,7 +67,7 @@ private[spark] object PartitionTask {
       round: Int,
       last: Boolean,
       state: Option[Array[Byte]],
-      rows: () => Iterator[InternalRow]): Outcome = {
+      data: () => (Array[Byte], Long)): Outcome = {
     try {
       Servers.withClient(job.server) { client =>
         var created = false
@@ -84,7 +82,7 @@ private[spark] object PartitionTask {
               created = true
             case _: CacheMissException if !sent =>
               sent = true
-              if (!put(client, job, partition, rows())) outcome = Some(Outcome.Empty(partition))
+              if (!put(client, job, partition, data())) outcome = Some(Outcome.Empty(partition))
           }
         }
         outcome.get
@@ -99,15 +97,10 @@ private[spark] object PartitionTask {
   }
 
   /** Sends one partition (creating the job if needed); returns its rows. */
-  def feed(job: TrainJob, partition: Int, rows: Iterator[InternalRow]): Long =
+  def feed(job: TrainJob, partition: Int, data: (Array[Byte], Long)): Long =
     Servers.withClient(job.server) { client =>
       createJob(client, job)
-      if (!rows.hasNext) 0L
-      else {
-        val (ipc, n) = ArrowBatches.toIpcStream(rows, job.schema, job.timeZone, job.batchRows)
-        client.putPartition(job.name, partition, job.dataVersion, ipc)
-        n
-      }
+      if (put(client, job, partition, data)) data._2 else 0L
     }
 
   private def trainOnce(
@@ -149,15 +142,14 @@ private[spark] object PartitionTask {
     client.action("create_job", request.encode())
   }
 
-  /** Streams the partition to the server; false when it has no rows. */
+  /** Sends the partition's Arrow stream to the server; false when it has no rows. */
   private def put(
       client: NativeClient,
       job: TrainJob,
       partition: Int,
-      rows: Iterator[InternalRow]): Boolean = {
-    if (!rows.hasNext) return false
-    val (ipc, _) = ArrowBatches.toIpcStream(rows, job.schema, job.timeZone, job.batchRows)
-    client.putPartition(job.name, partition, job.dataVersion, ipc)
+      data: (Array[Byte], Long)): Boolean = {
+    if (data._2 == 0) return false
+    client.putPartition(job.name, partition, job.dataVersion, data._1)
     true
   }
 

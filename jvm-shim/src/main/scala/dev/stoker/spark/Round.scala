@@ -6,7 +6,10 @@ import dev.stoker.jni.NativeBridge
 import org.apache.spark.{Partition, TaskContext}
 import org.apache.spark.broadcast.Broadcast
 import org.apache.spark.rdd.RDD
+import org.apache.spark.sql.DataFrame
 import org.apache.spark.sql.catalyst.InternalRow
+import org.apache.spark.sql.stoker.{ArrowBatches, ColumnarBatches}
+import org.apache.spark.sql.vectorized.ColumnarBatch
 
 /**
  * One round as a Spark stage: one task per data partition, each yielding its
@@ -15,26 +18,52 @@ import org.apache.spark.sql.catalyst.InternalRow
  * server already holds their partition.
  */
 private[spark] final class RoundRDD(
-    data: RDD[InternalRow],
+    data: TrainingData,
     job: Broadcast[TrainJob],
     state: Option[Broadcast[Array[Byte]]],
     round: Int,
     last: Boolean,
     hosts: Map[Int, String],
     empty: Set[Int])
-  extends RDD[Outcome](data)(ClassTag(classOf[Outcome])) {
+  extends RDD[Outcome](data.rdd)(ClassTag(classOf[Outcome])) {
 
-  override protected def getPartitions: Array[Partition] = firstParent[InternalRow].partitions
+  override protected def getPartitions: Array[Partition] = firstParent[Any].partitions
 
   override def compute(split: Partition, context: TaskContext): Iterator[Outcome] = {
     val p = split.index
     if (empty.contains(p)) return Iterator(Outcome.Empty(p))
     Iterator(PartitionTask.train(job.value, p, round, last, state.map(_.value),
-      () => firstParent[InternalRow].iterator(split, context)))
+      () => data.ipc(firstParent[Any].iterator(split, context), job.value)))
   }
 
   override protected def getPreferredLocations(split: Partition): Seq[String] =
     hosts.get(split.index).toSeq
+}
+
+/**
+ * A fit's training data, planned once: the DataFrame's batches when its plan is a
+ * columnar scan of flat numeric columns (a cached DataFrame, Parquet), copied into Arrow
+ * a column at a time; otherwise its rows, through Spark's Arrow writer.
+ */
+private[spark] final class TrainingData private (val rdd: RDD[_], columnar: Boolean)
+  extends Serializable {
+
+  /** One partition's Arrow IPC stream and its row count. */
+  def ipc(partition: Iterator[Any], job: TrainJob): (Array[Byte], Long) =
+    if (columnar) {
+      ColumnarBatches.toIpcStream(partition.asInstanceOf[Iterator[ColumnarBatch]], job.schema,
+        job.timeZone, job.batchRows)
+    } else {
+      ArrowBatches.toIpcStream(partition.asInstanceOf[Iterator[InternalRow]], job.schema,
+        job.timeZone, job.batchRows)
+    }
+}
+
+private[spark] object TrainingData {
+  def of(prepared: DataFrame): TrainingData = ColumnarBatches.of(prepared) match {
+    case Some(batches) => new TrainingData(batches, columnar = true)
+    case None => new TrainingData(ArrowBatches.internalRows(prepared), columnar = false)
+  }
 }
 
 /**
@@ -59,6 +88,29 @@ private[spark] final case class RoundSum(
   /** Sample-weighted mean of the partitions' last-epoch losses. */
   def loss: Double = if (samples > 0) lossSum / samples else Double.NaN
   def lossFirst: Double = if (samples > 0) lossFirstSum / samples else Double.NaN
+}
+
+/**
+ * The driver's merge of a round's per-partition results, in partition order whatever
+ * order they arrive in: merging float32 means is not associative in its last bits, so a
+ * fixed order is what makes a rerun reproduce the same state. A result that arrives
+ * ahead of its turn waits (the driver holds it, as Spark already has).
+ */
+private[spark] final class InOrderMerge {
+  private val pending = scala.collection.mutable.Map.empty[Int, RoundSum]
+  private var next = 0
+  private var merged = RoundSum.zero
+
+  /** Spark's result handler: called once per partition, on the scheduler's thread. */
+  def offer(partition: Int, sum: RoundSum): Unit = synchronized {
+    pending(partition) = sum
+    while (pending.contains(next)) {
+      merged = RoundSum.merge(merged, pending.remove(next).get)
+      next += 1
+    }
+  }
+
+  def result: RoundSum = synchronized(merged)
 }
 
 private[spark] object RoundSum {

@@ -6,9 +6,7 @@ import java.util.concurrent.ConcurrentHashMap
 import dev.stoker.{InvalidInputException, StokerException}
 import dev.stoker.jni.NativeBridge
 import org.apache.hadoop.fs.Path
-import org.apache.spark.rdd.RDD
 import org.apache.spark.sql.{DataFrame, Dataset, SparkSession}
-import org.apache.spark.sql.catalyst.InternalRow
 import org.apache.spark.sql.stoker.ArrowBatches
 import org.json4s._
 import org.slf4j.LoggerFactory
@@ -21,8 +19,9 @@ private[spark] final case class Trained(
 
 /**
  * The driver's round loop (docs/spark.md, ../DESIGN.md section 3): broadcast the state,
- * one task per partition trains on its node's server, treeAggregate sums the weighted
- * states with native code, the driver divides, checkpoints and records the round.
+ * one task per partition trains on its node's server, the driver merges the states into
+ * their sample-weighted mean with native code as they arrive (or, for many partitions,
+ * treeAggregate merges them on executors first), checkpoints and records the round.
  */
 private[spark] final class Training(params: StokerEstimator, dataset: Dataset[_]) {
   private val log = LoggerFactory.getLogger(classOf[StokerEstimator])
@@ -59,7 +58,7 @@ private[spark] final class Training(params: StokerEstimator, dataset: Dataset[_]
     val (prepared, job) = plan()
     // Planned once: every round reuses this RDD, so joins and shuffles upstream run
     // once and later rounds (which read no rows unless a server missed) reuse them.
-    val data: RDD[InternalRow] = ArrowBatches.internalRows(prepared)
+    val data = TrainingData.of(prepared)
     val jobBroadcast = sc.broadcast(job)
     val checkpoints = Option(params.getCheckpointDir).filter(_.nonEmpty)
       .map(dir => new Checkpoints(dir, sc.hadoopConfiguration))
@@ -82,11 +81,19 @@ private[spark] final class Training(params: StokerEstimator, dataset: Dataset[_]
         val last = round == total - 1
         val rdd = new RoundRDD(data, jobBroadcast, broadcastState, round, last, hosts, empty)
         sc.setJobDescription(s"stoker fit: round ${round + 1} of $total")
+        val depth = Training.aggregationDepth(rdd.getNumPartitions,
+          state.map(_.length.toLong), sc.getConf.getSizeAsBytes("spark.driver.maxResultSize", "1g"))
         val sum =
-          try rdd.treeAggregate(RoundSum.zero)(RoundSum.add, RoundSum.merge,
-            depth = Training.aggregationDepth(rdd.getNumPartitions, state.map(_.length.toLong),
-              sc.getConf.getSizeAsBytes("spark.driver.maxResultSize", "1g")))
-          finally broadcastState.foreach(_.destroy())
+          try {
+            if (depth == 1) {
+              val merged = new InOrderMerge()
+              sc.runJob(rdd, (outcomes: Iterator[Outcome]) =>
+                outcomes.foldLeft(RoundSum.zero)(RoundSum.add), merged.offer _)
+              merged.result
+            } else {
+              rdd.treeAggregate(RoundSum.zero)(RoundSum.add, RoundSum.merge, depth)
+            }
+          } finally broadcastState.foreach(_.destroy())
         sum.refused.foreach(r => throw r.exception)
         val total_sum = sum.sum.getOrElse(throw new InvalidInputException(
           "the training DataFrame has no rows (every partition is empty)"))
@@ -122,8 +129,10 @@ private[spark] final class Training(params: StokerEstimator, dataset: Dataset[_]
     val (prepared, job) = plan()
     val jobBroadcast = sc.broadcast(job)
     try {
-      ArrowBatches.internalRows(prepared).mapPartitionsWithIndex { (p, rows) =>
-        Iterator(PartitionTask.feed(jobBroadcast.value, p, rows))
+      val data = TrainingData.of(prepared)
+      data.rdd.mapPartitionsWithIndex { (p, partition: Iterator[Any]) =>
+        Iterator(PartitionTask.feed(jobBroadcast.value, p, data.ipc(partition,
+          jobBroadcast.value)))
       }.sum().toLong
     } finally jobBroadcast.destroy()
   }
@@ -134,7 +143,7 @@ private[spark] final class Training(params: StokerEstimator, dataset: Dataset[_]
     val (prepared, job) = plan()
     val jobBroadcast = sc.broadcast(job)
     val stateBroadcast = state.map(sc.broadcast(_))
-    val rdd = new RoundRDD(ArrowBatches.internalRows(prepared), jobBroadcast, stateBroadcast,
+    val rdd = new RoundRDD(TrainingData.of(prepared), jobBroadcast, stateBroadcast,
       round, true, Map.empty, Set.empty)
     val outcomes =
       try rdd.collect().toSeq
@@ -196,7 +205,9 @@ private[spark] object Training {
    * disk and reads it back, while merging on the driver costs one in-place pass per state
    * as results arrive. The driver merges (depth 1) unless there are many partitions or
    * their states together would come within 10% of `spark.driver.maxResultSize` (which
-   * fails the job); then a second level merges on the executors first.
+   * fails the job); then a second level merges on the executors first. Depth 1 merges in
+   * partition order, so a rerun gives the same bits; the executors' merge order at depth
+   * 2 varies with task timing, and so do the last float32 bits of the mean.
    */
   def aggregationDepth(partitions: Int, stateBytes: Option[Long], maxResultBytes: Long): Int =
     stateBytes match {

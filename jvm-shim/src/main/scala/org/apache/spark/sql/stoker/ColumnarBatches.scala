@@ -1,0 +1,144 @@
+package org.apache.spark.sql.stoker
+
+import java.io.ByteArrayOutputStream
+
+import org.apache.arrow.vector.{BigIntVector, Float4Vector, Float8Vector, IntVector,
+  VectorSchemaRoot}
+import org.apache.arrow.vector.ipc.ArrowStreamWriter
+import org.apache.spark.rdd.RDD
+import org.apache.spark.sql.Dataset
+import org.apache.spark.sql.execution.{ColumnarToRowExec, InputAdapter, SparkPlan,
+  WholeStageCodegenExec}
+import org.apache.spark.sql.execution.adaptive.AdaptiveSparkPlanExec
+import org.apache.spark.sql.types._
+import org.apache.spark.sql.util.ArrowUtils
+import org.apache.spark.sql.vectorized.{ColumnarBatch, ColumnVector}
+
+/**
+ * The columnar fast path for training data: when a DataFrame's plan is a columnar scan
+ * turned into rows (a cached DataFrame's in-memory scan, a Parquet or ORC scan), its
+ * column vectors are copied into Arrow a column at a time instead of row by row through
+ * Spark's Arrow writer, which was most of a partition's feeding time (docs/benchmarks.md,
+ * benchmark 1). Only flat numeric columns qualify; anything else takes the row path.
+ */
+object ColumnarBatches {
+
+  /** Types copied column-wise; others (vectors, arrays, small integers) use rows. */
+  private def supported(t: DataType): Boolean = t match {
+    case FloatType | DoubleType | IntegerType | LongType => true
+    case _ => false
+  }
+
+  /**
+   * The DataFrame's batches when its executed plan is a columnar scan whose output is
+   * exactly the DataFrame's columns (names, types, order), all of supported types.
+   */
+  def of(df: Dataset[_]): Option[RDD[ColumnarBatch]] = {
+    val ds = ArrowBatches.requireClassic(df)
+    val schema = ds.schema
+    if (!schema.fields.forall(f => supported(f.dataType))) return None
+    // With adaptive execution the plan is not final before it runs: a scan with no
+    // exchange above it is the whole current plan, before any transition to rows.
+    def scan(plan: SparkPlan): Option[SparkPlan] = plan match {
+      case a: AdaptiveSparkPlanExec => scan(a.executedPlan)
+      case WholeStageCodegenExec(child) => scan(child)
+      case ColumnarToRowExec(InputAdapter(child)) if child.supportsColumnar => Some(child)
+      case ColumnarToRowExec(child) if child.supportsColumnar => Some(child)
+      case leaf if leaf.children.isEmpty && leaf.supportsColumnar => Some(leaf)
+      case _ => None
+    }
+    scan(ds.queryExecution.executedPlan).filter { s =>
+      s.output.map(a => (a.name, a.dataType)) == schema.fields.toSeq.map(f => (f.name, f.dataType))
+    }.map(_.executeColumnar())
+  }
+
+  /**
+   * Writes the batches as one Arrow IPC stream of record batches of at most
+   * `batchRows` rows (the same stream [[ArrowBatches.toIpcStream]] writes for the same
+   * rows). Returns the stream and its row count.
+   */
+  def toIpcStream(
+      batches: Iterator[ColumnarBatch],
+      schema: StructType,
+      timeZone: String,
+      batchRows: Int): (Array[Byte], Long) = {
+    val allocator = ArrowUtils.rootAllocator.newChildAllocator("stoker-columnar", 0, Long.MaxValue)
+    val root = VectorSchemaRoot.create(
+      ArrowUtils.toArrowSchema(schema, timeZone, true, false), allocator)
+    val out = new ByteArrayOutputStream()
+    var total = 0L
+    try {
+      val stream = new ArrowStreamWriter(root, null, out)
+      stream.start()
+      var filled = 0
+      def flush(): Unit = if (filled > 0) {
+        root.getFieldVectors.forEach(_.setValueCount(filled))
+        root.setRowCount(filled)
+        stream.writeBatch()
+        filled = 0
+      }
+      root.getFieldVectors.forEach(_.allocateNew())
+      while (batches.hasNext) {
+        val batch = batches.next()
+        val n = batch.numRows()
+        var from = 0
+        while (from < n) {
+          if (filled == batchRows) {
+            flush()
+            root.getFieldVectors.forEach { v => v.clear(); v.allocateNew() }
+          }
+          val take = math.min(n - from, batchRows - filled)
+          var c = 0
+          while (c < schema.length) {
+            copy(batch.column(c), root.getVector(c), from, filled, take)
+            c += 1
+          }
+          filled += take
+          from += take
+          total += take
+        }
+      }
+      flush()
+      stream.end()
+    } finally {
+      root.close()
+      allocator.close()
+    }
+    (out.toByteArray, total)
+  }
+
+  /** Copies `n` values from row `from` of `src` to row `to` of `dst`, nulls as nulls. */
+  private def copy(src: ColumnVector, dst: org.apache.arrow.vector.FieldVector, from: Int,
+      to: Int, n: Int): Unit = {
+    val nulls = src.hasNull
+    var i = 0
+    dst match {
+      case v: Float4Vector =>
+        while (i < n) {
+          if (nulls && src.isNullAt(from + i)) v.setNull(to + i)
+          else v.setSafe(to + i, src.getFloat(from + i))
+          i += 1
+        }
+      case v: Float8Vector =>
+        while (i < n) {
+          if (nulls && src.isNullAt(from + i)) v.setNull(to + i)
+          else v.setSafe(to + i, src.getDouble(from + i))
+          i += 1
+        }
+      case v: IntVector =>
+        while (i < n) {
+          if (nulls && src.isNullAt(from + i)) v.setNull(to + i)
+          else v.setSafe(to + i, src.getInt(from + i))
+          i += 1
+        }
+      case v: BigIntVector =>
+        while (i < n) {
+          if (nulls && src.isNullAt(from + i)) v.setNull(to + i)
+          else v.setSafe(to + i, src.getLong(from + i))
+          i += 1
+        }
+      case other =>
+        throw new IllegalStateException(s"no columnar copy into ${other.getClass.getName}")
+    }
+  }
+}
