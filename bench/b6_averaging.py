@@ -8,15 +8,16 @@ weighted sums in treeAggregate, the division on the driver, and bookkeeping. The
 overhead of a round is its wall time minus the slowest partition's training time
 (RoundStats.overheadSeconds); round 0, which also streams the data, is left out.
 The bound is the time to copy the bytes a round moves (one state to and one from
-each partition) once in memory with numpy, measured in the same run.
+each partition) once in memory with numpy, measured in the same run. For reference,
+the run also times a Spark job of as many tasks that do nothing: the floor any round
+through Spark's scheduler pays, whatever it moves.
 """
 
 from __future__ import annotations
 
-import statistics
 import time
 
-from bench.common import Context, Result, spark_session
+from bench.common import Context, Result, spark_session, summarize, timed
 
 FEATURES = 32
 BENCH = "6 Averaging round overhead"
@@ -33,6 +34,16 @@ def copy_seconds(nbytes: int, repeats: int = 3) -> float:
         np.copyto(dst, src)
         best = min(best, time.perf_counter() - started)
     return best
+
+
+def spark_floor(spark, partitions: int, repeats: int) -> list[float]:
+    """Seconds of a Spark job with `partitions` tasks that do nothing."""
+
+    def job() -> None:
+        spark.range(0, partitions, 1, partitions).write.format("noop").mode("overwrite").save()
+
+    job()
+    return [timed(job) for _ in range(repeats)]
 
 
 def run(ctx: Context) -> list[Result]:
@@ -74,33 +85,14 @@ def run(ctx: Context) -> list[Result]:
             bound = copy_seconds(moved)
             case = f"{size} parameters, {partitions} partitions"
             info = {"state_mb": round(state_bytes / 2**20, 1), "moved_mb": round(moved / 2**20)}
-            results.append(
-                Result(
-                    bench=BENCH,
-                    case=case,
-                    variant="stoker round overhead",
-                    unit="seconds",
-                    value=statistics.median(overhead),
-                    spread=(min(overhead), max(overhead)),
-                    samples=overhead,
-                    lower_is_better=True,
-                    role="stoker",
-                    extra=info,
-                )
-            )
-            results.append(
-                Result(
-                    bench=BENCH,
-                    case=case,
-                    variant="memory copy of the same bytes (bound)",
-                    unit="seconds",
-                    value=bound,
-                    spread=(bound, bound),
-                    samples=[bound],
-                    lower_is_better=True,
-                    role="bound",
-                    extra=info,
-                )
-            )
+            floor = spark_floor(spark, partitions, ctx.repeats)
+            measured = {
+                "stoker round overhead": overhead,
+                "memory copy of the same bytes (bound)": [bound],
+                "Spark job of as many no-op tasks (floor)": floor,
+            }
+            roles = dict(zip(measured, ("stoker", "bound", "reference")))
+            extra = {name: info for name in measured}
+            results += summarize(BENCH, case, measured, "seconds", roles, True, extra)
             table.unpersist()
     return results

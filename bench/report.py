@@ -128,7 +128,7 @@ def plot_bench(bench: str, cases: dict[str, list[dict]]) -> Path | None:
         return None
     fig = Figure(figsize=(8, 0.6 + 0.9 * len(cases)))
     axes = fig.subplots(len(cases), 1, squeeze=False)[:, 0]
-    colors = {"stoker": "#d9480f", "peer": "#1c7ed6", "bound": "#868e96"}
+    colors = {"stoker": "#d9480f", "peer": "#1c7ed6", "bound": "#868e96", "reference": "#adb5bd"}
     for ax, (case, variants) in zip(axes, cases.items(), strict=True):
         names = [v["variant"] for v in variants]
         values = [v["value"] for v in variants]
