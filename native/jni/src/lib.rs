@@ -8,20 +8,6 @@ mod client;
 pub mod errors;
 mod handles;
 
-// Rust's allocations in the executor JVM: states and Arrow buffers of up to
-// hundreds of MB every round. glibc maps and unmaps buffers that large each
-// time, so every round pays page faults on them again; jemalloc (prefixed, so
-// the JVM's own malloc is untouched) keeps freed pages for the next round.
-#[cfg(all(target_os = "linux", not(target_env = "musl")))]
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-/// Keeps allocations over 8 MiB in the arenas that retain freed pages (see
-/// the stoker binary's main.rs).
-#[cfg(all(target_os = "linux", not(target_env = "musl")))]
-#[unsafe(export_name = "_rjem_malloc_conf")]
-pub static MALLOC_CONF: &[u8; 21] = b"oversize_threshold:0\0";
-
 use jni::objects::ReleaseMode;
 use jni::objects::{JByteArray, JClass, JDoubleArray, JObjectArray, JString};
 use jni::sys::{jdouble, jint, jlong};
