@@ -68,6 +68,16 @@ impl BlockingClient {
         self.with(async |c| c.put_partition(key, stream).await)
     }
 
+    /// Sends a partition given as one Arrow IPC stream (DoPut), its messages
+    /// passed through; returns the server's `{rows, bytes, replaced}`.
+    pub fn put_partition_ipc(
+        &self,
+        key: &PartitionKey,
+        ipc: bytes::Bytes,
+    ) -> Result<serde_json::Value> {
+        self.with(async |c| c.put_partition_ipc(key, ipc).await)
+    }
+
     /// Predictions for the batches (DoExchange), collected, with their
     /// schema (known even when there are no rows).
     pub fn predict(

@@ -8,7 +8,7 @@ use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_client::FlightServiceClient;
-use arrow_flight::{Action, FlightClient, FlightDescriptor, Ticket};
+use arrow_flight::{Action, FlightClient, FlightData, FlightDescriptor, Ticket};
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
 use stoker_core::protocol::{
@@ -160,6 +160,47 @@ impl Client {
             .with_flight_descriptor(Some(FlightDescriptor::new_path(key.path())))
             .build(batches.map_err(|e| FlightError::ExternalError(Box::new(e))));
         let mut results = self.inner.do_put(data).await.map_err(from_flight)?;
+        let mut last = serde_json::Value::Null;
+        while let Some(r) = results.next().await {
+            let r = r.map_err(from_flight)?;
+            last = serde_json::from_slice(&r.app_metadata).unwrap_or(serde_json::Value::Null);
+        }
+        Ok(last)
+    }
+
+    /// Sends a partition given as one Arrow IPC stream (what the JVM writes),
+    /// passing its messages through as Flight data: the batches are not
+    /// decoded and encoded again on this side (the server checks them as it
+    /// decodes). A stream with a message over the data-message limit is
+    /// decoded and sent through [`Client::put_partition`], which splits it.
+    pub async fn put_partition_ipc(
+        &mut self,
+        key: &PartitionKey,
+        ipc: Bytes,
+    ) -> Result<serde_json::Value> {
+        let limit = stoker_core::protocol::data_message_bytes(self.max_message_bytes);
+        let ranges = stoker_core::ipc::message_ranges(&ipc)?;
+        if ranges.is_empty() || ranges.iter().any(|(m, b)| m.len() + b.len() > limit) {
+            let (_, batches) = stoker_core::ipc::read_stream(&ipc)?;
+            let stream = futures::stream::iter(batches.into_iter().map(Ok));
+            return self.put_partition(key, stream).await;
+        }
+        let descriptor = FlightDescriptor::new_path(key.path());
+        let data: Vec<FlightData> = ranges
+            .into_iter()
+            .enumerate()
+            .map(|(i, (meta, body))| FlightData {
+                flight_descriptor: (i == 0).then(|| descriptor.clone()),
+                data_header: ipc.slice(meta),
+                data_body: ipc.slice(body),
+                app_metadata: Bytes::new(),
+            })
+            .collect();
+        let mut results = self
+            .inner
+            .do_put(futures::stream::iter(data.into_iter().map(Ok)))
+            .await
+            .map_err(from_flight)?;
         let mut last = serde_json::Value::Null;
         while let Some(r) = results.next().await {
             let r = r.map_err(from_flight)?;

@@ -3,6 +3,7 @@
 //! one call per row or column.
 
 use std::io::Cursor;
+use std::ops::Range;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
@@ -35,6 +36,56 @@ pub fn write_stream(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u
     Ok(out)
 }
 
+/// Where each message of an Arrow IPC stream lies: its flatbuffer metadata
+/// and its body, in stream order (schema first), up to the end-of-stream
+/// marker. This is the framing Flight sends (`FlightData.data_header` and
+/// `data_body`), so a stream written elsewhere (the JVM's Arrow writer) can be
+/// sent without decoding and re-encoding its batches; the receiver checks the
+/// messages as it decodes them. Only the framing and each message's body
+/// length are read here.
+pub fn message_ranges(bytes: &[u8]) -> Result<Vec<(Range<usize>, Range<usize>)>> {
+    let bad = |why: String| Error::invalid(format!("corrupt Arrow IPC stream: {why}"));
+    let word = |at: usize| -> Result<u32> {
+        bytes
+            .get(at..at + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .ok_or_else(|| bad(format!("truncated at byte {at}")))
+    };
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        // Current framing: 0xFFFFFFFF, then the metadata length; before
+        // Arrow 0.15 the length came first.
+        let mut len = word(at)?;
+        at += 4;
+        if len == u32::MAX {
+            len = word(at)?;
+            at += 4;
+        }
+        if len == 0 {
+            return Ok(out);
+        }
+        let meta = at..at + len as usize;
+        let header = bytes
+            .get(meta.clone())
+            .ok_or_else(|| bad(format!("message metadata past the end at byte {at}")))?;
+        let message = arrow::ipc::root_as_message(header)
+            .map_err(|e| bad(format!("message metadata at byte {at}: {e}")))?;
+        let body_len = usize::try_from(message.bodyLength())
+            .map_err(|_| bad(format!("negative body length at byte {at}")))?;
+        let body = meta.end..meta.end + body_len;
+        if body.end > bytes.len() {
+            return Err(bad(format!(
+                "message body past the end at byte {}",
+                meta.end
+            )));
+        }
+        at = body.end;
+        out.push((meta, body));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -54,5 +105,28 @@ mod tests {
         assert_eq!(back, vec![b.clone(), b]);
         let e = read_stream(b"nope").unwrap_err();
         assert_eq!(e.kind(), crate::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn message_ranges_frame_the_schema_and_every_batch() {
+        let b = RecordBatch::try_from_iter(vec![(
+            "x",
+            Arc::new(Int32Array::from(vec![1, 2, 3])) as ArrayRef,
+        )])
+        .unwrap();
+        let bytes = write_stream(&b.schema(), &[b.clone(), b.clone()]).unwrap();
+        let ranges = message_ranges(&bytes).unwrap();
+        assert_eq!(ranges.len(), 3, "schema and two batches");
+        assert!(ranges[0].1.is_empty(), "a schema message has no body");
+        for (meta, body) in &ranges[1..] {
+            let m = arrow::ipc::root_as_message(&bytes[meta.clone()]).unwrap();
+            assert_eq!(m.header_type(), arrow::ipc::MessageHeader::RecordBatch);
+            assert_eq!(body.len() as i64, m.bodyLength());
+        }
+        // Truncated anywhere: an error, never a panic or a short list.
+        for cut in [3, 9, bytes.len() - 9] {
+            assert!(message_ranges(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        assert!(message_ranges(&[0xff; 12]).is_err());
     }
 }

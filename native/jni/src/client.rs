@@ -29,11 +29,10 @@ pub fn action(id: i64, kind: &str, body: Vec<u8>) -> Result<bytes::Bytes> {
     CLIENTS.get(id, WHAT)?.action(kind, body)
 }
 
-pub fn put_partition(id: i64, key: PartitionKey, ipc: &[u8]) -> Result<String> {
-    let (_, batches) = read_stream(ipc)?;
+pub fn put_partition(id: i64, key: PartitionKey, ipc: Vec<u8>) -> Result<String> {
     Ok(CLIENTS
         .get(id, WHAT)?
-        .put_partition(&key, batches)?
+        .put_partition_ipc(&key, bytes::Bytes::from(ipc))?
         .to_string())
 }
 

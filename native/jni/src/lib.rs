@@ -238,7 +238,7 @@ pub extern "system" fn Java_dev_stoker_jni_NativeBridge_putPartition<'caller>(
             version: string(env, &version, "data version")?,
         };
         let data = bytes(env, &ipc, "partition data")?;
-        let answer = client::put_partition(handle, key, &data)?;
+        let answer = client::put_partition(handle, key, data)?;
         Ok(JString::from_str(env, answer)?)
     })
     .resolve::<ThrowStoker>()
