@@ -337,3 +337,45 @@ async fn prometheus_metrics_page() {
     }
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_ipc_stream_is_put_as_is_or_split_when_its_messages_are_too_large() {
+    let server = start(config()).await.unwrap();
+    let batch = rings(20_000, 4);
+    let ipc = stoker_core::ipc::write_stream(&batch.schema(), &[batch.clone()]).unwrap();
+    // Default limits: the stream's one batch message goes through unchanged.
+    let mut client = connect(&server, None).await;
+    client.create_job(&job("j"), None).await.unwrap();
+    let answer = client
+        .put_partition_ipc(&key("j", 0, "v1"), ipc.clone().into())
+        .await
+        .unwrap();
+    assert_eq!(answer["rows"], 20_000, "{answer}");
+    // A client whose messages must stay under 256 KiB: the ~400 KB batch is
+    // decoded and sent in pieces, and the server still gets every row.
+    let options = ClientOptions {
+        max_message_bytes: 512 * 1024,
+        ..Default::default()
+    };
+    let mut small = Client::connect(&server.uri(), options).await.unwrap();
+    let answer = small
+        .put_partition_ipc(&key("j", 1, "v1"), ipc.into())
+        .await
+        .unwrap();
+    assert_eq!(answer["rows"], 20_000, "{answer}");
+    // Both partitions train.
+    for p in 0..2 {
+        let (res, _) = client.train_round(&round("j", p, 0), None).await.unwrap();
+        assert_eq!(res.samples, 20_000);
+    }
+    // Not an IPC stream: invalid input, and the server keeps serving.
+    let e = client
+        .put_partition_ipc(
+            &key("j", 2, "v1"),
+            bytes::Bytes::from_static(b"\xff\xff\xff\xffjunk"),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    assert_eq!(client.health().await.unwrap()["status"], "serving");
+}
