@@ -342,7 +342,8 @@ async fn prometheus_metrics_page() {
 async fn an_ipc_stream_is_put_as_is_or_split_when_its_messages_are_too_large() {
     let server = start(config()).await.unwrap();
     let batch = rings(20_000, 4);
-    let ipc = stoker_core::ipc::write_stream(&batch.schema(), &[batch.clone()]).unwrap();
+    let ipc =
+        stoker_core::ipc::write_stream(&batch.schema(), std::slice::from_ref(&batch)).unwrap();
     // Default limits: the stream's one batch message goes through unchanged.
     let mut client = connect(&server, None).await;
     client.create_job(&job("j"), None).await.unwrap();
