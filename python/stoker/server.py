@@ -114,14 +114,19 @@ def serve(
     args: list[str] | tuple[str, ...] = (),
     binary: str | None = None,
     log: str | os.PathLike | None = None,
+    detach: bool = False,
 ) -> Server:
     """Starts `stoker serve` and returns a handle once it listens.
 
     With `token`, clients must present it (written to a private file the server
-    reads). `args` passes any other `stoker serve` option (docs/cli.md).
+    reads). `args` passes any other `stoker serve` option (docs/cli.md). The server
+    stops with this process, however it ends (`--exit-with-parent`), unless `detach`
+    asks it to outlive it.
     """
     binary = binary or find_binary()
     command = [binary, "serve", "--host", host, "--port", str(port), "--device", device]
+    if not detach:
+        command.append("--exit-with-parent")
     run_dir = (
         Path(os.environ.get("TMPDIR", "/tmp")) / f"stoker-py-{os.getpid()}-{secrets.token_hex(4)}"
     )

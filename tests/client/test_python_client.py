@@ -88,12 +88,56 @@ def test_errors_have_their_stoker_classes(server, client):
     assert client.health()["status"] == "serving"
 
 
+def _gone(pid: int, seconds: float = 20) -> bool:
+    """Whether process `pid` ends (or is a zombie) within `seconds`."""
+    import time
+    from pathlib import Path
+
+    def running() -> bool:
+        status = Path(f"/proc/{pid}/status")
+        if not status.exists():
+            return False
+        return "\nState:\tZ" not in status.read_text()
+
+    deadline = time.monotonic() + seconds
+    while running() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return not running()
+
+
+def test_serve_stops_with_the_script_that_forgot_to_stop_it(stoker_bin):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    script = (
+        "import stoker\n"
+        "s = stoker.serve(device='cpu', binary={bin!r}, detach={detach})\n"
+        "print(s.process.pid, flush=True)\n"
+    )
+    pids = {}
+    for detach in (False, True):
+        out = subprocess.run(
+            [sys.executable, "-c", script.format(bin=stoker_bin, detach=detach)],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        pids[detach] = int(out.stdout.split()[-1])
+    assert _gone(pids[False]), "a server started by serve() outlived its script"
+    try:
+        assert not _gone(pids[True], seconds=2), "serve(detach=True) keeps running"
+    finally:
+        os.kill(pids[True], signal.SIGTERM)
+    assert _gone(pids[True])
+
+
 def test_a_server_started_with_exit_with_parent_stops_with_its_parent(stoker_bin):
     """What Python UDF workers rely on: they end with os._exit, so atexit never runs."""
     import subprocess
     import sys
-    import time
-    from pathlib import Path
 
     starter = (
         "import os, subprocess, sys\n"
@@ -108,13 +152,4 @@ def test_a_server_started_with_exit_with_parent_stops_with_its_parent(stoker_bin
     pid, address = int(out[0]), out[1]
     assert address.startswith("grpc://")
 
-    def running() -> bool:
-        status = Path(f"/proc/{pid}/status")
-        if not status.exists():
-            return False
-        return "\nState:\tZ" not in status.read_text()
-
-    deadline = time.monotonic() + 20
-    while running() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not running(), "the server outlived the process that started it"
+    assert _gone(pid), "the server outlived the process that started it"
