@@ -159,6 +159,14 @@ impl Client {
             ))
             .with_flight_descriptor(Some(FlightDescriptor::new_path(key.path())))
             .build(batches.map_err(|e| FlightError::ExternalError(Box::new(e))));
+        self.put(data).await
+    }
+
+    /// Runs a DoPut; returns the server's last answer (its `app_metadata`).
+    async fn put<S>(&mut self, data: S) -> Result<serde_json::Value>
+    where
+        S: Stream<Item = std::result::Result<FlightData, FlightError>> + Send + 'static,
+    {
         let mut results = self.inner.do_put(data).await.map_err(from_flight)?;
         let mut last = serde_json::Value::Null;
         while let Some(r) = results.next().await {
@@ -196,17 +204,8 @@ impl Client {
                 app_metadata: Bytes::new(),
             })
             .collect();
-        let mut results = self
-            .inner
-            .do_put(futures::stream::iter(data.into_iter().map(Ok)))
+        self.put(futures::stream::iter(data.into_iter().map(Ok)))
             .await
-            .map_err(from_flight)?;
-        let mut last = serde_json::Value::Null;
-        while let Some(r) = results.next().await {
-            let r = r.map_err(from_flight)?;
-            last = serde_json::from_slice(&r.app_metadata).unwrap_or(serde_json::Value::Null);
-        }
-        Ok(last)
     }
 
     /// Trains one partition for one round; returns the result and the new

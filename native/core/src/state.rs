@@ -233,7 +233,7 @@ impl State {
     /// Serializes to safetensors. The bytes are deterministic (header keys
     /// sorted, tensors in name order): equal states give equal bytes.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        let mut out = Vec::with_capacity(self.encoded_len()?);
+        let mut out = Vec::new();
         self.append_to(&mut out)?;
         Ok(out)
     }

@@ -193,10 +193,10 @@ impl Optimizer {
     pub fn step(&mut self, params: &[Parameter]) -> Result<()> {
         self.step += 1;
         let _guard = tch::no_grad_guard();
-        let c = self.config.clone();
+        let scratch = self.scratch(params)?;
+        let c = &self.config;
         let wd = c.weight_decay();
         let t = self.step as i32;
-        let scratch = self.scratch(params)?;
         for ((_, p), slots) in params.iter().zip(self.slots.iter_mut()) {
             let mut g = p.grad();
             if !g.defined() {

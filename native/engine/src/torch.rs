@@ -59,6 +59,21 @@ pub fn to_vec_f32(t: &Tensor) -> stoker_core::Result<Vec<f32>> {
     Vec::<f32>::try_from(&flat).map_err(internal("reading tensor values"))
 }
 
+/// An F32 state tensor holds exactly the 4 bytes per element its shape needs
+/// (what reading it as raw f32 relies on).
+fn check_f32_bytes(data: &TensorData) -> stoker_core::Result<()> {
+    if data.data.len() == data.numel() * 4 {
+        return Ok(());
+    }
+    Err(stoker_core::Error::invalid(format!(
+        "state tensor '{}' has {} bytes, its shape {:?} needs {}",
+        data.name,
+        data.data.len(),
+        data.shape,
+        data.numel() * 4
+    )))
+}
+
 /// A state tensor as a host float tensor. F32 data (stoker's states, always
 /// little-endian, like the hosts libtorch runs on here) is copied once, straight
 /// from the state's bytes; other dtypes are converted.
@@ -66,15 +81,7 @@ pub fn tensor_from_state(data: &TensorData) -> stoker_core::Result<Tensor> {
     let shape: Vec<i64> = data.shape.iter().map(|&d| d as i64).collect();
     if data.dtype == DType::F32 && cfg!(target_endian = "little") {
         // at_tensor_of_data reads numel * 4 bytes: check there are that many.
-        if data.data.len() != data.numel() * 4 {
-            return Err(stoker_core::Error::invalid(format!(
-                "state tensor '{}' has {} bytes, its shape {:?} needs {}",
-                data.name,
-                data.data.len(),
-                data.shape,
-                data.numel() * 4
-            )));
-        }
+        check_f32_bytes(data)?;
         return Tensor::f_from_data_size(&data.data, &shape, Kind::Float)
             .map_err(internal("loading a state tensor"));
     }
@@ -98,15 +105,7 @@ pub fn copy_from_state(target: &mut Tensor, data: &TensorData) -> stoker_core::R
     if data.dtype != DType::F32 || cfg!(target_endian = "big") {
         return copy(target, &tensor_from_state(data)?);
     }
-    if data.data.len() != data.numel() * 4 {
-        return Err(stoker_core::Error::invalid(format!(
-            "state tensor '{}' has {} bytes, its shape {:?} needs {}",
-            data.name,
-            data.data.len(),
-            data.shape,
-            data.numel() * 4
-        )));
-    }
+    check_f32_bytes(data)?;
     let shape: Vec<i64> = data.shape.iter().map(|&d| d as i64).collect();
     let mut strides = vec![1i64; shape.len()];
     for i in (0..shape.len().saturating_sub(1)).rev() {

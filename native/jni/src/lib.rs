@@ -99,6 +99,24 @@ fn optional_string(env: &Env<'_>, s: &JString<'_>) -> BridgeResult<Option<String
     Ok(Some(s.try_to_string(env)?))
 }
 
+// Java's `byte` is signed: these view JVM byte elements as the `u8` the
+// state and protocol code reads, and back.
+fn as_bytes(b: &[i8]) -> &[u8] {
+    // SAFETY: i8 and u8 have the same size, alignment and validity; the
+    // returned slice borrows `b` for its whole life.
+    unsafe { std::slice::from_raw_parts(b.as_ptr().cast::<u8>(), b.len()) }
+}
+
+fn as_bytes_mut(b: &mut [i8]) -> &mut [u8] {
+    // SAFETY: as in `as_bytes`, and the borrow of `b` is exclusive.
+    unsafe { std::slice::from_raw_parts_mut(b.as_mut_ptr().cast::<u8>(), b.len()) }
+}
+
+fn as_jbytes_mut(b: &mut [u8]) -> &mut [i8] {
+    // SAFETY: as in `as_bytes`, and the borrow of `b` is exclusive.
+    unsafe { std::slice::from_raw_parts_mut(b.as_mut_ptr().cast::<i8>(), b.len()) }
+}
+
 fn bytes(env: &Env<'_>, b: &JByteArray<'_>, what: &str) -> BridgeResult<Vec<u8>> {
     if b.is_null() {
         return Err(Error::invalid(format!("{what} is null")).into());
@@ -197,12 +215,7 @@ pub extern "system" fn Java_dev_stoker_jni_NativeBridge_actionParts<'caller>(
         for (array, (_, size)) in arrays.iter().zip(&sizes) {
             let start = body.len();
             body.resize(start + size, 0);
-            let target = &mut body[start..];
-            // SAFETY: i8 and u8 have the same size, alignment and validity.
-            let target = unsafe {
-                std::slice::from_raw_parts_mut(target.as_mut_ptr().cast::<i8>(), target.len())
-            };
-            array.get_region(env, 0, target)?;
+            array.get_region(env, 0, as_jbytes_mut(&mut body[start..]))?;
         }
         let out = client::action(handle, &kind, body)?;
         let (json, ranges) = Envelope::split(&out)?;
@@ -303,15 +316,12 @@ pub extern "system" fn Java_dev_stoker_jni_NativeBridge_mergeMeanInto<'caller>(
         // calls back into the JVM, and it lasts one pass over the bytes.
         let mut dst = unsafe { mean.get_elements_critical(env, ReleaseMode::CopyBack)? };
         let src = unsafe { other.get_elements_critical(env, ReleaseMode::NoCopyBack)? };
-        let (dst, src): (&mut [i8], &[i8]) = (&mut dst, &src);
-        // SAFETY: i8 and u8 have the same size, alignment and validity.
-        let (dst, src) = unsafe {
-            (
-                std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<u8>(), dst.len()),
-                std::slice::from_raw_parts(src.as_ptr().cast::<u8>(), src.len()),
-            )
-        };
-        running_mean::merge(dst, mean_weight, src, other_weight)?;
+        running_mean::merge(
+            as_bytes_mut(&mut dst),
+            mean_weight,
+            as_bytes(&src),
+            other_weight,
+        )?;
         Ok(())
     })
     .resolve::<ThrowStoker>()
@@ -334,12 +344,7 @@ pub extern "system" fn Java_dev_stoker_jni_NativeBridge_meanWithSamples<'caller>
             // SAFETY: one shared guard on the array; nothing in this scope calls
             // back into the JVM, and it lasts one copy of the bytes.
             let elements = unsafe { mean.get_elements_critical(env, ReleaseMode::NoCopyBack)? };
-            let elements: &[i8] = &elements;
-            // SAFETY: i8 and u8 have the same size, alignment and validity.
-            let bytes = unsafe {
-                std::slice::from_raw_parts(elements.as_ptr().cast::<u8>(), elements.len())
-            };
-            running_mean::with_samples(bytes, samples.max(0) as u64)?
+            running_mean::with_samples(as_bytes(&elements), samples.max(0) as u64)?
         };
         Ok(env.byte_array_from_slice(&out)?)
     })

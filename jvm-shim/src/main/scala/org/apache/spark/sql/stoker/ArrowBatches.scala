@@ -5,7 +5,7 @@ import java.io.{ByteArrayInputStream, ByteArrayOutputStream}
 import scala.collection.mutable.ArrayBuffer
 
 import org.apache.arrow.memory.BufferAllocator
-import org.apache.arrow.vector.{FieldVector, Float4Vector, Float8Vector}
+import org.apache.arrow.vector.{FieldVector, Float4Vector, Float8Vector, VectorSchemaRoot}
 import org.apache.arrow.vector.complex.ListVector
 import org.apache.arrow.vector.ipc.{ArrowStreamReader, ArrowStreamWriter}
 import org.apache.spark.rdd.RDD
@@ -52,11 +52,8 @@ object ArrowBatches {
       batchRows: Int): (Array[Byte], Long) = {
     val writer = ArrowWriter.create(schema, timeZone, true, false)
     val root = writer.root
-    val out = new ByteArrayOutputStream()
     var total = 0L
-    try {
-      val stream = new ArrowStreamWriter(root, null, out)
-      stream.start()
+    val ipc = try ipcStream(root) { stream =>
       var inBatch = 0
       while (rows.hasNext) {
         writer.write(rows.next())
@@ -73,11 +70,21 @@ object ArrowBatches {
         writer.finish()
         stream.writeBatch()
       }
-      stream.end()
     } finally {
       root.close()
     }
-    (out.toByteArray, total)
+    (ipc, total)
+  }
+
+  /** An Arrow IPC stream of `root`'s schema and the batches `write` writes from it. */
+  private[stoker] def ipcStream(root: VectorSchemaRoot)(write: ArrowStreamWriter => Unit)
+      : Array[Byte] = {
+    val out = new ByteArrayOutputStream()
+    val stream = new ArrowStreamWriter(root, null, out)
+    stream.start()
+    write(stream)
+    stream.end()
+    out.toByteArray
   }
 
   /** What the server sends back for a batch: one prediction per row, maybe probabilities. */

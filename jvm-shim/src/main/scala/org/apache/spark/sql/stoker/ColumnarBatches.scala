@@ -1,10 +1,7 @@
 package org.apache.spark.sql.stoker
 
-import java.io.ByteArrayOutputStream
-
 import org.apache.arrow.vector.{BigIntVector, Float4Vector, Float8Vector, IntVector,
   VectorSchemaRoot}
-import org.apache.arrow.vector.ipc.ArrowStreamWriter
 import org.apache.spark.rdd.RDD
 import org.apache.spark.sql.Dataset
 import org.apache.spark.sql.execution.{ColumnarToRowExec, InputAdapter, SparkPlan,
@@ -65,11 +62,8 @@ object ColumnarBatches {
     val allocator = ArrowUtils.rootAllocator.newChildAllocator("stoker-columnar", 0, Long.MaxValue)
     val root = VectorSchemaRoot.create(
       ArrowUtils.toArrowSchema(schema, timeZone, true, false), allocator)
-    val out = new ByteArrayOutputStream()
     var total = 0L
-    try {
-      val stream = new ArrowStreamWriter(root, null, out)
-      stream.start()
+    val ipc = try ArrowBatches.ipcStream(root) { stream =>
       var filled = 0
       def flush(): Unit = if (filled > 0) {
         root.getFieldVectors.forEach(_.setValueCount(filled))
@@ -99,12 +93,11 @@ object ColumnarBatches {
         }
       }
       flush()
-      stream.end()
     } finally {
       root.close()
       allocator.close()
     }
-    (out.toByteArray, total)
+    (ipc, total)
   }
 
   /** Copies `n` values from row `from` of `src` to row `to` of `dst`, nulls as nulls. */
