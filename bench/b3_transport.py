@@ -24,7 +24,8 @@ Arrow C++ a RecordBatchStream of the prebuilt batch repeated, DoPut and
 DoExchange loop over the 8 MiB batches in Python only once per batch. DoExchange
 writes from a second thread while the main thread reads, for both servers.
 All variants (and the TCP bound) alternate within each repetition
-(`side_by_side`); the value is the median over `ctx.repeats`.
+(`side_by_side`); the value is the median over `ctx.repeats` transfers, at
+least TRANSFERS (a single transfer is short and noisy).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ BENCH = "3 Flight transport"
 BATCH_ROWS = 65536
 COLS = 32
 TCP_CHUNK = 8 << 20
+TRANSFERS = 15
 STOKER = "stoker serve"
 PEER = "pyarrow.flight (Arrow C++)"
 BOUND = "raw TCP (bound)"
@@ -240,7 +242,11 @@ def run(ctx: Context, *, batches: int | None = None) -> list[Result]:
             ("TCP", BOUND): lambda: _tcp(sink_port, payload),
         }
         keys = list(variants)
-        by_name = side_by_side({f"{c}/{v}": variants[(c, v)] for c, v in keys}, ctx.repeats)
+        # One transfer takes 0.05-0.2 s and single ones vary by 2x on a shared
+        # 2-core VM: take at least TRANSFERS samples of each, still alternating.
+        by_name = side_by_side(
+            {f"{c}/{v}": variants[(c, v)] for c, v in keys}, max(ctx.repeats, TRANSFERS)
+        )
         rss = {
             STOKER: rss_bytes(server.process.pid),
             PEER: rss_bytes(peer.pid),

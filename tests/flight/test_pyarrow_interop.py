@@ -97,6 +97,14 @@ def test_train_rounds_register_and_predict(server, cli, tmp_path):
     assert pred.num_rows == 3000
     assert pred.column_names == ["id", "prediction", "probability"]
     assert pred["id"].to_pylist() == list(range(3000))
+
+    # A bad row in a later batch fails the stream after the good batches were
+    # answered; the message names the column and the row in the whole stream.
+    a = test["a"].to_numpy().copy()
+    a[1500] = np.nan
+    with expect(INVALID, "'a' has NaN at row 1500"):
+        exchange(client, "rings", test.set_column(0, "a", pa.array(a)))
+    assert exchange(client, "rings", test.slice(0, 10)).num_rows == 10
     accuracy = np.mean(pred["prediction"].to_numpy() == test["y"].to_numpy())
     assert accuracy > 0.95, accuracy
 
@@ -130,7 +138,8 @@ def test_train_rounds_register_and_predict(server, cli, tmp_path):
     downloaded = client.do_get(flight.Ticket(b"models/rings")).read_all()
     assert downloaded.column(0)[0].as_py() == state
     stats, _ = act(client, "stats")
-    assert stats["train_rounds"] == 8 and stats["rows_predicted"] == 3000
+    # 3000, the two 700-row batches before the bad row, and the last 10.
+    assert stats["train_rounds"] == 8 and stats["rows_predicted"] == 3000 + 1400 + 10
     meta, _ = read_state_bytes(state, tmp_path)
     assert meta["samples"] == "4000"
 

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
-use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::flight_service_server::FlightService;
 use arrow_flight::{
     Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo,
@@ -17,6 +16,7 @@ use stoker_core::{Error, ErrorKind};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::service::{blocking, constant_time_eq, flight_error, keep_columns, Service, Stream};
+use super::wire::{encode_batches, Outgoing};
 
 /// The actions ListActions describes.
 pub fn action_types() -> Vec<ActionType> {
@@ -129,38 +129,10 @@ impl FlightService for Handler {
         &self,
         request: Request<Ticket>,
     ) -> std::result::Result<Response<Self::DoGetStream>, Status> {
-        self.authorize(&request).map_err(|e| self.fail(e))?;
-        let ticket = request.into_inner().ticket;
-        if ticket.starts_with(super::transport::ZEROS.as_bytes()) {
-            let text = String::from_utf8_lossy(&ticket).into_owned();
-            let batches = super::transport::zeros(&text).map_err(|e| self.fail(e))?;
-            let me = self.0.clone();
-            let out = FlightDataEncoderBuilder::new()
-                .with_max_flight_data_size(stoker_core::protocol::data_message_bytes(
-                    self.max_message_bytes,
-                ))
-                .build(stream::iter(batches.into_iter().map(Ok)))
-                .map_err(move |e| me.fail(flight_error(e)));
-            return Ok(Response::new(out.boxed()));
-        }
-        let me = self.0.clone();
-        let state = blocking(move || me.ticket_state(&ticket))
-            .await
-            .map_err(|e| self.fail(e))?;
-        // A state travels as one Arrow batch with one binary cell, so any
-        // Flight client can download it with a plain DoGet.
-        let array = arrow::array::BinaryArray::from_vec(vec![state.as_slice()]);
-        let batch =
-            RecordBatch::try_from_iter(vec![("state", Arc::new(array) as arrow::array::ArrayRef)])
-                .map_err(|e| self.fail(Error::from(e)))?;
-        let me = self.0.clone();
-        let out = FlightDataEncoderBuilder::new()
-            .with_max_flight_data_size(stoker_core::protocol::data_message_bytes(
-                self.max_message_bytes,
-            ))
-            .build(stream::iter([Ok(batch)]))
-            .map_err(move |e| me.fail(flight_error(e)));
-        Ok(Response::new(out.boxed()))
+        let messages = self.get(request).await?;
+        Ok(Response::new(
+            messages.map_ok(Outgoing::into_flight_data).boxed(),
+        ))
     }
 
     async fn do_put(
@@ -181,15 +153,10 @@ impl FlightService for Handler {
         &self,
         request: Request<Streaming<FlightData>>,
     ) -> std::result::Result<Response<Self::DoExchangeStream>, Status> {
-        self.authorize(&request).map_err(|e| self.fail(e))?;
-        let keep = keep_columns(request.metadata());
-        let out = self
-            .0
-            .clone()
-            .exchange(request.into_inner(), keep)
-            .await
-            .map_err(|e| self.fail(e))?;
-        Ok(Response::new(out))
+        let messages = self.exchange(request).await?;
+        Ok(Response::new(
+            messages.map_ok(Outgoing::into_flight_data).boxed(),
+        ))
     }
 
     async fn do_action(
@@ -219,5 +186,52 @@ impl FlightService for Handler {
         Ok(Response::new(
             stream::iter(action_types().into_iter().map(Ok)).boxed(),
         ))
+    }
+}
+
+/// DoGet and DoExchange as [`Outgoing`] messages: what
+/// [`super::fastpath::FlightRoutes`] writes to the wire without copying, and
+/// what the trait methods above turn into `FlightData`.
+impl Handler {
+    pub(super) async fn get(&self, request: Request<Ticket>) -> Result<Stream<Outgoing>, Status> {
+        self.authorize(&request).map_err(|e| self.fail(e))?;
+        let ticket = request.into_inner().ticket;
+        let max_bytes = stoker_core::protocol::data_message_bytes(self.max_message_bytes);
+        let me = self.0.clone();
+        if ticket.starts_with(super::transport::ZEROS.as_bytes()) {
+            let text = String::from_utf8_lossy(&ticket).into_owned();
+            let batches = super::transport::zeros(&text).map_err(|e| self.fail(e))?;
+            return Ok(
+                encode_batches(stream::iter(batches.into_iter().map(Ok)), max_bytes)
+                    .map_err(move |e| me.fail(flight_error(e)))
+                    .boxed(),
+            );
+        }
+        let state = blocking(move || me.ticket_state(&ticket))
+            .await
+            .map_err(|e| self.fail(e))?;
+        // A state travels as one Arrow batch with one binary cell, so any
+        // Flight client can download it with a plain DoGet.
+        let array = arrow::array::BinaryArray::from_vec(vec![state.as_slice()]);
+        let batch =
+            RecordBatch::try_from_iter(vec![("state", Arc::new(array) as arrow::array::ArrayRef)])
+                .map_err(|e| self.fail(Error::from(e)))?;
+        let me = self.0.clone();
+        Ok(encode_batches(stream::iter([Ok(batch)]), max_bytes)
+            .map_err(move |e| me.fail(flight_error(e)))
+            .boxed())
+    }
+
+    pub(super) async fn exchange(
+        &self,
+        request: Request<Streaming<FlightData>>,
+    ) -> Result<Stream<Outgoing>, Status> {
+        self.authorize(&request).map_err(|e| self.fail(e))?;
+        let keep = keep_columns(request.metadata());
+        self.0
+            .clone()
+            .exchange(request.into_inner(), keep)
+            .await
+            .map_err(|e| self.fail(e))
     }
 }

@@ -2,17 +2,18 @@
 //! docs/protocol.md describes what it speaks.
 
 pub mod batcher;
+pub mod fastpath;
 pub mod handler;
 pub mod jobs;
 pub mod metrics;
 pub mod models;
 pub mod service;
 pub mod transport;
+pub mod wire;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use arrow_flight::flight_service_server::FlightServiceServer;
 use stoker_core::{Error, ErrorKind, Result};
 use stoker_engine::DeviceSpec;
 use tokio::sync::oneshot;
@@ -162,9 +163,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
         max_message_bytes: config.max_message_bytes,
         counters: Default::default(),
     });
-    let flight = FlightServiceServer::new(handler::Handler(service.clone()))
-        .max_decoding_message_size(config.max_message_bytes)
-        .max_encoding_message_size(config.max_message_bytes);
+    let flight =
+        fastpath::FlightRoutes::new(handler::Handler(service.clone()), config.max_message_bytes);
     // Large HTTP/2 flow-control windows: with the 64 KiB defaults a stream of
     // multi-megabyte Arrow batches stalls on window updates.
     let mut builder = tonic::transport::Server::builder()

@@ -6,9 +6,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use super::wire::{encode_batches, Outgoing};
 use arrow::array::RecordBatch;
 use arrow_flight::decode::FlightRecordBatchStream;
-use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::{FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, PutResult, Ticket};
 use bytes::Bytes;
@@ -399,17 +399,14 @@ impl Service {
         self: Arc<Self>,
         input: Streaming<FlightData>,
         keep: Vec<String>,
-    ) -> Result<Stream<FlightData>> {
+    ) -> Result<Stream<Outgoing>> {
         let (descriptor, data) = split_descriptor(input).await?;
         let path = descriptor_path(descriptor.as_ref())?;
+        let max_bytes = stoker_core::protocol::data_message_bytes(self.max_message_bytes);
         if super::transport::is_echo(&path) {
             let echoed = FlightRecordBatchStream::new_from_flight_data(data);
             let me = self.clone();
-            return Ok(FlightDataEncoderBuilder::new()
-                .with_max_flight_data_size(stoker_core::protocol::data_message_bytes(
-                    self.max_message_bytes,
-                ))
-                .build(echoed)
+            return Ok(encode_batches(echoed, max_bytes)
                 .map_err(move |e| me.fail(flight_error(e)))
                 .boxed());
         }
@@ -435,12 +432,8 @@ impl Service {
             }
         });
         let me = self.clone();
-        let encoded = FlightDataEncoderBuilder::new()
-            .with_max_flight_data_size(stoker_core::protocol::data_message_bytes(
-                self.max_message_bytes,
-            ))
-            .build(predictions)
-            .map_err(move |e| me.fail(flight_error(e)));
+        let encoded =
+            encode_batches(predictions, max_bytes).map_err(move |e| me.fail(flight_error(e)));
         Ok(encoded.boxed())
     }
 

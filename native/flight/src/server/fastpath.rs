@@ -1,0 +1,176 @@
+//! DoGet and DoExchange answered without tonic's response encoder.
+//!
+//! tonic encodes every response message into its own buffer (a copy of every
+//! Arrow body). [`FlightRoutes`] sits where tonic's generated
+//! `FlightServiceServer` would: it takes DoGet and DoExchange itself, decodes
+//! the request with tonic's own decoder, runs the same [`Handler`] code, and
+//! writes the answer as [`super::wire`] chunks with gRPC's trailers. Every
+//! other method goes to the generated server unchanged.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use arrow_flight::flight_service_server::FlightServiceServer;
+use arrow_flight::{FlightData, Ticket};
+use bytes::Bytes;
+use futures::StreamExt;
+use http_body::Frame;
+use tonic::codegen::{http, BoxFuture, Service};
+use tonic::metadata::MetadataMap;
+use tonic::server::NamedService;
+use tonic::{Request, Status, Streaming};
+use tonic_prost::ProstDecoder;
+
+use super::handler::Handler;
+use super::service::Stream;
+use super::wire::Outgoing;
+
+const DO_GET: &str = "/arrow.flight.protocol.FlightService/DoGet";
+const DO_EXCHANGE: &str = "/arrow.flight.protocol.FlightService/DoExchange";
+
+/// The Flight service as the router sees it.
+#[derive(Clone)]
+pub struct FlightRoutes {
+    generated: FlightServiceServer<Handler>,
+    handler: Handler,
+    max_message_bytes: usize,
+}
+
+impl FlightRoutes {
+    pub fn new(handler: Handler, max_message_bytes: usize) -> Self {
+        let generated = FlightServiceServer::new(handler.clone())
+            .max_decoding_message_size(max_message_bytes)
+            .max_encoding_message_size(max_message_bytes);
+        FlightRoutes {
+            generated,
+            handler,
+            max_message_bytes,
+        }
+    }
+}
+
+impl NamedService for FlightRoutes {
+    const NAME: &'static str = <FlightServiceServer<Handler> as NamedService>::NAME;
+}
+
+impl Service<http::Request<tonic::body::Body>> for FlightRoutes {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Infallible>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Service::<http::Request<tonic::body::Body>>::poll_ready(&mut self.generated, cx)
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        let handler = self.handler.clone();
+        let max = self.max_message_bytes;
+        match req.uri().path() {
+            DO_GET => Box::pin(async move {
+                let answer = async {
+                    let request = decode::<Ticket>(req, max);
+                    let (metadata, extensions, mut messages) = request.into_parts();
+                    let ticket = messages
+                        .message()
+                        .await?
+                        .ok_or_else(|| Status::invalid_argument("DoGet without a ticket"))?;
+                    handler
+                        .get(Request::from_parts(metadata, extensions, ticket))
+                        .await
+                };
+                Ok(respond(answer.await))
+            }),
+            DO_EXCHANGE => Box::pin(async move {
+                let answer = handler.exchange(decode::<FlightData>(req, max)).await;
+                Ok(respond(answer))
+            }),
+            _ => self.generated.call(req),
+        }
+    }
+}
+
+/// The request's messages, decoded the way the generated server would.
+fn decode<T: prost::Message + Default + Send + 'static>(
+    req: http::Request<tonic::body::Body>,
+    max_message_bytes: usize,
+) -> Request<Streaming<T>> {
+    let (parts, body) = req.into_parts();
+    let messages = Streaming::new_request(
+        ProstDecoder::<T>::default(),
+        body,
+        None,
+        Some(max_message_bytes),
+    );
+    Request::from_parts(
+        MetadataMap::from_headers(parts.headers),
+        parts.extensions,
+        messages,
+    )
+}
+
+/// A gRPC response: the messages as body chunks, then the status as
+/// trailers. A call that fails before its first message is answered with the
+/// status alone, as tonic does.
+fn respond(answer: Result<Stream<Outgoing>, Status>) -> http::Response<tonic::body::Body> {
+    match answer {
+        Ok(messages) => {
+            let mut response = http::Response::new(tonic::body::Body::new(GrpcBody {
+                messages,
+                chunks: VecDeque::new(),
+                finished: false,
+            }));
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/grpc"),
+            );
+            response
+        }
+        Err(status) => status.into_http(),
+    }
+}
+
+struct GrpcBody {
+    messages: Stream<Outgoing>,
+    chunks: VecDeque<Bytes>,
+    finished: bool,
+}
+
+impl http_body::Body for GrpcBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        loop {
+            if let Some(chunk) = self.chunks.pop_front() {
+                return Poll::Ready(Some(Ok(Frame::data(chunk))));
+            }
+            if self.finished {
+                return Poll::Ready(None);
+            }
+            let status = match std::task::ready!(self.messages.poll_next_unpin(cx)) {
+                Some(Ok(message)) => {
+                    message.write_grpc(&mut self.chunks);
+                    continue;
+                }
+                Some(Err(status)) => status,
+                None => Status::ok(""),
+            };
+            self.finished = true;
+            return Poll::Ready(Some(Ok(Frame::trailers(trailers(&status)))));
+        }
+    }
+}
+
+fn trailers(status: &Status) -> http::HeaderMap {
+    let mut headers = http::HeaderMap::new();
+    if status.add_header(&mut headers).is_err() {
+        // Only a message that cannot be a header value fails; keep the code.
+        headers.insert("grpc-status", http::HeaderValue::from(status.code() as i32));
+    }
+    headers
+}
