@@ -1,11 +1,12 @@
-//! DoGet and DoExchange answered without tonic's response encoder.
+//! DoGet, DoPut and DoExchange served without tonic's codec.
 //!
-//! tonic encodes every response message into its own buffer (a copy of every
-//! Arrow body). [`FlightRoutes`] sits where tonic's generated
-//! `FlightServiceServer` would: it takes DoGet and DoExchange itself, decodes
-//! the request with tonic's own decoder, runs the same [`Handler`] code, and
-//! writes the answer as [`super::wire`] chunks with gRPC's trailers. Every
-//! other method goes to the generated server unchanged.
+//! tonic gathers every request message into one growing buffer and encodes
+//! every response message into another: a copy of every Arrow body each way.
+//! [`FlightRoutes`] sits where tonic's generated `FlightServiceServer` would:
+//! it takes the three data-carrying methods itself, reads their requests
+//! with [`super::inbound`] (Arrow bodies land aligned, copied once), runs the
+//! same [`Handler`] code, and writes answers as [`super::wire`] chunks with
+//! gRPC's trailers. Every other method goes to the generated server.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -13,10 +14,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use arrow_flight::flight_service_server::FlightServiceServer;
-use arrow_flight::{FlightData, Ticket};
-use bytes::Bytes;
-use futures::StreamExt;
+use arrow_flight::{FlightData, PutResult, Ticket};
+use bytes::{BufMut, Bytes, BytesMut};
+use futures::stream::{self, StreamExt};
 use http_body::Frame;
+use prost::Message;
 use tonic::codegen::{http, BoxFuture, Service};
 use tonic::metadata::MetadataMap;
 use tonic::server::NamedService;
@@ -28,6 +30,7 @@ use super::service::Stream;
 use super::wire::Outgoing;
 
 const DO_GET: &str = "/arrow.flight.protocol.FlightService/DoGet";
+const DO_PUT: &str = "/arrow.flight.protocol.FlightService/DoPut";
 const DO_EXCHANGE: &str = "/arrow.flight.protocol.FlightService/DoExchange";
 
 /// The Flight service as the router sees it.
@@ -82,13 +85,32 @@ impl Service<http::Request<tonic::body::Body>> for FlightRoutes {
                 };
                 Ok(respond(answer.await))
             }),
+            DO_PUT => Box::pin(async move {
+                let answer = handler.put(flight_data(req, max)).await;
+                Ok(respond(
+                    answer.map(|result| stream::iter([Ok(result)]).boxed()),
+                ))
+            }),
             DO_EXCHANGE => Box::pin(async move {
-                let answer = handler.exchange(decode::<FlightData>(req, max)).await;
+                let answer = handler.exchange(flight_data(req, max)).await;
                 Ok(respond(answer))
             }),
             _ => self.generated.call(req),
         }
     }
+}
+
+/// A DoPut or DoExchange request: its FlightData messages, bodies aligned.
+fn flight_data(
+    req: http::Request<tonic::body::Body>,
+    max_message_bytes: usize,
+) -> Request<Stream<FlightData>> {
+    let (parts, body) = req.into_parts();
+    Request::from_parts(
+        MetadataMap::from_headers(parts.headers),
+        parts.extensions,
+        super::inbound::flight_data(body, max_message_bytes),
+    )
 }
 
 /// The request's messages, decoded the way the generated server would.
@@ -113,7 +135,7 @@ fn decode<T: prost::Message + Default + Send + 'static>(
 /// A gRPC response: the messages as body chunks, then the status as
 /// trailers. A call that fails before its first message is answered with the
 /// status alone, as tonic does.
-fn respond(answer: Result<Stream<Outgoing>, Status>) -> http::Response<tonic::body::Body> {
+fn respond<T: GrpcMessage>(answer: Result<Stream<T>, Status>) -> http::Response<tonic::body::Body> {
     match answer {
         Ok(messages) => {
             let mut response = http::Response::new(tonic::body::Body::new(GrpcBody {
@@ -131,13 +153,36 @@ fn respond(answer: Result<Stream<Outgoing>, Status>) -> http::Response<tonic::bo
     }
 }
 
-struct GrpcBody {
-    messages: Stream<Outgoing>,
+/// A response message that can write itself as gRPC body chunks.
+trait GrpcMessage: Send + 'static {
+    fn write_grpc(self, out: &mut VecDeque<Bytes>);
+}
+
+impl GrpcMessage for Outgoing {
+    fn write_grpc(self, out: &mut VecDeque<Bytes>) {
+        Outgoing::write_grpc(self, out)
+    }
+}
+
+/// DoPut's one small answer: plain prost encoding.
+impl GrpcMessage for PutResult {
+    fn write_grpc(self, out: &mut VecDeque<Bytes>) {
+        let mut framed = BytesMut::with_capacity(5 + self.encoded_len());
+        framed.put_u8(0); // not compressed
+        framed.put_u32(self.encoded_len() as u32);
+        // Encoding into a buffer reserved for it cannot run out of space.
+        let _ = self.encode(&mut framed);
+        out.push_back(framed.freeze());
+    }
+}
+
+struct GrpcBody<T> {
+    messages: Stream<T>,
     chunks: VecDeque<Bytes>,
     finished: bool,
 }
 
-impl http_body::Body for GrpcBody {
+impl<T: GrpcMessage> http_body::Body for GrpcBody<T> {
     type Data = Bytes;
     type Error = Infallible;
 

@@ -139,13 +139,7 @@ impl FlightService for Handler {
         &self,
         request: Request<Streaming<FlightData>>,
     ) -> std::result::Result<Response<Self::DoPutStream>, Status> {
-        self.authorize(&request).map_err(|e| self.fail(e))?;
-        let result = self
-            .0
-            .clone()
-            .put(request.into_inner())
-            .await
-            .map_err(|e| self.fail(e))?;
+        let result = self.put(request.map(StreamExt::boxed)).await?;
         Ok(Response::new(stream::iter([Ok(result)]).boxed()))
     }
 
@@ -153,7 +147,7 @@ impl FlightService for Handler {
         &self,
         request: Request<Streaming<FlightData>>,
     ) -> std::result::Result<Response<Self::DoExchangeStream>, Status> {
-        let messages = self.exchange(request).await?;
+        let messages = self.exchange(request.map(StreamExt::boxed)).await?;
         Ok(Response::new(
             messages.map_ok(Outgoing::into_flight_data).boxed(),
         ))
@@ -189,9 +183,10 @@ impl FlightService for Handler {
     }
 }
 
-/// DoGet and DoExchange as [`Outgoing`] messages: what
-/// [`super::fastpath::FlightRoutes`] writes to the wire without copying, and
-/// what the trait methods above turn into `FlightData`.
+/// DoGet, DoPut and DoExchange as [`super::fastpath::FlightRoutes`] calls
+/// them: requests as streams decoded by [`super::inbound`], answers as
+/// [`Outgoing`] messages written without copying (the trait methods above
+/// adapt tonic's types to these).
 impl Handler {
     pub(super) async fn get(&self, request: Request<Ticket>) -> Result<Stream<Outgoing>, Status> {
         self.authorize(&request).map_err(|e| self.fail(e))?;
@@ -222,9 +217,21 @@ impl Handler {
             .boxed())
     }
 
+    pub(super) async fn put(
+        &self,
+        request: Request<Stream<FlightData>>,
+    ) -> Result<PutResult, Status> {
+        self.authorize(&request).map_err(|e| self.fail(e))?;
+        self.0
+            .clone()
+            .put(request.into_inner())
+            .await
+            .map_err(|e| self.fail(e))
+    }
+
     pub(super) async fn exchange(
         &self,
-        request: Request<Streaming<FlightData>>,
+        request: Request<Stream<FlightData>>,
     ) -> Result<Stream<Outgoing>, Status> {
         self.authorize(&request).map_err(|e| self.fail(e))?;
         let keep = keep_columns(request.metadata());

@@ -4,6 +4,7 @@
 pub mod batcher;
 pub mod fastpath;
 pub mod handler;
+pub mod inbound;
 pub mod jobs;
 pub mod metrics;
 pub mod models;

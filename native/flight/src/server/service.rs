@@ -20,7 +20,7 @@ use stoker_core::protocol::{
 };
 use stoker_core::{Error, ErrorKind, Result};
 use stoker_engine::DeviceSpec;
-use tonic::{Request, Status, Streaming};
+use tonic::{Request, Status};
 
 use super::jobs::{Job, Jobs};
 use super::metrics::{Histogram, LATENCY_BOUNDS};
@@ -84,11 +84,12 @@ pub(super) fn flight_error(e: FlightError) -> Error {
 type DataStream = BoxStream<'static, std::result::Result<FlightData, FlightError>>;
 
 async fn split_descriptor(
-    mut input: Streaming<FlightData>,
+    mut input: Stream<FlightData>,
 ) -> Result<(Option<FlightDescriptor>, DataStream)> {
     let first = input
-        .message()
+        .next()
         .await
+        .transpose()
         .map_err(|s| crate::status::from_status(&s))?;
     let rest = input.map_err(FlightError::from);
     Ok(match first {
@@ -335,7 +336,7 @@ impl Service {
         }
     }
 
-    pub(super) async fn put(self: Arc<Self>, input: Streaming<FlightData>) -> Result<PutResult> {
+    pub(super) async fn put(self: Arc<Self>, input: Stream<FlightData>) -> Result<PutResult> {
         let started = std::time::Instant::now();
         let (descriptor, data) = split_descriptor(input).await?;
         let path = descriptor_path(descriptor.as_ref())?;
@@ -397,7 +398,7 @@ impl Service {
     /// predicted one at a time, in order.
     pub(super) async fn exchange(
         self: Arc<Self>,
-        input: Streaming<FlightData>,
+        input: Stream<FlightData>,
         keep: Vec<String>,
     ) -> Result<Stream<Outgoing>> {
         let (descriptor, data) = split_descriptor(input).await?;
