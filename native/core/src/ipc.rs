@@ -69,10 +69,7 @@ pub fn message_ranges(bytes: &[u8]) -> Result<Vec<(Range<usize>, Range<usize>)>>
         let header = bytes
             .get(meta.clone())
             .ok_or_else(|| bad(format!("message metadata past the end at byte {at}")))?;
-        let message = arrow::ipc::root_as_message(header)
-            .map_err(|e| bad(format!("message metadata at byte {at}: {e}")))?;
-        let body_len = usize::try_from(message.bodyLength())
-            .map_err(|_| bad(format!("negative body length at byte {at}")))?;
+        let body_len = body_length(header).map_err(|why| bad(format!("{why} at byte {at}")))?;
         let body = meta.end..meta.end + body_len;
         if body.end > bytes.len() {
             return Err(bad(format!(
@@ -84,6 +81,14 @@ pub fn message_ranges(bytes: &[u8]) -> Result<Vec<(Range<usize>, Range<usize>)>>
         out.push((meta, body));
     }
     Ok(out)
+}
+
+/// The body length an IPC message's flatbuffer metadata declares; the error
+/// says what is wrong with it, for the caller to place.
+pub fn body_length(metadata: &[u8]) -> std::result::Result<usize, String> {
+    let message =
+        arrow::ipc::root_as_message(metadata).map_err(|e| format!("message metadata: {e}"))?;
+    usize::try_from(message.bodyLength()).map_err(|_| "negative body length".to_string())
 }
 
 #[cfg(test)]

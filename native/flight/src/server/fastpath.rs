@@ -14,8 +14,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use arrow_flight::flight_service_server::FlightServiceServer;
-use arrow_flight::{FlightData, PutResult, Ticket};
-use bytes::{BufMut, Bytes, BytesMut};
+use arrow_flight::{PutResult, Ticket};
+use bytes::{Bytes, BytesMut};
 use futures::stream::{self, StreamExt};
 use http_body::Frame;
 use prost::Message;
@@ -26,6 +26,7 @@ use tonic::{Request, Status, Streaming};
 use tonic_prost::ProstDecoder;
 
 use super::handler::Handler;
+use super::inbound;
 use super::service::Stream;
 use super::wire::Outgoing;
 
@@ -73,7 +74,14 @@ impl Service<http::Request<tonic::body::Body>> for FlightRoutes {
         match req.uri().path() {
             DO_GET => Box::pin(async move {
                 let answer = async {
-                    let request = decode::<Ticket>(req, max);
+                    let request = with_body(req, |body| {
+                        Streaming::new_request(
+                            ProstDecoder::<Ticket>::default(),
+                            body,
+                            None,
+                            Some(max),
+                        )
+                    });
                     let (metadata, extensions, mut messages) = request.into_parts();
                     let ticket = messages
                         .message()
@@ -86,13 +94,17 @@ impl Service<http::Request<tonic::body::Body>> for FlightRoutes {
                 Ok(respond(answer.await))
             }),
             DO_PUT => Box::pin(async move {
-                let answer = handler.put(flight_data(req, max)).await;
+                let answer = handler
+                    .put(with_body(req, |body| inbound::flight_data(body, max)))
+                    .await;
                 Ok(respond(
                     answer.map(|result| stream::iter([Ok(result)]).boxed()),
                 ))
             }),
             DO_EXCHANGE => Box::pin(async move {
-                let answer = handler.exchange(flight_data(req, max)).await;
+                let answer = handler
+                    .exchange(with_body(req, |body| inbound::flight_data(body, max)))
+                    .await;
                 Ok(respond(answer))
             }),
             _ => self.generated.call(req),
@@ -100,35 +112,18 @@ impl Service<http::Request<tonic::body::Body>> for FlightRoutes {
     }
 }
 
-/// A DoPut or DoExchange request: its FlightData messages, bodies aligned.
-fn flight_data(
+/// The request as the handler takes it: its metadata and extensions, and
+/// what `read` makes of its body (DoPut and DoExchange: [`inbound`]'s
+/// aligned FlightData; DoGet: tonic's decoder, for one small ticket).
+fn with_body<T>(
     req: http::Request<tonic::body::Body>,
-    max_message_bytes: usize,
-) -> Request<Stream<FlightData>> {
+    read: impl FnOnce(tonic::body::Body) -> T,
+) -> Request<T> {
     let (parts, body) = req.into_parts();
     Request::from_parts(
         MetadataMap::from_headers(parts.headers),
         parts.extensions,
-        super::inbound::flight_data(body, max_message_bytes),
-    )
-}
-
-/// The request's messages, decoded the way the generated server would.
-fn decode<T: prost::Message + Default + Send + 'static>(
-    req: http::Request<tonic::body::Body>,
-    max_message_bytes: usize,
-) -> Request<Streaming<T>> {
-    let (parts, body) = req.into_parts();
-    let messages = Streaming::new_request(
-        ProstDecoder::<T>::default(),
-        body,
-        None,
-        Some(max_message_bytes),
-    );
-    Request::from_parts(
-        MetadataMap::from_headers(parts.headers),
-        parts.extensions,
-        messages,
+        read(body),
     )
 }
 
@@ -168,8 +163,7 @@ impl GrpcMessage for Outgoing {
 impl GrpcMessage for PutResult {
     fn write_grpc(self, out: &mut VecDeque<Bytes>) {
         let mut framed = BytesMut::with_capacity(5 + self.encoded_len());
-        framed.put_u8(0); // not compressed
-        framed.put_u32(self.encoded_len() as u32);
+        super::wire::put_grpc_prefix(&mut framed, self.encoded_len());
         // Encoding into a buffer reserved for it cannot run out of space.
         let _ = self.encode(&mut framed);
         out.push_back(framed.freeze());

@@ -17,8 +17,7 @@ use http_body_util::BodyExt;
 use prost::Message;
 use tonic::Status;
 
-/// Protobuf key of `FlightData.data_body` (field 1000, length-delimited).
-const DATA_BODY_KEY: u64 = (1000 << 3) | 2;
+use super::wire::DATA_BODY_KEY;
 
 /// The request's FlightData messages, decoded as they arrive.
 pub fn flight_data<B>(

@@ -31,7 +31,14 @@ pub struct Outgoing {
 }
 
 /// Protobuf key of `FlightData.data_body` (field 1000, length-delimited).
-const DATA_BODY_KEY: u64 = (1000 << 3) | 2;
+pub(super) const DATA_BODY_KEY: u64 = (1000 << 3) | 2;
+
+/// Starts a gRPC message of `len` bytes in `out`: the uncompressed flag and
+/// the big-endian length.
+pub(super) fn put_grpc_prefix(out: &mut BytesMut, len: usize) {
+    out.put_u8(0);
+    out.put_u32(len as u32);
+}
 
 impl Outgoing {
     fn body_len(&self) -> usize {
@@ -45,7 +52,7 @@ impl Outgoing {
             0 => Bytes::new(),
             1 => self.body.into_iter().next().unwrap_or_default(),
             _ => {
-                let mut all = BytesMut::with_capacity(self.body.iter().map(Bytes::len).sum());
+                let mut all = BytesMut::with_capacity(self.body_len());
                 for chunk in &self.body {
                     all.put_slice(chunk);
                 }
@@ -77,10 +84,9 @@ impl Outgoing {
             prost::encoding::encode_varint(DATA_BODY_KEY, &mut body_key);
             prost::encoding::encode_varint(body_len as u64, &mut body_key);
         }
-        let message_len = fields.encoded_len() + body_key.len() + body_len;
-        let mut prefix = BytesMut::with_capacity(5 + fields.encoded_len() + body_key.len());
-        prefix.put_u8(0); // not compressed
-        prefix.put_u32(message_len as u32);
+        let head_len = fields.encoded_len() + body_key.len();
+        let mut prefix = BytesMut::with_capacity(5 + head_len);
+        put_grpc_prefix(&mut prefix, head_len + body_len);
         // Encoding into a buffer reserved for it cannot run out of space.
         let _ = fields.encode(&mut prefix);
         prefix.put_slice(&body_key);
@@ -171,11 +177,8 @@ fn split_messages(buffers: Vec<Buffer>) -> Result<Vec<Outgoing>, FlightError> {
             ));
         }
         let header = Bytes::from(reader.take_copied(word(4) as usize)?);
-        let message = arrow::ipc::root_as_message(&header).map_err(|e| {
-            FlightError::ProtocolError(format!("the IPC encoder wrote bad metadata: {e}"))
-        })?;
-        let body_len = usize::try_from(message.bodyLength()).map_err(|_| {
-            FlightError::ProtocolError("the IPC encoder wrote a negative body length".into())
+        let body_len = stoker_core::ipc::body_length(&header).map_err(|why| {
+            FlightError::ProtocolError(format!("the IPC encoder wrote bad metadata: {why}"))
         })?;
         let body = reader
             .take(body_len)?
