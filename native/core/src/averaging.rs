@@ -197,7 +197,7 @@ impl WeightedSum {
                     name: t.name.clone(),
                     dtype: DType::F64,
                     shape: t.shape.clone(),
-                    data: encode(DType::F64, &t.sum),
+                    data: encode(DType::F64, &t.sum).into(),
                 })
                 .collect(),
         }
@@ -259,7 +259,7 @@ impl WeightedSum {
                     name: t.name.clone(),
                     dtype: t.dtype,
                     shape: t.shape.clone(),
-                    data: encode(t.dtype, &avg),
+                    data: encode(t.dtype, &avg).into(),
                 }
             })
             .collect();

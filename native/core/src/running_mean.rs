@@ -186,7 +186,7 @@ mod tests {
                     name: "optimizer/step".into(),
                     dtype: crate::state::DType::I64,
                     shape: vec![],
-                    data: step.to_le_bytes().to_vec(),
+                    data: step.to_le_bytes().to_vec().into(),
                 },
             ],
         }

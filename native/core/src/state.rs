@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 
+use bytes::Bytes;
 use safetensors::tensor::{Dtype, SafeTensors};
 
 use crate::error::{Error, Result};
@@ -56,12 +57,16 @@ impl DType {
 }
 
 /// One named tensor: little-endian element bytes in row-major order.
+///
+/// The bytes are shared: a state read with [`State::from_shared`] points into
+/// the message it arrived in, and [`State::to_chunks`] hands them on without
+/// copying (a state can be hundreds of MB, and every pass over it shows).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TensorData {
     pub name: String,
     pub dtype: DType,
     pub shape: Vec<usize>,
-    pub data: Vec<u8>,
+    pub data: Bytes,
 }
 
 impl TensorData {
@@ -75,7 +80,7 @@ impl TensorData {
                 for v in values {
                     data.extend_from_slice(&v.to_le_bytes());
                 }
-                data
+                data.into()
             },
         }
     }
@@ -247,17 +252,39 @@ impl State {
     /// Appends [`State::to_bytes`]'s output to `out` (one copy of the
     /// tensors: for writing a state into a larger message).
     pub fn append_to(&self, out: &mut Vec<u8>) -> Result<()> {
-        let (json, order, data) = self.header()?;
-        out.reserve(8 + json.len() + data);
-        out.extend_from_slice(&(json.len() as u64).to_le_bytes());
-        out.extend_from_slice(&json);
-        for t in order {
-            out.extend_from_slice(&t.data);
+        let (head, chunks) = self.to_chunks()?;
+        out.reserve(head.len() + chunks.iter().map(Bytes::len).sum::<usize>());
+        out.extend_from_slice(&head);
+        for c in &chunks {
+            out.extend_from_slice(c);
         }
         Ok(())
     }
 
+    /// [`State::to_bytes`]'s output as its safetensors header followed by the
+    /// tensors' own bytes, shared, not copied: for writers that send a list of
+    /// buffers (the server's replies).
+    pub fn to_chunks(&self) -> Result<(Vec<u8>, Vec<Bytes>)> {
+        let (json, order, _) = self.header()?;
+        let mut head = Vec::with_capacity(8 + json.len());
+        head.extend_from_slice(&(json.len() as u64).to_le_bytes());
+        head.extend_from_slice(&json);
+        Ok((head, order.into_iter().map(|t| t.data.clone()).collect()))
+    }
+
+    /// Reads a state, copying its tensors out of `bytes`.
     pub fn from_bytes(bytes: &[u8]) -> Result<State> {
+        Self::parse(bytes, |data| Bytes::copy_from_slice(data))
+    }
+
+    /// Reads a state whose tensors stay slices of `bytes` (no copy): for a
+    /// state that arrived in a message and is only read, such as the input of
+    /// a training round.
+    pub fn from_shared(bytes: &Bytes) -> Result<State> {
+        Self::parse(bytes, |data| bytes.slice_ref(data))
+    }
+
+    fn parse(bytes: &[u8], keep: impl Fn(&[u8]) -> Bytes) -> Result<State> {
         let (_, header) = SafeTensors::read_metadata(bytes).map_err(corrupt)?;
         let st = SafeTensors::deserialize(bytes).map_err(corrupt)?;
         let mut extra: BTreeMap<String, String> = header
@@ -295,7 +322,7 @@ impl State {
             tensors.push(TensorData {
                 dtype,
                 shape: view.shape().to_vec(),
-                data: view.data().to_vec(),
+                data: keep(view.data()),
                 name,
             });
         }
@@ -334,10 +361,35 @@ pub(crate) mod tests {
                     name: "optimizer/step".into(),
                     dtype: DType::I64,
                     shape: vec![],
-                    data: 10i64.to_le_bytes().to_vec(),
+                    data: 10i64.to_le_bytes().to_vec().into(),
                 },
             ],
         }
+    }
+
+    #[test]
+    fn shared_states_point_into_their_message_and_chunks_concatenate_to_bytes() {
+        let s = state(&[1.0, 2.0, 3.0], 0.5, 40);
+        let bytes = Bytes::from(s.to_bytes().unwrap());
+        let shared = State::from_shared(&bytes).unwrap();
+        assert_eq!(shared, s);
+        let range = bytes.as_ptr_range();
+        for t in &shared.tensors {
+            assert!(range.contains(&t.data.as_ptr()), "{} was copied", t.name);
+        }
+        let (head, chunks) = shared.to_chunks().unwrap();
+        let joined: Vec<u8> = head
+            .iter()
+            .chain(chunks.iter().flat_map(|c| c.iter()))
+            .copied()
+            .collect();
+        assert_eq!(joined, bytes);
+        assert!(chunks.iter().all(|c| range.contains(&c.as_ptr())));
+        let copied = State::from_bytes(&bytes).unwrap();
+        assert!(copied
+            .tensors
+            .iter()
+            .all(|t| !range.contains(&t.data.as_ptr())));
     }
 
     #[test]

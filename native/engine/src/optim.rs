@@ -294,7 +294,7 @@ impl Optimizer {
             name: format!("{OPTIMIZER_PREFIX}step"),
             dtype: stoker_core::state::DType::I64,
             shape: vec![],
-            data: self.step.to_le_bytes().to_vec(),
+            data: self.step.to_le_bytes().to_vec().into(),
         });
         Ok(out)
     }

@@ -151,7 +151,7 @@ pub fn state_tensor(name: String, t: &Tensor) -> stoker_core::Result<TensorData>
         name,
         dtype: DType::F32,
         shape: shape(t),
-        data,
+        data: data.into(),
     })
 }
 

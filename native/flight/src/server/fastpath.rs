@@ -1,12 +1,16 @@
-//! DoGet, DoPut and DoExchange served without tonic's codec.
+//! DoGet, DoPut, DoExchange and DoAction's answers served without tonic's
+//! codec.
 //!
 //! tonic gathers every request message into one growing buffer and encodes
 //! every response message into another: a copy of every Arrow body each way.
 //! [`FlightRoutes`] sits where tonic's generated `FlightServiceServer` would:
-//! it takes the three data-carrying methods itself, reads their requests
-//! with [`super::inbound`] (Arrow bodies land aligned, copied once), runs the
-//! same [`Handler`] code, and writes answers as [`super::wire`] chunks with
-//! gRPC's trailers. Every other method goes to the generated server.
+//! it takes the four data-carrying methods itself, reads their requests
+//! with [`super::inbound`] (Arrow bodies land aligned, copied once) or, for
+//! DoAction's one message, tonic's decoder (which reads a message into a
+//! buffer of its exact size), runs the same [`Handler`] code, and writes
+//! answers as [`super::wire`] chunks with gRPC's trailers: a trained state
+//! leaves as the tensors the engine exported. Every other method goes to the
+//! generated server.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -14,7 +18,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use arrow_flight::flight_service_server::FlightServiceServer;
-use arrow_flight::{PutResult, Ticket};
+use arrow_flight::{Action, PutResult, Ticket};
 use bytes::{Bytes, BytesMut};
 use futures::stream::{self, StreamExt};
 use http_body::Frame;
@@ -28,11 +32,12 @@ use tonic_prost::ProstDecoder;
 use super::handler::Handler;
 use super::inbound;
 use super::service::Stream;
-use super::wire::Outgoing;
+use super::wire::{ActionResult, Outgoing};
 
 const DO_GET: &str = "/arrow.flight.protocol.FlightService/DoGet";
 const DO_PUT: &str = "/arrow.flight.protocol.FlightService/DoPut";
 const DO_EXCHANGE: &str = "/arrow.flight.protocol.FlightService/DoExchange";
+const DO_ACTION: &str = "/arrow.flight.protocol.FlightService/DoAction";
 
 /// The Flight service as the router sees it.
 #[derive(Clone)]
@@ -74,22 +79,15 @@ impl Service<http::Request<tonic::body::Body>> for FlightRoutes {
         match req.uri().path() {
             DO_GET => Box::pin(async move {
                 let answer = async {
-                    let request = with_body(req, |body| {
-                        Streaming::new_request(
-                            ProstDecoder::<Ticket>::default(),
-                            body,
-                            None,
-                            Some(max),
-                        )
-                    });
-                    let (metadata, extensions, mut messages) = request.into_parts();
-                    let ticket = messages
-                        .message()
-                        .await?
-                        .ok_or_else(|| Status::invalid_argument("DoGet without a ticket"))?;
-                    handler
-                        .get(Request::from_parts(metadata, extensions, ticket))
-                        .await
+                    let ticket = single::<Ticket>(req, max, "DoGet without a ticket").await?;
+                    handler.get(ticket).await
+                };
+                Ok(respond(answer.await))
+            }),
+            DO_ACTION => Box::pin(async move {
+                let answer = async {
+                    let action = single::<Action>(req, max, "DoAction without an action").await?;
+                    handler.act(action).await
                 };
                 Ok(respond(answer.await))
             }),
@@ -127,6 +125,24 @@ fn with_body<T>(
     )
 }
 
+/// A call's one request message (DoGet's ticket, DoAction's action), read
+/// with tonic's decoder.
+async fn single<T: Message + Default + Send + 'static>(
+    req: http::Request<tonic::body::Body>,
+    max: usize,
+    missing: &'static str,
+) -> Result<Request<T>, Status> {
+    let request = with_body(req, |body| {
+        Streaming::new_request(ProstDecoder::<T>::default(), body, None, Some(max))
+    });
+    let (metadata, extensions, mut messages) = request.into_parts();
+    let message = messages
+        .message()
+        .await?
+        .ok_or_else(|| Status::invalid_argument(missing))?;
+    Ok(Request::from_parts(metadata, extensions, message))
+}
+
 /// A gRPC response: the messages as body chunks, then the status as
 /// trailers. A call that fails before its first message is answered with the
 /// status alone, as tonic does.
@@ -156,6 +172,12 @@ trait GrpcMessage: Send + 'static {
 impl GrpcMessage for Outgoing {
     fn write_grpc(self, out: &mut VecDeque<Bytes>) {
         Outgoing::write_grpc(self, out)
+    }
+}
+
+impl GrpcMessage for ActionResult {
+    fn write_grpc(self, out: &mut VecDeque<Bytes>) {
+        ActionResult::write_grpc(self, out)
     }
 }
 

@@ -16,7 +16,7 @@ use stoker_core::{Error, ErrorKind};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::service::{blocking, constant_time_eq, flight_error, keep_columns, Service, Stream};
-use super::wire::{encode_batches, Outgoing};
+use super::wire::{encode_batches, ActionResult, Outgoing};
 
 /// The actions ListActions describes.
 pub fn action_types() -> Vec<ActionType> {
@@ -157,19 +157,14 @@ impl FlightService for Handler {
         &self,
         request: Request<Action>,
     ) -> std::result::Result<Response<Self::DoActionStream>, Status> {
-        self.authorize(&request).map_err(|e| self.fail(e))?;
-        let a = request.into_inner();
-        let results = self
-            .0
-            .clone()
-            .action(a.r#type, a.body)
-            .await
-            .map_err(|e| self.fail(e))?;
-        let out: Vec<_> = results
-            .into_iter()
-            .map(|body| Ok(arrow_flight::Result { body }))
-            .collect();
-        Ok(Response::new(stream::iter(out).boxed()))
+        let results = self.act(request).await?;
+        Ok(Response::new(
+            results
+                .map_ok(|r| arrow_flight::Result {
+                    body: r.into_bytes(),
+                })
+                .boxed(),
+        ))
     }
 
     async fn list_actions(
@@ -188,6 +183,22 @@ impl FlightService for Handler {
 /// [`Outgoing`] messages written without copying (the trait methods above
 /// adapt tonic's types to these).
 impl Handler {
+    /// DoAction: its results as buffers sent back to back.
+    pub(super) async fn act(
+        &self,
+        request: Request<Action>,
+    ) -> Result<Stream<ActionResult>, Status> {
+        self.authorize(&request).map_err(|e| self.fail(e))?;
+        let a = request.into_inner();
+        let results = self
+            .0
+            .clone()
+            .action(a.r#type, a.body)
+            .await
+            .map_err(|e| self.fail(e))?;
+        Ok(stream::iter(results.into_iter().map(Ok)).boxed())
+    }
+
     pub(super) async fn get(&self, request: Request<Ticket>) -> Result<Stream<Outgoing>, Status> {
         self.authorize(&request).map_err(|e| self.fail(e))?;
         let ticket = request.into_inner().ticket;

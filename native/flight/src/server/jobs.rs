@@ -14,6 +14,7 @@ use super::{lock, model_source};
 use std::time::Instant;
 
 use arrow::array::RecordBatch;
+use bytes::Bytes;
 use stoker_core::labels::label_is_integer;
 use stoker_core::protocol::{CreateJob, PartitionKey, TrainRound, TrainRoundResult};
 use stoker_core::{Error, ErrorKind, FeatureLayout, Loss, Result, State};
@@ -172,7 +173,7 @@ impl Job {
         &self,
         partition: &Partition,
         req: &TrainRound,
-        input: Option<&[u8]>,
+        input: Option<&Bytes>,
         cancel: Arc<std::sync::atomic::AtomicBool>,
     ) -> Result<(TrainRoundResult, State)> {
         let (layout, loss) = lock(&self.resolved)
@@ -180,7 +181,7 @@ impl Job {
             .ok_or_else(|| Error::new(ErrorKind::CacheMiss, "job has no partitions yet"))?;
         let mut trainer = match input {
             Some(bytes) => {
-                let state = State::from_bytes(bytes)?;
+                let state = State::from_shared(bytes)?;
                 let mut trainer = match self.reusable() {
                     Some(t) => t,
                     None => Trainer::new(self.build_model(&layout, loss)?, self.optimizer.clone())?,

@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use super::wire::{encode_batches, Outgoing};
+use super::wire::{encode_batches, ActionResult, Outgoing};
 use arrow::array::RecordBatch;
 use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::error::FlightError;
@@ -211,7 +211,11 @@ impl Service {
         })
     }
 
-    pub(super) async fn action(self: Arc<Self>, kind: String, body: Bytes) -> Result<Vec<Bytes>> {
+    pub(super) async fn action(
+        self: Arc<Self>,
+        kind: String,
+        body: Bytes,
+    ) -> Result<Vec<ActionResult>> {
         // Blobs stay slices of the request (a state can be hundreds of MB):
         // one is copied only where a handler needs it owned.
         let (json, ranges) = Envelope::split(&body)?;
@@ -225,7 +229,8 @@ impl Service {
                 .find(|(n, _)| n == name)
                 .map(|(_, r)| body.slice(r.clone()))
         };
-        let one = |e: Envelope| -> Result<Vec<Bytes>> { Ok(vec![Bytes::from(e.encode()?)]) };
+        let one =
+            |e: Envelope| -> Result<Vec<ActionResult>> { Ok(vec![ActionResult::one(e.encode()?)]) };
         match kind.as_str() {
             action::HEALTH => one(Envelope::new(serde_json::json!({
                 "status": "serving",
@@ -268,18 +273,21 @@ impl Service {
                 let flag = cancel.flag();
                 let me = self.clone();
                 let trained = blocking(move || {
-                    // The result's envelope is written here, off the async
-                    // runtime: the state goes straight into it (one copy).
-                    let r = job
-                        .train_round(&part, &req, state.as_deref(), flag)
-                        .and_then(|(result, state)| {
+                    // The input state is read where it arrived and the new
+                    // one goes out as the tensors the engine exported: the
+                    // reply is the envelope's head, then those buffers.
+                    let r = job.train_round(&part, &req, state.as_ref(), flag).and_then(
+                        |(result, state)| {
                             let json = serde_json::to_value(&result)
                                 .map_err(|e| Error::internal(format!("encoding JSON: {e}")))?;
-                            let mut out =
-                                Envelope::prefix(&json, &[("state", state.encoded_len()?)])?;
-                            state.append_to(&mut out)?;
-                            Ok((result, out))
-                        });
+                            let (head, tensors) = state.to_chunks()?;
+                            let size = head.len() + tensors.iter().map(Bytes::len).sum::<usize>();
+                            let mut out = Envelope::prefix(&json, &[("state", size)])?;
+                            out.extend_from_slice(&head);
+                            let chunks = std::iter::once(Bytes::from(out)).chain(tensors);
+                            Ok((result, ActionResult(chunks.collect())))
+                        },
+                    );
                     if r.as_ref()
                         .is_err_and(|e| e.kind() == ErrorKind::Unavailable)
                     {
@@ -302,7 +310,7 @@ impl Service {
                     .observe(started.elapsed().as_secs_f64());
                 tracing::info!(job = %result.job, partition = result.partition, round = result.round,
                     samples = result.samples, loss = result.loss_last, seconds = result.seconds, "trained round");
-                Ok(vec![Bytes::from(out)])
+                Ok(vec![out])
             }
             action::DROP_JOB => {
                 let req: Named = env.parse(action::DROP_JOB)?;

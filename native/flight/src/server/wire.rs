@@ -48,22 +48,11 @@ impl Outgoing {
     /// The message as one `FlightData` (copies a body of several chunks):
     /// for callers that need the prost type rather than the wire.
     pub fn into_flight_data(self) -> FlightData {
-        let data_body = match self.body.len() {
-            0 => Bytes::new(),
-            1 => self.body.into_iter().next().unwrap_or_default(),
-            _ => {
-                let mut all = BytesMut::with_capacity(self.body_len());
-                for chunk in &self.body {
-                    all.put_slice(chunk);
-                }
-                all.freeze()
-            }
-        };
         FlightData {
             flight_descriptor: None,
             data_header: self.header,
             app_metadata: self.app_metadata,
-            data_body,
+            data_body: concat(self.body),
         }
     }
 
@@ -79,11 +68,7 @@ impl Outgoing {
             app_metadata: self.app_metadata,
             data_body: Bytes::new(),
         };
-        let mut body_key = BytesMut::with_capacity(16);
-        if body_len > 0 {
-            prost::encoding::encode_varint(DATA_BODY_KEY, &mut body_key);
-            prost::encoding::encode_varint(body_len as u64, &mut body_key);
-        }
+        let body_key = field_key(DATA_BODY_KEY, body_len);
         let head_len = fields.encoded_len() + body_key.len();
         let mut prefix = BytesMut::with_capacity(5 + head_len);
         put_grpc_prefix(&mut prefix, head_len + body_len);
@@ -92,6 +77,65 @@ impl Outgoing {
         prefix.put_slice(&body_key);
         out.push_back(prefix.freeze());
         out.extend(self.body.into_iter().filter(|c| !c.is_empty()));
+    }
+}
+
+/// The key and length of a length-delimited protobuf field of `len` bytes;
+/// nothing for an empty one (proto3 leaves empty fields out).
+fn field_key(key: u64, len: usize) -> BytesMut {
+    let mut out = BytesMut::with_capacity(16);
+    if len > 0 {
+        prost::encoding::encode_varint(key, &mut out);
+        prost::encoding::encode_varint(len as u64, &mut out);
+    }
+    out
+}
+
+/// Chunks joined into one buffer; a single chunk is passed on as it is.
+fn concat(chunks: Vec<Bytes>) -> Bytes {
+    match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.into_iter().next().unwrap_or_default(),
+        _ => {
+            let mut all = BytesMut::with_capacity(chunks.iter().map(Bytes::len).sum());
+            for chunk in &chunks {
+                all.put_slice(chunk);
+            }
+            all.freeze()
+        }
+    }
+}
+
+/// One DoAction result (`arrow.flight.protocol.Result`, whose one field is
+/// `body`) as buffers sent back to back: a trained state's tensors go to the
+/// wire as the engine exported them, not copied into one message first.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ActionResult(pub Vec<Bytes>);
+
+/// Protobuf key of `Result.body` (field 1, length-delimited).
+const RESULT_BODY_KEY: u64 = (1 << 3) | 2;
+
+impl ActionResult {
+    pub fn one(body: impl Into<Bytes>) -> Self {
+        ActionResult(vec![body.into()])
+    }
+
+    /// The body in one buffer (a copy when there are several chunks): for
+    /// tonic's generated service.
+    pub fn into_bytes(self) -> Bytes {
+        concat(self.0)
+    }
+
+    /// Appends the gRPC message to `out`: framing and key in one small
+    /// chunk, then the body's chunks untouched.
+    pub fn write_grpc(self, out: &mut VecDeque<Bytes>) {
+        let body_len: usize = self.0.iter().map(Bytes::len).sum();
+        let key = field_key(RESULT_BODY_KEY, body_len);
+        let mut prefix = BytesMut::with_capacity(5 + key.len());
+        put_grpc_prefix(&mut prefix, key.len() + body_len);
+        prefix.put_slice(&key);
+        out.push_back(prefix.freeze());
+        out.extend(self.0.into_iter().filter(|c| !c.is_empty()));
     }
 }
 
@@ -325,6 +369,34 @@ mod tests {
             arrow::compute::concat_batches(&input.schema(), &got).unwrap(),
             input
         );
+    }
+
+    #[test]
+    fn action_results_match_prost_and_share_their_chunks() {
+        let big = Bytes::from(vec![7u8; 300]);
+        for chunks in [
+            vec![],
+            vec![Bytes::from_static(b"{}")],
+            vec![Bytes::from_static(b"head"), Bytes::new(), big.clone()],
+        ] {
+            let result = ActionResult(chunks.clone());
+            let mut wire = VecDeque::new();
+            result.clone().write_grpc(&mut wire);
+            let bytes: Vec<u8> = wire.iter().flat_map(|c| c.iter()).copied().collect();
+            let expected = arrow_flight::Result {
+                body: result.into_bytes(),
+            };
+            assert_eq!(bytes[0], 0);
+            assert_eq!(
+                u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize,
+                bytes.len() - 5
+            );
+            assert_eq!(bytes[5..], expected.encode_to_vec());
+            if chunks.len() == 3 {
+                // The large chunk went out as it is, not copied.
+                assert!(wire.iter().any(|c| c.as_ptr() == big.as_ptr()));
+            }
+        }
     }
 
     #[tokio::test]
