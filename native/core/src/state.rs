@@ -274,7 +274,7 @@ impl State {
 
     /// Reads a state, copying its tensors out of `bytes`.
     pub fn from_bytes(bytes: &[u8]) -> Result<State> {
-        Self::parse(bytes, |data| Bytes::copy_from_slice(data))
+        Self::parse(bytes, Bytes::copy_from_slice)
     }
 
     /// Reads a state whose tensors stay slices of `bytes` (no copy): for a
