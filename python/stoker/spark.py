@@ -59,9 +59,11 @@ def configure(
     builder: SparkSession.Builder, *, server_bin: str | None = None, device: str | None = None
 ) -> SparkSession.Builder:
     """Adds stoker to a SparkSession builder and returns it: the bundled jar on
-    `spark.jars` (driver and executors), the `stoker_predict` SQL extension, and
-    the server binary (and device) that each node's auto-started server uses, for
-    executor JVMs and Python workers alike."""
+    `spark.jars` (driver and executors), the `stoker_predict` SQL extension, the
+    server binary (and device) that each node's auto-started server uses, for
+    executor JVMs and Python workers alike, and, unless the builder sets it,
+    `spark.task.maxDirectResultSize` of 128m, so trained states come back with
+    their tasks' status instead of through the block manager."""
     options = getattr(builder, "_options", {})
 
     def append(key: str, value: str) -> str:
@@ -79,7 +81,19 @@ def configure(
     if device is not None:
         builder = builder.config("spark.stoker.server.device", device)
         builder = builder.config("spark.executorEnv.STOKER_DEVICE", device)
+    if DIRECT_RESULT_KEY not in options:
+        builder = builder.config(DIRECT_RESULT_KEY, DIRECT_RESULT_SIZE)
     return builder
+
+
+# A training task returns its trained state (parameters and optimizer state: 115 MB
+# for 10M parameters with Adam). Spark sends task results over 1 MiB through the block
+# manager, which the driver then fetches: in local mode that is a loopback transfer and
+# several copies per state per round. Up to the RPC message limit (128 MiB by default;
+# Spark takes the smaller of the two) the result travels with the task's status
+# instead (docs/spark.md, "Tuning").
+DIRECT_RESULT_KEY = "spark.task.maxDirectResultSize"
+DIRECT_RESULT_SIZE = "128m"
 
 
 # --- params: the JVM's StokerParams, by name ---------------------------------
