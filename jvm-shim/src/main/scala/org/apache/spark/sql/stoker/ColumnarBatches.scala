@@ -71,7 +71,9 @@ object ColumnarBatches {
         stream.writeBatch()
         filled = 0
       }
-      root.getFieldVectors.forEach(_.allocateNew())
+      // Sized for a whole batch once and reused: the vectors neither grow by doubling
+      // (a reallocation and copy each time) nor are freed and allocated again per batch.
+      root.getFieldVectors.forEach { v => v.setInitialCapacity(batchRows); v.allocateNew() }
       while (batches.hasNext) {
         val batch = batches.next()
         val n = batch.numRows()
@@ -79,7 +81,7 @@ object ColumnarBatches {
         while (from < n) {
           if (filled == batchRows) {
             flush()
-            root.getFieldVectors.forEach { v => v.clear(); v.allocateNew() }
+            root.getFieldVectors.forEach(_.reset())
           }
           val take = math.min(n - from, batchRows - filled)
           var c = 0
