@@ -55,6 +55,16 @@ def jar_path() -> str:
     )
 
 
+# A training task returns its trained state (parameters and optimizer state: 115 MB
+# for 10M parameters with Adam). Spark sends task results over 1 MiB through the block
+# manager, which the driver then fetches: in local mode that is a loopback transfer and
+# several copies per state per round. Up to the RPC message limit (128 MiB by default;
+# Spark takes the smaller of the two) the result travels with the task's status
+# instead (docs/spark.md, "Tuning").
+DIRECT_RESULT_KEY = "spark.task.maxDirectResultSize"
+DIRECT_RESULT_SIZE = "128m"
+
+
 def configure(
     builder: SparkSession.Builder, *, server_bin: str | None = None, device: str | None = None
 ) -> SparkSession.Builder:
@@ -84,16 +94,6 @@ def configure(
     if DIRECT_RESULT_KEY not in options:
         builder = builder.config(DIRECT_RESULT_KEY, DIRECT_RESULT_SIZE)
     return builder
-
-
-# A training task returns its trained state (parameters and optimizer state: 115 MB
-# for 10M parameters with Adam). Spark sends task results over 1 MiB through the block
-# manager, which the driver then fetches: in local mode that is a loopback transfer and
-# several copies per state per round. Up to the RPC message limit (128 MiB by default;
-# Spark takes the smaller of the two) the result travels with the task's status
-# instead (docs/spark.md, "Tuning").
-DIRECT_RESULT_KEY = "spark.task.maxDirectResultSize"
-DIRECT_RESULT_SIZE = "128m"
 
 
 # --- params: the JVM's StokerParams, by name ---------------------------------

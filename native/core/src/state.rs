@@ -185,7 +185,7 @@ impl State {
     }
 
     /// The padded safetensors header and the tensors in data order.
-    fn header(&self) -> Result<(Vec<u8>, Vec<&TensorData>, usize)> {
+    fn header(&self) -> Result<(Vec<u8>, Vec<&TensorData>)> {
         let mut meta = serde_json::Map::new();
         for (k, v) in &self.meta.extra {
             meta.insert(k.clone(), v.clone().into());
@@ -232,40 +232,26 @@ impl State {
         while json.len() % 8 != 0 {
             json.push(b' ');
         }
-        Ok((json, order, offset))
+        Ok((json, order))
     }
 
     /// Serializes to safetensors. The bytes are deterministic (header keys
     /// sorted, tensors in name order): equal states give equal bytes.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        let mut out = Vec::new();
-        self.append_to(&mut out)?;
-        Ok(out)
-    }
-
-    /// Length of [`State::to_bytes`]'s output.
-    pub fn encoded_len(&self) -> Result<usize> {
-        let (json, _, data) = self.header()?;
-        Ok(8 + json.len() + data)
-    }
-
-    /// Appends [`State::to_bytes`]'s output to `out` (one copy of the
-    /// tensors: for writing a state into a larger message).
-    pub fn append_to(&self, out: &mut Vec<u8>) -> Result<()> {
         let (head, chunks) = self.to_chunks()?;
-        out.reserve(head.len() + chunks.iter().map(Bytes::len).sum::<usize>());
+        let mut out = Vec::with_capacity(head.len() + chunks.iter().map(Bytes::len).sum::<usize>());
         out.extend_from_slice(&head);
         for c in &chunks {
             out.extend_from_slice(c);
         }
-        Ok(())
+        Ok(out)
     }
 
     /// [`State::to_bytes`]'s output as its safetensors header followed by the
     /// tensors' own bytes, shared, not copied: for writers that send a list of
     /// buffers (the server's replies).
     pub fn to_chunks(&self) -> Result<(Vec<u8>, Vec<Bytes>)> {
-        let (json, order, _) = self.header()?;
+        let (json, order) = self.header()?;
         let mut head = Vec::with_capacity(8 + json.len());
         head.extend_from_slice(&(json.len() as u64).to_le_bytes());
         head.extend_from_slice(&json);
