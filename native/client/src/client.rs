@@ -5,11 +5,11 @@
 
 use arrow::array::{AsArray, RecordBatch};
 use arrow_flight::decode::FlightRecordBatchStream;
-use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_client::FlightServiceClient;
-use arrow_flight::{Action, FlightClient, FlightData, FlightDescriptor, Ticket};
+use arrow_flight::{FlightClient, FlightDescriptor, PutResult, Ticket};
 use bytes::Bytes;
+use futures::stream::{self, BoxStream};
 use futures::{Stream, StreamExt, TryStreamExt};
 use stoker_core::protocol::{
     action, CreateJob, Envelope, ModelKey, Named, PartitionKey, RegisterModel, TrainRound,
@@ -18,7 +18,10 @@ use stoker_core::protocol::{
 use stoker_core::{Error, ErrorKind, Result};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
+use crate::body::Prost;
+use crate::call::{Calls, DO_ACTION, DO_EXCHANGE, DO_GET, DO_PUT};
 use crate::status::from_flight;
+use crate::wire::{encode_batches, ActionRequest, Outgoing};
 
 /// How to reach a server.
 #[derive(Debug, Clone)]
@@ -40,8 +43,12 @@ impl Default for ClientOptions {
     }
 }
 
+/// Methods that carry data (DoPut, DoExchange, DoAction, DoGet) go through
+/// [`Calls`], which sends buffers as they are; the listing methods go
+/// through arrow-flight's client.
 pub struct Client {
     inner: FlightClient,
+    calls: Calls,
     max_message_bytes: usize,
 }
 
@@ -91,17 +98,24 @@ impl Client {
                 .map_err(|e| Error::invalid(format!("TLS: {e}")))?;
         }
         let channel = endpoint.connect().await.map_err(|e| unavailable(uri, e))?;
+        let mut calls = Calls::new(channel.clone());
         let service = FlightServiceClient::new(channel)
             .max_decoding_message_size(options.max_message_bytes)
             .max_encoding_message_size(options.max_message_bytes);
         let mut inner = FlightClient::new_from_inner(service);
         if let Some(token) = &options.token {
+            let bad = || Error::invalid("the token has characters a header cannot carry");
+            let value = format!("Bearer {token}");
             inner
-                .add_header("authorization", &format!("Bearer {token}"))
-                .map_err(|_| Error::invalid("the token has characters a header cannot carry"))?;
+                .add_header("authorization", &value)
+                .map_err(|_| bad())?;
+            calls
+                .add_header("authorization", &value)
+                .map_err(|_| bad())?;
         }
         Ok(Client {
             inner,
+            calls,
             max_message_bytes: options.max_message_bytes,
         })
     }
@@ -115,14 +129,25 @@ impl Client {
     /// the encoded result as received (no copy). The JVM bridge uses this:
     /// Java builds the JSON.
     pub async fn action_bytes(&mut self, kind: &str, body: Vec<u8>) -> Result<Bytes> {
-        let action = Action::new(kind, Bytes::from(body));
-        let mut results = self.inner.do_action(action).await.map_err(from_flight)?;
-        let first = results
-            .next()
-            .await
-            .ok_or_else(|| Error::internal(format!("{kind} returned no result")))?
-            .map_err(from_flight)?;
-        Ok(first)
+        self.action_chunks(kind, vec![Bytes::from(body)]).await
+    }
+
+    /// An action whose body is given as chunks sent as they are; returns
+    /// the first result's body as received.
+    pub async fn action_chunks(&mut self, kind: &str, body: Vec<Bytes>) -> Result<Bytes> {
+        let request = ActionRequest {
+            kind: kind.to_string(),
+            body,
+        };
+        let answer = self
+            .calls
+            .call(DO_ACTION, stream::iter([Ok(request)]).boxed(), &[])
+            .await?;
+        let mut results = answer.messages::<arrow_flight::Result>(self.max_message_bytes);
+        match results.next().await {
+            Some(result) => Ok(result?.body),
+            None => Err(Error::internal(format!("{kind} returned no result"))),
+        }
     }
 
     pub async fn health(&mut self) -> Result<serde_json::Value> {
@@ -153,25 +178,43 @@ impl Client {
     where
         S: Stream<Item = Result<RecordBatch>> + Send + 'static,
     {
-        let data = FlightDataEncoderBuilder::new()
-            .with_max_flight_data_size(stoker_core::protocol::data_message_bytes(
-                self.max_message_bytes,
-            ))
-            .with_flight_descriptor(Some(FlightDescriptor::new_path(key.path())))
-            .build(batches.map_err(|e| FlightError::ExternalError(Box::new(e))));
-        self.put(data).await
+        let descriptor = FlightDescriptor::new_path(key.path());
+        let messages = self.encode(descriptor, batches);
+        self.put(messages).await
+    }
+
+    /// Flight messages for `batches`, the first carrying `descriptor`; the
+    /// batches' buffers are passed on, not copied.
+    fn encode<S>(
+        &self,
+        descriptor: FlightDescriptor,
+        batches: S,
+    ) -> BoxStream<'static, Result<Outgoing>>
+    where
+        S: Stream<Item = Result<RecordBatch>> + Send + 'static,
+    {
+        let limit = stoker_core::protocol::data_message_bytes(self.max_message_bytes);
+        let batches = batches.map_err(|e| FlightError::ExternalError(Box::new(e)));
+        let mut descriptor = Some(descriptor);
+        encode_batches(batches, limit)
+            .map(move |m| {
+                let mut m = m.map_err(from_flight)?;
+                m.descriptor = descriptor.take();
+                Ok(m)
+            })
+            .boxed()
     }
 
     /// Runs a DoPut; returns the server's last answer (its `app_metadata`).
-    async fn put<S>(&mut self, data: S) -> Result<serde_json::Value>
-    where
-        S: Stream<Item = std::result::Result<FlightData, FlightError>> + Send + 'static,
-    {
-        let mut results = self.inner.do_put(data).await.map_err(from_flight)?;
+    async fn put(
+        &mut self,
+        data: BoxStream<'static, Result<Outgoing>>,
+    ) -> Result<serde_json::Value> {
+        let answer = self.calls.call(DO_PUT, data, &[]).await?;
+        let mut results = answer.messages::<PutResult>(self.max_message_bytes);
         let mut last = serde_json::Value::Null;
         while let Some(r) = results.next().await {
-            let r = r.map_err(from_flight)?;
-            last = serde_json::from_slice(&r.app_metadata).unwrap_or(serde_json::Value::Null);
+            last = serde_json::from_slice(&r?.app_metadata).unwrap_or(serde_json::Value::Null);
         }
         Ok(last)
     }
@@ -190,22 +233,23 @@ impl Client {
         let ranges = stoker_core::ipc::message_ranges(&ipc)?;
         if ranges.is_empty() || ranges.iter().any(|(m, b)| m.len() + b.len() > limit) {
             let (_, batches) = stoker_core::ipc::read_stream(&ipc)?;
-            let stream = futures::stream::iter(batches.into_iter().map(Ok));
+            let stream = stream::iter(batches.into_iter().map(Ok));
             return self.put_partition(key, stream).await;
         }
         let descriptor = FlightDescriptor::new_path(key.path());
-        let data: Vec<FlightData> = ranges
+        let data: Vec<Result<Outgoing>> = ranges
             .into_iter()
             .enumerate()
-            .map(|(i, (meta, body))| FlightData {
-                flight_descriptor: (i == 0).then(|| descriptor.clone()),
-                data_header: ipc.slice(meta),
-                data_body: ipc.slice(body),
-                app_metadata: Bytes::new(),
+            .map(|(i, (meta, body))| {
+                Ok(Outgoing {
+                    descriptor: (i == 0).then(|| descriptor.clone()),
+                    header: ipc.slice(meta),
+                    app_metadata: Bytes::new(),
+                    body: vec![ipc.slice(body)],
+                })
             })
             .collect();
-        self.put(futures::stream::iter(data.into_iter().map(Ok)))
-            .await
+        self.put(stream::iter(data).boxed()).await
     }
 
     /// Trains one partition for one round; returns the result and the new
@@ -276,21 +320,18 @@ impl Client {
         if let Some(v) = model.version {
             path.push(v.to_string());
         }
-        let data = FlightDataEncoderBuilder::new()
-            .with_max_flight_data_size(stoker_core::protocol::data_message_bytes(
-                self.max_message_bytes,
-            ))
-            .with_flight_descriptor(Some(FlightDescriptor::new_path(path)))
-            .build(batches.map_err(|e| FlightError::ExternalError(Box::new(e))));
-        let keep_header = keep.join(",");
+        let mut headers = Vec::new();
         if !keep.is_empty() {
-            self.inner
-                .add_header("x-stoker-keep", &keep_header)
+            let value = tonic::codegen::http::HeaderValue::from_str(&keep.join(","))
                 .map_err(|_| Error::invalid("pass-through column names must be ASCII"))?;
+            headers.push(("x-stoker-keep", value));
         }
-        let result = self.inner.do_exchange(data).await.map_err(from_flight);
-        self.inner.metadata_mut().remove("x-stoker-keep");
-        result
+        let messages = self.encode(FlightDescriptor::new_path(path), batches);
+        let answer = self.calls.call(DO_EXCHANGE, messages, &headers).await?;
+        let data = answer
+            .flight_data(self.max_message_bytes)
+            .map_err(|e| FlightError::ExternalError(Box::new(e)));
+        Ok(FlightRecordBatchStream::new_from_flight_data(data))
     }
 
     /// [`Client::predict_stream`], collected.
@@ -308,12 +349,18 @@ impl Client {
     /// Downloads a state by ticket: `jobs/JOB` (the job's initial state) or
     /// `models/NAME[/VERSION]`.
     pub async fn download_state(&mut self, ticket: &str) -> Result<Vec<u8>> {
-        let stream = self
-            .inner
-            .do_get(Ticket::new(ticket.to_string()))
+        let ticket = Prost(Ticket::new(ticket.to_string()));
+        let answer = self
+            .calls
+            .call(DO_GET, stream::iter([Ok(ticket)]).boxed(), &[])
+            .await?;
+        let data = answer
+            .flight_data(self.max_message_bytes)
+            .map_err(|e| FlightError::ExternalError(Box::new(e)));
+        let batches: Vec<RecordBatch> = FlightRecordBatchStream::new_from_flight_data(data)
+            .try_collect()
             .await
             .map_err(from_flight)?;
-        let batches: Vec<RecordBatch> = stream.try_collect().await.map_err(from_flight)?;
         let batch = batches
             .iter()
             .find(|b| b.num_rows() > 0)

@@ -5,24 +5,22 @@
 //! every response message into another: a copy of every Arrow body each way.
 //! [`FlightRoutes`] sits where tonic's generated `FlightServiceServer` would:
 //! it takes the four data-carrying methods itself, reads their requests
-//! with [`super::inbound`] (Arrow bodies land aligned, copied once) or, for
+//! with [`stoker_client::inbound`] (Arrow bodies land aligned, copied once) or, for
 //! DoAction's one message, tonic's decoder (which reads a message into a
 //! buffer of its exact size), runs the same [`Handler`] code, and writes
-//! answers as [`super::wire`] chunks with gRPC's trailers: a trained state
+//! answers as [`stoker_client::wire`] chunks with gRPC's trailers: a trained state
 //! leaves as the tensors the engine exported. Every other method goes to the
 //! generated server.
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use arrow_flight::flight_service_server::FlightServiceServer;
-use arrow_flight::{Action, PutResult, Ticket};
-use bytes::{Bytes, BytesMut};
+use arrow_flight::{Action, Ticket};
 use futures::stream::{self, StreamExt};
-use http_body::Frame;
 use prost::Message;
+use stoker_client::body::{Ending, GrpcBody, GrpcMessage, Prost};
+use stoker_client::inbound;
 use tonic::codegen::{http, BoxFuture, Service};
 use tonic::metadata::MetadataMap;
 use tonic::server::NamedService;
@@ -30,9 +28,7 @@ use tonic::{Request, Status, Streaming};
 use tonic_prost::ProstDecoder;
 
 use super::handler::Handler;
-use super::inbound;
 use super::service::Stream;
-use super::wire::{ActionResult, Outgoing};
 
 const DO_GET: &str = "/arrow.flight.protocol.FlightService/DoGet";
 const DO_PUT: &str = "/arrow.flight.protocol.FlightService/DoPut";
@@ -96,7 +92,7 @@ impl Service<http::Request<tonic::body::Body>> for FlightRoutes {
                     .put(with_body(req, |body| inbound::flight_data(body, max)))
                     .await;
                 Ok(respond(
-                    answer.map(|result| stream::iter([Ok(result)]).boxed()),
+                    answer.map(|result| stream::iter([Ok(Prost(result))]).boxed()),
                 ))
             }),
             DO_EXCHANGE => Box::pin(async move {
@@ -149,11 +145,10 @@ async fn single<T: Message + Default + Send + 'static>(
 fn respond<T: GrpcMessage>(answer: Result<Stream<T>, Status>) -> http::Response<tonic::body::Body> {
     match answer {
         Ok(messages) => {
-            let mut response = http::Response::new(tonic::body::Body::new(GrpcBody {
+            let mut response = http::Response::new(tonic::body::Body::new(GrpcBody::new(
                 messages,
-                chunks: VecDeque::new(),
-                finished: false,
-            }));
+                Ending::Trailers,
+            )));
             response.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 http::HeaderValue::from_static("application/grpc"),
@@ -162,76 +157,4 @@ fn respond<T: GrpcMessage>(answer: Result<Stream<T>, Status>) -> http::Response<
         }
         Err(status) => status.into_http(),
     }
-}
-
-/// A response message that can write itself as gRPC body chunks.
-trait GrpcMessage: Send + 'static {
-    fn write_grpc(self, out: &mut VecDeque<Bytes>);
-}
-
-impl GrpcMessage for Outgoing {
-    fn write_grpc(self, out: &mut VecDeque<Bytes>) {
-        Outgoing::write_grpc(self, out)
-    }
-}
-
-impl GrpcMessage for ActionResult {
-    fn write_grpc(self, out: &mut VecDeque<Bytes>) {
-        ActionResult::write_grpc(self, out)
-    }
-}
-
-/// DoPut's one small answer: plain prost encoding.
-impl GrpcMessage for PutResult {
-    fn write_grpc(self, out: &mut VecDeque<Bytes>) {
-        let mut framed = BytesMut::with_capacity(5 + self.encoded_len());
-        super::wire::put_grpc_prefix(&mut framed, self.encoded_len());
-        // Encoding into a buffer reserved for it cannot run out of space.
-        let _ = self.encode(&mut framed);
-        out.push_back(framed.freeze());
-    }
-}
-
-struct GrpcBody<T> {
-    messages: Stream<T>,
-    chunks: VecDeque<Bytes>,
-    finished: bool,
-}
-
-impl<T: GrpcMessage> http_body::Body for GrpcBody<T> {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        loop {
-            if let Some(chunk) = self.chunks.pop_front() {
-                return Poll::Ready(Some(Ok(Frame::data(chunk))));
-            }
-            if self.finished {
-                return Poll::Ready(None);
-            }
-            let status = match std::task::ready!(self.messages.poll_next_unpin(cx)) {
-                Some(Ok(message)) => {
-                    message.write_grpc(&mut self.chunks);
-                    continue;
-                }
-                Some(Err(status)) => status,
-                None => Status::ok(""),
-            };
-            self.finished = true;
-            return Poll::Ready(Some(Ok(Frame::trailers(trailers(&status)))));
-        }
-    }
-}
-
-fn trailers(status: &Status) -> http::HeaderMap {
-    let mut headers = http::HeaderMap::new();
-    if status.add_header(&mut headers).is_err() {
-        // Only a message that cannot be a header value fails; keep the code.
-        headers.insert("grpc-status", http::HeaderValue::from(status.code() as i32));
-    }
-    headers
 }

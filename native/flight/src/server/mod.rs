@@ -4,13 +4,11 @@
 pub mod batcher;
 pub mod fastpath;
 pub mod handler;
-pub mod inbound;
 pub mod jobs;
 pub mod metrics;
 pub mod models;
 pub mod service;
 pub mod transport;
-pub mod wire;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

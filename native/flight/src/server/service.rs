@@ -6,7 +6,6 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use super::wire::{encode_batches, ActionResult, Outgoing};
 use arrow::array::RecordBatch;
 use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::error::FlightError;
@@ -14,6 +13,7 @@ use arrow_flight::{FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, Put
 use bytes::Bytes;
 use futures::stream::{self, BoxStream};
 use futures::{StreamExt, TryStreamExt};
+use stoker_client::wire::{encode_batches, ActionResult, Outgoing};
 use stoker_core::protocol::{
     action, CreateJob, Envelope, ModelKey, Named, PartitionKey, RegisterModel, TrainRound,
     JOBS_PATH, MODELS_PATH,

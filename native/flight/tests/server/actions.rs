@@ -380,3 +380,61 @@ async fn an_ipc_stream_is_put_as_is_or_split_when_its_messages_are_too_large() {
     assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
     assert_eq!(client.health().await.unwrap()["status"], "serving");
 }
+
+/// stoker's client sends requests as raw HTTP/2 chunks: an error in the
+/// caller's own batches must abort the request (not end it early, which the
+/// server would take for a complete partition) and come back as itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_whose_batches_fail_midway_is_aborted_and_keeps_its_error() {
+    let server = start(config()).await.unwrap();
+    let mut client = connect(&server, None).await;
+    client.create_job(&job("j"), None).await.unwrap();
+
+    let broken = || {
+        futures::stream::iter([
+            Ok(rings(200, 1)),
+            Err(stoker_core::Error::invalid("the source broke at row 200")),
+            Ok(rings(200, 2)),
+        ])
+    };
+    let e = client
+        .put_partition(&key("j", 0, "v"), broken())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    assert!(e.message().contains("the source broke at row 200"), "{e}");
+    // Nothing was stored: training the partition is a cache miss.
+    let e = client
+        .train_round(&round("j", 0, 0), None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::CacheMiss, "{e}");
+
+    trained_model(&mut client, "m").await;
+    let model = ModelKey {
+        name: "m".into(),
+        version: None,
+    };
+    let features = || rings(300, 3);
+    let input = futures::stream::iter([
+        Ok(features()),
+        Err(stoker_core::Error::invalid("the reader failed")),
+    ]);
+    let outcome = async {
+        let stream = client.predict_stream(&model, &[], input).await?;
+        futures::TryStreamExt::try_collect::<Vec<_>>(stream)
+            .await
+            .map_err(stoker_flight::status::from_flight)
+    }
+    .await;
+    let e = outcome.unwrap_err();
+    assert!(e.message().contains("the reader failed"), "{e}");
+
+    // The connection and the server both go on serving.
+    client
+        .put_partition(&key("j", 0, "v"), one(rings(200, 4)))
+        .await
+        .unwrap();
+    let got = client.predict(&model, &[], vec![features()]).await.unwrap();
+    assert_eq!(got.iter().map(RecordBatch::num_rows).sum::<usize>(), 300);
+}

@@ -8,6 +8,8 @@
 //! `FlightData.data_body` is copied once, from the HTTP/2 frames straight
 //! into an exactly sized, aligned allocation, and decodes without another copy.
 //! The few bytes of the other fields are gathered and decoded with prost.
+//! The server reads DoPut and DoExchange requests this way, and stoker's
+//! client reads DoExchange answers (predictions) the same way.
 
 use arrow::buffer::{Buffer, MutableBuffer};
 use arrow_flight::FlightData;
@@ -17,7 +19,18 @@ use http_body_util::BodyExt;
 use prost::Message;
 use tonic::Status;
 
-use super::wire::DATA_BODY_KEY;
+use crate::wire::DATA_BODY_KEY;
+
+/// Which side is reading: it decides the wording of errors and whether
+/// trailers carry a status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    /// The server, reading a request.
+    Server,
+    /// The client, reading a response (whose trailers carry the call's
+    /// status).
+    Client,
+}
 
 /// The request's FlightData messages, decoded as they arrive.
 pub fn flight_data<B>(
@@ -28,7 +41,37 @@ where
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: std::fmt::Display,
 {
-    let state = (body, Assembler::new(max_message_bytes), Bytes::new(), false);
+    read(body, max_message_bytes, Side::Server)
+}
+
+/// A response's FlightData messages, decoded as they arrive; a failed
+/// call's status (from the trailers) ends the stream as its error.
+pub fn response_flight_data<B>(
+    body: B,
+    max_message_bytes: usize,
+) -> BoxStream<'static, Result<FlightData, Status>>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: std::fmt::Display,
+{
+    read(body, max_message_bytes, Side::Client)
+}
+
+fn read<B>(
+    body: B,
+    max_message_bytes: usize,
+    side: Side,
+) -> BoxStream<'static, Result<FlightData, Status>>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: std::fmt::Display,
+{
+    let state = (
+        body,
+        Assembler::new(max_message_bytes, side),
+        Bytes::new(),
+        false,
+    );
     stream::unfold(
         state,
         |(mut body, mut assembler, mut pending, mut done)| async move {
@@ -46,22 +89,32 @@ where
                     }
                     Ok(None) => {}
                 }
+                let what = assembler.side.what();
                 match body.frame().await {
-                    Some(Ok(frame)) => {
-                        if let Ok(data) = frame.into_data() {
-                            pending = data;
+                    Some(Ok(frame)) => match frame.into_data() {
+                        Ok(data) => pending = data,
+                        Err(frame) => {
+                            let failed = frame
+                                .trailers_ref()
+                                .and_then(Status::from_header_map)
+                                .filter(|s| s.code() != tonic::Code::Ok);
+                            if let Some(status) = failed {
+                                done = true;
+                                return Some((Err(status), (body, assembler, pending, done)));
+                            }
                         }
-                    }
+                    },
                     Some(Err(e)) => {
                         done = true;
-                        let status = Status::cancelled(format!("the request stream broke: {e}"));
+                        let status = Status::cancelled(format!("the {what} stream broke: {e}"));
                         return Some((Err(status), (body, assembler, pending, done)));
                     }
                     None => {
                         done = true;
                         if !assembler.is_idle() {
-                            let status =
-                                Status::invalid_argument("the request ended inside a message");
+                            let status = Status::invalid_argument(format!(
+                                "the {what} ended inside a message"
+                            ));
                             return Some((Err(status), (body, assembler, pending, done)));
                         }
                     }
@@ -74,6 +127,7 @@ where
 
 /// Builds one message at a time from body chunks.
 struct Assembler {
+    side: Side,
     max_message_bytes: usize,
     /// The 5-byte gRPC prefix: compression flag and big-endian length.
     prefix: Vec<u8>,
@@ -88,8 +142,9 @@ struct Assembler {
 }
 
 impl Assembler {
-    fn new(max_message_bytes: usize) -> Self {
+    fn new(max_message_bytes: usize, side: Side) -> Self {
         Assembler {
+            side,
             max_message_bytes,
             prefix: Vec::with_capacity(5),
             remaining: None,
@@ -157,8 +212,12 @@ impl Assembler {
             self.prefix[4],
         ]) as usize;
         if len > self.max_message_bytes {
+            let (whose, setting) = match self.side {
+                Side::Server => ("the server's", "--max-message-mb"),
+                Side::Client => ("the client's", "max_message_bytes"),
+            };
             return Err(Status::resource_exhausted(format!(
-                "a message of {len} bytes is over the server's limit of {} bytes (--max-message-mb)",
+                "a message of {len} bytes is over {whose} limit of {} bytes ({setting})",
                 self.max_message_bytes
             )));
         }
@@ -206,6 +265,15 @@ impl Assembler {
         self.fields.clear();
         self.parsed = 0;
         Ok(message)
+    }
+}
+
+impl Side {
+    fn what(self) -> &'static str {
+        match self {
+            Side::Server => "request",
+            Side::Client => "response",
+        }
     }
 }
 

@@ -8,7 +8,9 @@
 //! arrow-ipc's [`StreamEncoder`], which keeps each column buffer as it is, and
 //! each Flight message becomes a short protobuf prefix followed by those
 //! buffers as separate chunks of the HTTP/2 body (h2 writes them with
-//! `writev`). [`super::fastpath`] serves DoGet and DoExchange with it.
+//! `writev`). The server answers DoGet, DoExchange and DoAction with it, and
+//! stoker's own client sends DoPut, DoExchange and DoAction requests with it
+//! ([`crate::call`]).
 
 use std::collections::VecDeque;
 
@@ -16,7 +18,7 @@ use arrow::array::RecordBatch;
 use arrow::buffer::Buffer;
 use arrow::ipc::writer::StreamEncoder;
 use arrow_flight::error::FlightError;
-use arrow_flight::FlightData;
+use arrow_flight::{Action, FlightData, FlightDescriptor};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::stream::{self, BoxStream, Stream, StreamExt, TryStreamExt};
 use prost::Message;
@@ -25,23 +27,25 @@ use prost::Message;
 /// of chunks that are concatenated only by the receiver.
 #[derive(Debug, Default, Clone)]
 pub struct Outgoing {
+    /// Set on the first message of a DoPut or DoExchange request.
+    pub descriptor: Option<FlightDescriptor>,
     pub header: Bytes,
     pub app_metadata: Bytes,
     pub body: Vec<Bytes>,
 }
 
 /// Protobuf key of `FlightData.data_body` (field 1000, length-delimited).
-pub(super) const DATA_BODY_KEY: u64 = (1000 << 3) | 2;
+pub(crate) const DATA_BODY_KEY: u64 = (1000 << 3) | 2;
 
 /// Starts a gRPC message of `len` bytes in `out`: the uncompressed flag and
 /// the big-endian length.
-pub(super) fn put_grpc_prefix(out: &mut BytesMut, len: usize) {
+pub fn put_grpc_prefix(out: &mut BytesMut, len: usize) {
     out.put_u8(0);
     out.put_u32(len as u32);
 }
 
 impl Outgoing {
-    fn body_len(&self) -> usize {
+    pub fn body_len(&self) -> usize {
         self.body.iter().map(Bytes::len).sum()
     }
 
@@ -49,7 +53,7 @@ impl Outgoing {
     /// for callers that need the prost type rather than the wire.
     pub fn into_flight_data(self) -> FlightData {
         FlightData {
-            flight_descriptor: None,
+            flight_descriptor: self.descriptor,
             data_header: self.header,
             app_metadata: self.app_metadata,
             data_body: concat(self.body),
@@ -58,26 +62,39 @@ impl Outgoing {
 
     /// Appends the gRPC message (5-byte length prefix, then the protobuf
     /// encoding of `FlightData`) to `out` as chunks: one small chunk of
-    /// framing and fields, then the body's chunks untouched. Fields are
-    /// written in field-number order, as prost would.
+    /// framing and fields, then the body's chunks untouched.
     pub fn write_grpc(self, out: &mut VecDeque<Bytes>) {
-        let body_len = self.body_len();
         let fields = FlightData {
-            flight_descriptor: None,
+            flight_descriptor: self.descriptor,
             data_header: self.header,
             app_metadata: self.app_metadata,
             data_body: Bytes::new(),
         };
-        let body_key = field_key(DATA_BODY_KEY, body_len);
-        let head_len = fields.encoded_len() + body_key.len();
-        let mut prefix = BytesMut::with_capacity(5 + head_len);
-        put_grpc_prefix(&mut prefix, head_len + body_len);
-        // Encoding into a buffer reserved for it cannot run out of space.
-        let _ = fields.encode(&mut prefix);
-        prefix.put_slice(&body_key);
-        out.push_back(prefix.freeze());
-        out.extend(self.body.into_iter().filter(|c| !c.is_empty()));
+        write_message(&fields, DATA_BODY_KEY, self.body, out);
     }
+}
+
+/// Appends one gRPC message to `out`: `fields` (a message whose last field
+/// is left empty) followed by that last field, of key `tail_key`, given as
+/// chunks. The framing and small fields go in one chunk; the tail's chunks
+/// are passed on untouched. Fields come out in field-number order, as prost
+/// writes them, so the bytes equal prost's encoding of the whole message.
+fn write_message(
+    fields: &impl Message,
+    tail_key: u64,
+    tail: Vec<Bytes>,
+    out: &mut VecDeque<Bytes>,
+) {
+    let tail_len: usize = tail.iter().map(Bytes::len).sum();
+    let key = field_key(tail_key, tail_len);
+    let head_len = fields.encoded_len() + key.len();
+    let mut prefix = BytesMut::with_capacity(5 + head_len);
+    put_grpc_prefix(&mut prefix, head_len + tail_len);
+    // Encoding into a buffer reserved for it cannot run out of space.
+    let _ = fields.encode(&mut prefix);
+    prefix.put_slice(&key);
+    out.push_back(prefix.freeze());
+    out.extend(tail.into_iter().filter(|c| !c.is_empty()));
 }
 
 /// The key and length of a length-delimited protobuf field of `len` bytes;
@@ -129,19 +146,40 @@ impl ActionResult {
     /// Appends the gRPC message to `out`: framing and key in one small
     /// chunk, then the body's chunks untouched.
     pub fn write_grpc(self, out: &mut VecDeque<Bytes>) {
-        let body_len: usize = self.0.iter().map(Bytes::len).sum();
-        let key = field_key(RESULT_BODY_KEY, body_len);
-        let mut prefix = BytesMut::with_capacity(5 + key.len());
-        put_grpc_prefix(&mut prefix, key.len() + body_len);
-        prefix.put_slice(&key);
-        out.push_back(prefix.freeze());
-        out.extend(self.0.into_iter().filter(|c| !c.is_empty()));
+        write_message(
+            &arrow_flight::Result::default(),
+            RESULT_BODY_KEY,
+            self.0,
+            out,
+        );
+    }
+}
+
+/// A DoAction request (`arrow.flight.protocol.Action`: `type`, then `body`)
+/// whose body is sent as chunks: a state goes out as the caller holds it.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ActionRequest {
+    pub kind: String,
+    pub body: Vec<Bytes>,
+}
+
+/// Protobuf key of `Action.body` (field 2, length-delimited).
+const ACTION_BODY_KEY: u64 = (2 << 3) | 2;
+
+impl ActionRequest {
+    pub fn write_grpc(self, out: &mut VecDeque<Bytes>) {
+        let fields = Action {
+            r#type: self.kind,
+            body: Bytes::new(),
+        };
+        write_message(&fields, ACTION_BODY_KEY, self.body, out);
     }
 }
 
 impl From<FlightData> for Outgoing {
     fn from(d: FlightData) -> Self {
         Outgoing {
+            descriptor: d.flight_descriptor,
             header: d.data_header,
             app_metadata: d.app_metadata,
             body: vec![d.data_body],
@@ -230,6 +268,7 @@ fn split_messages(buffers: Vec<Buffer>) -> Result<Vec<Outgoing>, FlightError> {
             .map(Bytes::from_owner)
             .collect();
         out.push(Outgoing {
+            descriptor: None,
             header,
             app_metadata: Bytes::new(),
             body,
@@ -396,6 +435,24 @@ mod tests {
                 // The large chunk went out as it is, not copied.
                 assert!(wire.iter().any(|c| c.as_ptr() == big.as_ptr()));
             }
+        }
+    }
+
+    #[test]
+    fn action_requests_match_prost() {
+        for body in [
+            vec![],
+            vec![Bytes::from_static(b"{}"), Bytes::from(vec![3u8; 200])],
+        ] {
+            let request = ActionRequest {
+                kind: "train_round".into(),
+                body: body.clone(),
+            };
+            let mut wire = VecDeque::new();
+            request.write_grpc(&mut wire);
+            let bytes: Vec<u8> = wire.iter().flat_map(|c| c.iter()).copied().collect();
+            let expected = Action::new("train_round", concat(body));
+            assert_eq!(bytes[5..], expected.encode_to_vec());
         }
     }
 
