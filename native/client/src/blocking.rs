@@ -8,6 +8,7 @@ use std::sync::{Mutex, OnceLock};
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
+use arrow_flight::decode::FlightRecordBatchStream;
 use futures::StreamExt;
 use stoker_core::protocol::{ModelKey, PartitionKey};
 use stoker_core::{Error, Result};
@@ -87,23 +88,37 @@ impl BlockingClient {
         batches: Vec<RecordBatch>,
     ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
         let input = futures::stream::iter(batches.into_iter().map(Ok));
-        self.with(async |c| {
-            let mut stream = c.predict_stream(model, keep, input).await?;
-            let mut out = Vec::new();
-            while let Some(b) = stream.next().await {
-                out.push(b.map_err(from_flight)?);
-            }
-            let schema = match (out.first(), stream.schema()) {
-                (Some(b), _) => b.schema(),
-                (None, Some(s)) => s.clone(),
-                (None, None) => return Err(Error::invalid("no rows to predict")),
-            };
-            Ok((schema, out))
-        })
+        self.with(async |c| collect(c.predict_stream(model, keep, input).await?).await)
+    }
+
+    /// [`BlockingClient::predict`] for features given as one Arrow IPC
+    /// stream, its messages passed through.
+    pub fn predict_ipc(
+        &self,
+        model: &ModelKey,
+        keep: &[String],
+        ipc: bytes::Bytes,
+    ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+        self.with(async |c| collect(c.predict_ipc(model, keep, ipc).await?).await)
     }
 
     /// A stored state (DoGet): `jobs/JOB` or `models/NAME[/VERSION]`.
     pub fn download_state(&self, ticket: &str) -> Result<Vec<u8>> {
         self.with(async |c| c.download_state(ticket).await)
     }
+}
+
+/// A prediction stream's batches and schema (known even when there are no
+/// rows).
+async fn collect(mut stream: FlightRecordBatchStream) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    let mut out = Vec::new();
+    while let Some(b) = stream.next().await {
+        out.push(b.map_err(from_flight)?);
+    }
+    let schema = match (out.first(), stream.schema()) {
+        (Some(b), _) => b.schema(),
+        (None, Some(s)) => s.clone(),
+        (None, None) => return Err(Error::invalid("no rows to predict")),
+    };
+    Ok((schema, out))
 }

@@ -52,6 +52,15 @@ pub struct Client {
     max_message_bytes: usize,
 }
 
+/// Where DoExchange sends features for `model`: `models/NAME[/VERSION]`.
+fn model_descriptor(model: &ModelKey) -> FlightDescriptor {
+    let mut path = vec![MODELS_PATH.to_string(), model.name.clone()];
+    if let Some(v) = model.version {
+        path.push(v.to_string());
+    }
+    FlightDescriptor::new_path(path)
+}
+
 fn unavailable(uri: &str, e: impl std::fmt::Display) -> Error {
     Error::new(
         ErrorKind::Unavailable,
@@ -229,27 +238,39 @@ impl Client {
         key: &PartitionKey,
         ipc: Bytes,
     ) -> Result<serde_json::Value> {
+        let descriptor = FlightDescriptor::new_path(key.path());
+        let messages = self.ipc_messages(descriptor, ipc)?;
+        self.put(messages).await
+    }
+
+    /// An Arrow IPC stream as Flight messages, the first carrying
+    /// `descriptor`: its messages passed through as slices of `ipc` when
+    /// each fits the data-message limit, else its batches decoded and split.
+    fn ipc_messages(
+        &self,
+        descriptor: FlightDescriptor,
+        ipc: Bytes,
+    ) -> Result<BoxStream<'static, Result<Outgoing>>> {
         let limit = stoker_core::protocol::data_message_bytes(self.max_message_bytes);
         let ranges = stoker_core::ipc::message_ranges(&ipc)?;
         if ranges.is_empty() || ranges.iter().any(|(m, b)| m.len() + b.len() > limit) {
             let (_, batches) = stoker_core::ipc::read_stream(&ipc)?;
-            let stream = stream::iter(batches.into_iter().map(Ok));
-            return self.put_partition(key, stream).await;
+            let batches = stream::iter(batches.into_iter().map(Ok));
+            return Ok(self.encode(descriptor, batches));
         }
-        let descriptor = FlightDescriptor::new_path(key.path());
+        let mut descriptor = Some(descriptor);
         let data: Vec<Result<Outgoing>> = ranges
             .into_iter()
-            .enumerate()
-            .map(|(i, (meta, body))| {
+            .map(|(meta, body)| {
                 Ok(Outgoing {
-                    descriptor: (i == 0).then(|| descriptor.clone()),
+                    descriptor: descriptor.take(),
                     header: ipc.slice(meta),
                     app_metadata: Bytes::new(),
                     body: vec![ipc.slice(body)],
                 })
             })
             .collect();
-        self.put(stream::iter(data).boxed()).await
+        Ok(stream::iter(data).boxed())
     }
 
     /// Trains one partition for one round; returns the result and the new
@@ -316,17 +337,34 @@ impl Client {
     where
         S: Stream<Item = Result<RecordBatch>> + Send + 'static,
     {
-        let mut path = vec![MODELS_PATH.to_string(), model.name.clone()];
-        if let Some(v) = model.version {
-            path.push(v.to_string());
-        }
+        let messages = self.encode(model_descriptor(model), batches);
+        self.exchange(keep, messages).await
+    }
+
+    /// [`Client::predict_stream`] for features given as one Arrow IPC
+    /// stream (what the JVM writes), its messages passed through as they
+    /// are, like [`Client::put_partition_ipc`].
+    pub async fn predict_ipc(
+        &mut self,
+        model: &ModelKey,
+        keep: &[String],
+        ipc: Bytes,
+    ) -> Result<FlightRecordBatchStream> {
+        let messages = self.ipc_messages(model_descriptor(model), ipc)?;
+        self.exchange(keep, messages).await
+    }
+
+    async fn exchange(
+        &mut self,
+        keep: &[String],
+        messages: BoxStream<'static, Result<Outgoing>>,
+    ) -> Result<FlightRecordBatchStream> {
         let mut headers = Vec::new();
         if !keep.is_empty() {
             let value = tonic::codegen::http::HeaderValue::from_str(&keep.join(","))
                 .map_err(|_| Error::invalid("pass-through column names must be ASCII"))?;
             headers.push(("x-stoker-keep", value));
         }
-        let messages = self.encode(FlightDescriptor::new_path(path), batches);
         let answer = self.calls.call(DO_EXCHANGE, messages, &headers).await?;
         let data = answer
             .flight_data(self.max_message_bytes)

@@ -4,7 +4,7 @@
 //! runtime are native/client's [`BlockingClient`]; this module converts.
 
 use stoker_client::{BlockingClient, ClientOptions};
-use stoker_core::ipc::{read_stream, write_stream};
+use stoker_core::ipc::write_stream;
 use stoker_core::protocol::{ModelKey, PartitionKey};
 use stoker_core::Result;
 
@@ -36,8 +36,10 @@ pub fn put_partition(id: i64, key: PartitionKey, ipc: Vec<u8>) -> Result<String>
         .to_string())
 }
 
-pub fn predict(id: i64, model: ModelKey, keep: Vec<String>, ipc: &[u8]) -> Result<Vec<u8>> {
-    let (_, batches) = read_stream(ipc)?;
-    let (schema, out) = CLIENTS.get(id, WHAT)?.predict(&model, &keep, batches)?;
+pub fn predict(id: i64, model: ModelKey, keep: Vec<String>, ipc: Vec<u8>) -> Result<Vec<u8>> {
+    let (schema, out) =
+        CLIENTS
+            .get(id, WHAT)?
+            .predict_ipc(&model, &keep, bytes::Bytes::from(ipc))?;
     write_stream(&schema, &out)
 }

@@ -283,7 +283,7 @@ pub extern "system" fn Java_dev_stoker_jni_NativeBridge_predict<'caller>(
             .map(String::from)
             .collect();
         let data = bytes(env, &ipc, "feature batch")?;
-        let out = client::predict(handle, key, keep, &data)?;
+        let out = client::predict(handle, key, keep, data)?;
         Ok(env.byte_array_from_slice(&out)?)
     })
     .resolve::<ThrowStoker>()

@@ -339,7 +339,7 @@ async fn prometheus_metrics_page() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_ipc_stream_is_put_as_is_or_split_when_its_messages_are_too_large() {
+async fn an_ipc_stream_is_put_and_predicted_as_is_or_split_when_its_messages_are_too_large() {
     let server = start(config()).await.unwrap();
     let batch = rings(20_000, 4);
     let ipc =
@@ -368,6 +368,31 @@ async fn an_ipc_stream_is_put_as_is_or_split_when_its_messages_are_too_large() {
     for p in 0..2 {
         let (res, _) = client.train_round(&round("j", p, 0), None).await.unwrap();
         assert_eq!(res.samples, 20_000);
+    }
+    // Features as an IPC stream predict the same as the decoded batches,
+    // whether passed through or split, with pass-through columns.
+    trained_model(&mut client, "m").await;
+    let model = ModelKey {
+        name: "m".into(),
+        version: None,
+    };
+    let keep = vec!["id".to_string()];
+    let want = client
+        .predict(&model, &keep, vec![batch.clone()])
+        .await
+        .unwrap();
+    let ipc =
+        stoker_core::ipc::write_stream(&batch.schema(), std::slice::from_ref(&batch)).unwrap();
+    for c in [&mut client, &mut small] {
+        let got: Vec<RecordBatch> = futures::TryStreamExt::try_collect(
+            c.predict_ipc(&model, &keep, ipc.clone().into())
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+        let concat = |b: &[RecordBatch]| arrow::compute::concat_batches(&b[0].schema(), b).unwrap();
+        assert_eq!(concat(&got), concat(&want));
     }
     // Not an IPC stream: invalid input, and the server keeps serving.
     let e = client
