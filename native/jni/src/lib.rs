@@ -124,6 +124,32 @@ fn bytes(env: &Env<'_>, b: &JByteArray<'_>, what: &str) -> BridgeResult<Vec<u8>>
     Ok(env.convert_byte_array(b)?)
 }
 
+/// The first `length` bytes of `b` (a stream written into a larger array).
+fn bytes_prefix(
+    env: &Env<'_>,
+    b: &JByteArray<'_>,
+    length: jint,
+    what: &str,
+) -> BridgeResult<Vec<u8>> {
+    if b.is_null() {
+        return Err(Error::invalid(format!("{what} is null")).into());
+    }
+    let capacity = b.len(env)?;
+    let length = usize::try_from(length)
+        .ok()
+        .filter(|n| *n <= capacity)
+        .ok_or_else(|| {
+            Error::invalid(format!(
+                "{what}: length {length} is outside its array of {capacity} bytes"
+            ))
+        })?;
+    // A zeroed allocation of this size comes straight from fresh zero pages
+    // (calloc), so the copy below is the only pass over it.
+    let mut out = vec![0u8; length];
+    b.get_region(env, 0, as_jbytes_mut(&mut out))?;
+    Ok(out)
+}
+
 /// `NativeBridge.connect(String uri, String token)`: a client handle.
 #[unsafe(no_mangle)]
 pub extern "system" fn Java_dev_stoker_jni_NativeBridge_connect<'caller>(
@@ -207,15 +233,19 @@ pub extern "system" fn Java_dev_stoker_jni_NativeBridge_actionParts<'caller>(
             arrays.push(array);
         }
         let listing: Vec<(&str, usize)> = sizes.iter().map(|(n, s)| (n.as_str(), *s)).collect();
-        let mut body = if count == 0 {
+        let prefix = if count == 0 {
             serde_json::to_vec(&json).map_err(|e| Error::internal(format!("encoding JSON: {e}")))?
         } else {
             Envelope::prefix(&json, &listing)?
         };
+        // Zeroed in one allocation (fresh zero pages for a large one), so each
+        // blob's copy is the only pass over its part of the body.
+        let mut body = vec![0u8; prefix.len() + sizes.iter().map(|(_, n)| n).sum::<usize>()];
+        body[..prefix.len()].copy_from_slice(&prefix);
+        let mut start = prefix.len();
         for (array, (_, size)) in arrays.iter().zip(&sizes) {
-            let start = body.len();
-            body.resize(start + size, 0);
-            array.get_region(env, 0, as_jbytes_mut(&mut body[start..]))?;
+            array.get_region(env, 0, as_jbytes_mut(&mut body[start..start + size]))?;
+            start += size;
         }
         let out = client::action(handle, &kind, body)?;
         let (json, ranges) = Envelope::split(&out)?;
@@ -232,7 +262,8 @@ pub extern "system" fn Java_dev_stoker_jni_NativeBridge_actionParts<'caller>(
 }
 
 /// `NativeBridge.putPartition(long handle, String job, int partition,
-/// String version, byte[] arrowIpcStream)`: the server's JSON answer.
+/// String version, byte[] arrowIpcStream, int length)`: the server's JSON
+/// answer.
 #[unsafe(no_mangle)]
 pub extern "system" fn Java_dev_stoker_jni_NativeBridge_putPartition<'caller>(
     mut env: EnvUnowned<'caller>,
@@ -242,6 +273,7 @@ pub extern "system" fn Java_dev_stoker_jni_NativeBridge_putPartition<'caller>(
     partition: jint,
     version: JString<'caller>,
     ipc: JByteArray<'caller>,
+    length: jint,
 ) -> JString<'caller> {
     env.with_env(|env| -> BridgeResult<_> {
         let key = PartitionKey {
@@ -250,7 +282,7 @@ pub extern "system" fn Java_dev_stoker_jni_NativeBridge_putPartition<'caller>(
                 .map_err(|_| Error::invalid(format!("partition {partition} is negative")))?,
             version: string(env, &version, "data version")?,
         };
-        let data = bytes(env, &ipc, "partition data")?;
+        let data = bytes_prefix(env, &ipc, length, "partition data")?;
         let answer = client::put_partition(handle, key, data)?;
         Ok(JString::from_str(env, answer)?)
     })
@@ -258,8 +290,8 @@ pub extern "system" fn Java_dev_stoker_jni_NativeBridge_putPartition<'caller>(
 }
 
 /// `NativeBridge.predict(long handle, String model, int version (< 0:
-/// latest), String keepColumns (comma-separated), byte[] arrowIpcStream)`:
-/// predictions as an Arrow IPC stream.
+/// latest), String keepColumns (comma-separated), byte[] arrowIpcStream, int
+/// length)`: predictions as an Arrow IPC stream.
 #[unsafe(no_mangle)]
 pub extern "system" fn Java_dev_stoker_jni_NativeBridge_predict<'caller>(
     mut env: EnvUnowned<'caller>,
@@ -269,6 +301,7 @@ pub extern "system" fn Java_dev_stoker_jni_NativeBridge_predict<'caller>(
     version: jint,
     keep: JString<'caller>,
     ipc: JByteArray<'caller>,
+    length: jint,
 ) -> JByteArray<'caller> {
     env.with_env(|env| -> BridgeResult<_> {
         let key = ModelKey {
@@ -282,7 +315,7 @@ pub extern "system" fn Java_dev_stoker_jni_NativeBridge_predict<'caller>(
             .filter(|s| !s.is_empty())
             .map(String::from)
             .collect();
-        let data = bytes(env, &ipc, "feature batch")?;
+        let data = bytes_prefix(env, &ipc, length, "feature batch")?;
         let out = client::predict(handle, key, keep, data)?;
         Ok(env.byte_array_from_slice(&out)?)
     })

@@ -77,9 +77,11 @@ public final class NativeBridge {
   static native byte[][] actionParts(long handle, String type, String json,
       String[] blobNames, byte[][] blobs);
 
+  /** Sends the first {@code length} bytes of {@code arrowIpcStream}. */
   static native String putPartition(long handle, String job, int partition, String version,
-      byte[] arrowIpcStream);
+      byte[] arrowIpcStream, int length);
 
+  /** Predicts for the first {@code length} bytes of {@code arrowIpcStream}. */
   static native byte[] predict(long handle, String model, int version, String keepColumns,
-      byte[] arrowIpcStream);
+      byte[] arrowIpcStream, int length);
 }

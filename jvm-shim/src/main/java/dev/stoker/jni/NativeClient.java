@@ -67,7 +67,13 @@ public final class NativeClient implements AutoCloseable {
    * @return the server's answer: {@code {"rows": N, "bytes": B, "replaced": bool}}
    */
   public String putPartition(String job, int partition, String version, byte[] arrowIpcStream) {
-    return NativeBridge.putPartition(handle(), job, partition, version, arrowIpcStream);
+    return putPartition(job, partition, version, IpcBuffer.wrap(arrowIpcStream));
+  }
+
+  /** {@link #putPartition(String, int, String, byte[])} for a stream in an {@link IpcBuffer}. */
+  public String putPartition(String job, int partition, String version, IpcBuffer stream) {
+    return NativeBridge.putPartition(
+        handle(), job, partition, version, stream.array(), stream.length());
   }
 
   /**
@@ -78,7 +84,13 @@ public final class NativeClient implements AutoCloseable {
    * @param version the model version, or a negative number for the latest
    */
   public byte[] predict(String model, int version, List<String> keep, byte[] arrowIpcStream) {
-    return NativeBridge.predict(handle(), model, version, String.join(",", keep), arrowIpcStream);
+    return predict(model, version, keep, IpcBuffer.wrap(arrowIpcStream));
+  }
+
+  /** {@link #predict(String, int, List, byte[])} for features in an {@link IpcBuffer}. */
+  public byte[] predict(String model, int version, List<String> keep, IpcBuffer features) {
+    return NativeBridge.predict(
+        handle(), model, version, String.join(",", keep), features.array(), features.length());
   }
 
   @Override

@@ -4,7 +4,7 @@ import java.nio.charset.StandardCharsets.UTF_8
 
 import dev.stoker.{CacheMissException, InvalidInputException, NotFoundException,
   ResourceExhaustedException, StokerException}
-import dev.stoker.jni.NativeClient
+import dev.stoker.jni.{IpcBuffer, NativeClient}
 import org.apache.spark.SparkEnv
 import org.apache.spark.sql.types.StructType
 import org.json4s._
@@ -67,7 +67,7 @@ private[spark] object PartitionTask {
       round: Int,
       last: Boolean,
       state: Option[Array[Byte]],
-      data: () => (Array[Byte], Long)): Outcome = {
+      data: () => (IpcBuffer, Long)): Outcome = {
     try {
       Servers.withClient(job.server) { client =>
         var created = false
@@ -97,7 +97,7 @@ private[spark] object PartitionTask {
   }
 
   /** Sends one partition (creating the job if needed); returns its rows. */
-  def feed(job: TrainJob, partition: Int, data: (Array[Byte], Long)): Long =
+  def feed(job: TrainJob, partition: Int, data: (IpcBuffer, Long)): Long =
     Servers.withClient(job.server) { client =>
       createJob(client, job)
       if (put(client, job, partition, data)) data._2 else 0L
@@ -147,7 +147,7 @@ private[spark] object PartitionTask {
       client: NativeClient,
       job: TrainJob,
       partition: Int,
-      data: (Array[Byte], Long)): Boolean = {
+      data: (IpcBuffer, Long)): Boolean = {
     if (data._2 == 0) return false
     client.putPartition(job.name, partition, job.dataVersion, data._1)
     true

@@ -2,7 +2,7 @@ package dev.stoker.spark
 
 import scala.reflect.ClassTag
 
-import dev.stoker.jni.NativeBridge
+import dev.stoker.jni.{IpcBuffer, NativeBridge}
 import org.apache.spark.{Partition, TaskContext}
 import org.apache.spark.broadcast.Broadcast
 import org.apache.spark.rdd.RDD
@@ -49,7 +49,7 @@ private[spark] final class TrainingData private (val rdd: RDD[_], columnar: Bool
   extends Serializable {
 
   /** One partition's Arrow IPC stream and its row count. */
-  def ipc(partition: Iterator[Any], job: TrainJob): (Array[Byte], Long) =
+  def ipc(partition: Iterator[Any], job: TrainJob): (IpcBuffer, Long) =
     if (columnar) {
       ColumnarBatches.toIpcStream(partition.asInstanceOf[Iterator[ColumnarBatch]], job.schema,
         job.timeZone, job.batchRows)

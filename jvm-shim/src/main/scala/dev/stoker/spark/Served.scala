@@ -3,7 +3,7 @@ package dev.stoker.spark
 import java.security.MessageDigest
 
 import dev.stoker.NotFoundException
-import dev.stoker.jni.NativeClient
+import dev.stoker.jni.{IpcBuffer, NativeClient}
 import org.apache.spark.sql.stoker.ArrowBatches
 import org.json4s._
 
@@ -23,7 +23,7 @@ private[spark] final case class Served(
    * Predictions for one Arrow IPC stream of features. A server that does not know the
    * model gets it registered once, then the batch is sent again.
    */
-  def predict(client: NativeClient, ipc: Array[Byte]): ArrowBatches.Predictions = {
+  def predict(client: NativeClient, ipc: IpcBuffer): ArrowBatches.Predictions = {
     def call() = ArrowBatches.readPredictions(
       client.predict(name, version.getOrElse(-1), java.util.List.of(), ipc))
     try call()

@@ -126,7 +126,11 @@ class NativeClientTest {
           + ",\"features\":[\"a\",\"b\"],\"label\":\"y\","
           + "\"optimizer\":{\"name\":\"adam\",\"lr\":0.02},\"batch_size\":64}");
       for (int p = 0; p < 2; p++) {
-        String answer = client.putPartition("jvm", p, "v1", rings(1500, p));
+        // Partition 1 goes as the first part of a larger array (how the Spark side
+        // hands over the streams it writes): only `length` bytes are read.
+        IpcBuffer stream = new IpcBuffer(p == 0 ? 16 : 1 << 20);
+        stream.write(ByteBuffer.wrap(rings(1500, p)));
+        String answer = client.putPartition("jvm", p, "v1", stream);
         assertTrue(answer.contains("\"rows\":1500"), answer);
       }
       byte[] state = null;
@@ -175,6 +179,20 @@ class NativeClientTest {
       assertEquals(2000, rows);
       assertTrue(correct > 1800, "accuracy " + correct / 2000.0);
     }
+  }
+
+  @Test
+  void ipcBuffersGrowAndKeepWhatWasWritten() {
+    IpcBuffer buffer = new IpcBuffer(10);
+    byte[] want = new byte[1000];
+    new Random(3).nextBytes(want);
+    for (int at = 0; at < want.length; at += 37) {
+      buffer.write(ByteBuffer.wrap(want, at, Math.min(37, want.length - at)));
+    }
+    assertEquals(1000, buffer.length());
+    assertTrue(buffer.array().length >= 1000);
+    assertTrue(Arrays.equals(want, buffer.toByteArray()));
+    assertTrue(Arrays.equals(want, IpcBuffer.wrap(want).toByteArray()));
   }
 
   @Test

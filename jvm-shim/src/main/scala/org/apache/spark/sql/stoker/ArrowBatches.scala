@@ -1,6 +1,8 @@
 package org.apache.spark.sql.stoker
 
-import java.io.{ByteArrayInputStream, ByteArrayOutputStream}
+import java.io.ByteArrayInputStream
+
+import dev.stoker.jni.IpcBuffer
 
 import scala.collection.mutable.ArrayBuffer
 
@@ -49,11 +51,11 @@ object ArrowBatches {
       rows: Iterator[InternalRow],
       schema: StructType,
       timeZone: String,
-      batchRows: Int): (Array[Byte], Long) = {
+      batchRows: Int): (IpcBuffer, Long) = {
     val writer = ArrowWriter.create(schema, timeZone, true, false)
     val root = writer.root
     var total = 0L
-    val ipc = try ipcStream(root) { stream =>
+    val ipc = try ipcStream(root, batchRows.toLong * schema.length * 8) { stream =>
       var inBatch = 0
       while (rows.hasNext) {
         writer.write(rows.next())
@@ -77,14 +79,16 @@ object ArrowBatches {
   }
 
   /** An Arrow IPC stream of `root`'s schema and the batches `write` writes from it. */
-  private[stoker] def ipcStream(root: VectorSchemaRoot)(write: ArrowStreamWriter => Unit)
-      : Array[Byte] = {
-    val out = new ByteArrayOutputStream()
+  private[stoker] def ipcStream(root: VectorSchemaRoot, expectedBytes: Long)(
+      write: ArrowStreamWriter => Unit): IpcBuffer = {
+    // Sized for what the caller expects (capped: a guess must not reserve a huge array
+    // for a stream that turns out small), then grown by doubling.
+    val out = new IpcBuffer(math.min(expectedBytes + 4096, 64L << 20).toInt)
     val stream = new ArrowStreamWriter(root, null, out)
     stream.start()
     write(stream)
     stream.end()
-    out.toByteArray
+    out
   }
 
   /** What the server sends back for a batch: one prediction per row, maybe probabilities. */

@@ -1,5 +1,6 @@
 package org.apache.spark.sql.stoker
 
+import dev.stoker.jni.IpcBuffer
 import org.apache.arrow.vector.{BigIntVector, Float4Vector, Float8Vector, IntVector,
   VectorSchemaRoot}
 import org.apache.spark.rdd.RDD
@@ -58,12 +59,12 @@ object ColumnarBatches {
       batches: Iterator[ColumnarBatch],
       schema: StructType,
       timeZone: String,
-      batchRows: Int): (Array[Byte], Long) = {
+      batchRows: Int): (IpcBuffer, Long) = {
     val allocator = ArrowUtils.rootAllocator.newChildAllocator("stoker-columnar", 0, Long.MaxValue)
     val root = VectorSchemaRoot.create(
       ArrowUtils.toArrowSchema(schema, timeZone, true, false), allocator)
     var total = 0L
-    val ipc = try ArrowBatches.ipcStream(root) { stream =>
+    val ipc = try ArrowBatches.ipcStream(root, batchRows.toLong * schema.length * 8) { stream =>
       var filled = 0
       def flush(): Unit = if (filled > 0) {
         root.getFieldVectors.forEach(_.setValueCount(filled))
