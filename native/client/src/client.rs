@@ -275,7 +275,9 @@ impl Client {
 
     /// Trains one partition for one round; returns the result and the new
     /// state's bytes. A partition the server does not hold is a
-    /// `cache_miss` error: put it and call again.
+    /// `cache_miss` error: put it and call again. A request that names a
+    /// `state_id` the server does not hold, without the state, comes back
+    /// with `needs_state` set and no state: send it and call again.
     pub async fn train_round(
         &mut self,
         req: &TrainRound,
@@ -286,10 +288,14 @@ impl Client {
             env = env.with_blob("state", s);
         }
         let mut out = self.action(action::TRAIN_ROUND, env).await?;
+        let result: TrainRoundResult = out.parse("train_round result")?;
+        if result.needs_state {
+            return Ok((result, Vec::new()));
+        }
         let state = out
             .take_blob("state")
             .ok_or_else(|| Error::internal("train_round returned no state"))?;
-        Ok((out.parse("train_round result")?, state))
+        Ok((result, state))
     }
 
     pub async fn drop_job(&mut self, job: &str) -> Result<()> {

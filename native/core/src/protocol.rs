@@ -159,6 +159,12 @@ pub struct TrainRound {
     /// last round), instead of leaving it to the LRU budget.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub release: bool,
+    /// Names the input state, the same for every partition of a round. The
+    /// server keeps the last state it was sent under its id (one per job),
+    /// so the job's other partitions on that server may send the id alone;
+    /// a server without it answers `needs_state` and trains nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_id: Option<String>,
 }
 
 fn one() -> usize {
@@ -177,6 +183,28 @@ pub struct TrainRoundResult {
     pub loss_first: f64,
     pub loss_last: f64,
     pub seconds: f64,
+    /// The request named a `state_id` this server does not hold and sent no
+    /// state: nothing was trained; send the state and ask again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub needs_state: bool,
+}
+
+impl TrainRoundResult {
+    /// The answer to a request whose input state must be sent.
+    pub fn needs_state(req: &TrainRound) -> Self {
+        TrainRoundResult {
+            job: req.job.clone(),
+            partition: req.partition,
+            round: req.round,
+            samples: 0,
+            steps: 0,
+            // Not NaN: JSON has no NaN (serde_json writes null).
+            loss_first: 0.0,
+            loss_last: 0.0,
+            seconds: 0.0,
+            needs_state: true,
+        }
+    }
 }
 
 /// `drop_job` and `unload_model` name what to forget.

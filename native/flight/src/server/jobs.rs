@@ -41,6 +41,12 @@ pub struct Job {
     /// all of which a round that loads a state throws away. At most
     /// [`IDLE_TRAINERS`] are kept; they go with the job.
     idle: Mutex<Vec<Trainer>>,
+    /// The last input state sent with a `state_id`, under that id: the
+    /// round's other partitions on this server name it instead of sending
+    /// it again (one upload per server and round instead of one per
+    /// partition). It holds the request it arrived in; the next round's
+    /// state replaces it, and it goes with the job.
+    round_input: Mutex<Option<(String, Bytes)>>,
 }
 
 /// Trainers a job keeps between rounds (about the rounds a node runs at once).
@@ -105,6 +111,7 @@ impl Job {
             batch_size: req.batch_size,
             resolved: Mutex::new(None),
             idle: Mutex::new(Vec::new()),
+            round_input: Mutex::new(None),
         })
     }
 
@@ -166,6 +173,19 @@ impl Job {
         Model::build(&self.source, loss, layout.width(), self.device, self.seed)
     }
 
+    /// Keeps `state` as the input state named `id`, replacing the last one.
+    pub fn remember_input(&self, id: &str, state: &Bytes) {
+        *lock(&self.round_input) = Some((id.to_string(), state.clone()));
+    }
+
+    /// The input state named `id`, if it is the one this job holds.
+    pub fn input(&self, id: &str) -> Option<Bytes> {
+        lock(&self.round_input)
+            .as_ref()
+            .filter(|(held, _)| held == id)
+            .map(|(_, state)| state.clone())
+    }
+
     /// Runs one local round on a partition: build the model, load the
     /// input state (or start from the job's seeded initial weights), train,
     /// and return the new state.
@@ -224,6 +244,7 @@ impl Job {
             loss_first: report.epochs.first().map(|e| e.loss).unwrap_or(f64::NAN),
             loss_last: report.final_loss(),
             seconds: report.seconds,
+            needs_state: false,
         };
         Ok((result, state))
     }

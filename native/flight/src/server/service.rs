@@ -16,7 +16,7 @@ use futures::{StreamExt, TryStreamExt};
 use stoker_client::wire::{encode_batches, ActionResult, Outgoing};
 use stoker_core::protocol::{
     action, CreateJob, Envelope, ModelKey, Named, PartitionKey, RegisterModel, TrainRound,
-    JOBS_PATH, MODELS_PATH,
+    TrainRoundResult, JOBS_PATH, MODELS_PATH,
 };
 use stoker_core::{Error, ErrorKind, Result};
 use stoker_engine::DeviceSpec;
@@ -256,8 +256,21 @@ impl Service {
             }
             action::TRAIN_ROUND => {
                 let req: TrainRound = env.parse(action::TRAIN_ROUND)?;
-                let state = blob("state");
                 let job = self.jobs.get(&req.job)?;
+                let state = match (req.state_id.as_deref(), blob("state")) {
+                    (Some(id), Some(state)) => {
+                        job.remember_input(id, &state);
+                        Some(state)
+                    }
+                    (Some(id), None) => match job.input(id) {
+                        Some(state) => Some(state),
+                        None => {
+                            let answer = TrainRoundResult::needs_state(&req);
+                            return one(Envelope::new(answer)?);
+                        }
+                    },
+                    (None, state) => state,
+                };
                 let key = PartitionKey {
                     job: req.job.clone(),
                     partition: req.partition,

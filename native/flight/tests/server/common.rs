@@ -81,6 +81,7 @@ pub fn round(job: &str, partition: u32, round: u64) -> TrainRound {
         epochs: 2,
         steps: None,
         release: false,
+        state_id: None,
     }
 }
 

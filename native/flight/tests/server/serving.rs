@@ -3,7 +3,7 @@ use std::time::Duration;
 use arrow::array::RecordBatch;
 use futures::StreamExt;
 use stoker_core::protocol::{CreateJob, ModelKey, TrainRound};
-use stoker_core::ErrorKind;
+use stoker_core::{ErrorKind, State};
 use stoker_flight::client::{Client, ClientOptions};
 use stoker_flight::server::batcher::BatchLimits;
 use stoker_flight::server::{start, ServerConfig};
@@ -252,4 +252,64 @@ async fn tasks_share_a_job_and_release_partitions() {
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::CacheMiss, "{e}");
+}
+
+/// A round's partitions on one server share one upload of its input state:
+/// the first sends it under an id, the others name the id, and a server
+/// that does not hold the id asks for the state instead of training.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rounds_partitions_share_one_upload_of_its_state() {
+    let server = start(config()).await.unwrap();
+    let mut client = connect(&server, None).await;
+    let state = trained_model(&mut client, "s").await;
+    for p in 0..2 {
+        client
+            .put_partition(&key("s", p, "v1"), one(rings(400, p as u64)))
+            .await
+            .unwrap();
+    }
+    let named = |partition: u32, id: &str| TrainRound {
+        state_id: Some(id.into()),
+        steps: Some(1),
+        ..round("s", partition, 7)
+    };
+    // No state under this id yet: the server asks for it and trains nothing.
+    let (res, out) = client.train_round(&named(0, "r7"), None).await.unwrap();
+    assert!(
+        res.needs_state && out.is_empty() && res.samples == 0,
+        "{res:?}"
+    );
+    // Sent once with its id, it serves the other partition by id alone,
+    // and both start from the same weights as a request carrying the state.
+    let (sent, with_state) = client
+        .train_round(&named(0, "r7"), Some(state.clone()))
+        .await
+        .unwrap();
+    assert!(!sent.needs_state && sent.samples > 0);
+    let (by_id, from_id) = client.train_round(&named(1, "r7"), None).await.unwrap();
+    assert!(!by_id.needs_state && by_id.samples > 0, "{by_id:?}");
+    let (_, reference) = client
+        .train_round(
+            &TrainRound {
+                state_id: None,
+                ..named(1, "r7")
+            },
+            Some(state.clone()),
+        )
+        .await
+        .unwrap();
+    let weights = |b: &[u8]| State::from_bytes(b).unwrap().tensors;
+    assert_eq!(weights(&from_id), weights(&reference));
+    assert_ne!(
+        weights(&with_state),
+        weights(&from_id),
+        "different partitions"
+    );
+    // A new id replaces the old one: the old id is asked for again.
+    client
+        .train_round(&named(0, "r8"), Some(state.clone()))
+        .await
+        .unwrap();
+    let (res, _) = client.train_round(&named(1, "r7"), None).await.unwrap();
+    assert!(res.needs_state, "{res:?}");
 }

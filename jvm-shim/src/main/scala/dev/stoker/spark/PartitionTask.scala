@@ -21,6 +21,14 @@ private[spark] final case class TrainJob(
     batchRows: Int,
     dataVersion: String)
 
+/**
+ * A round's input state as a task sees it: the id every partition of the round sends,
+ * and the bytes, fetched only when this task's server does not hold the state yet.
+ */
+private[spark] final class RoundInput(val id: String, bytes: () => Array[Byte]) {
+  lazy val value: Array[Byte] = bytes()
+}
+
 /** One partition's part of a round, as the task reports it to the driver. */
 private[spark] sealed trait Outcome extends Serializable { def partition: Int }
 
@@ -66,16 +74,26 @@ private[spark] object PartitionTask {
       partition: Int,
       round: Int,
       last: Boolean,
-      state: Option[Array[Byte]],
+      state: Option[RoundInput],
       data: () => (IpcBuffer, Long)): Outcome = {
     try {
       Servers.withClient(job.server) { client =>
         var created = false
         var sent = false
+        // The state goes by its id first: most tasks of a round find it on their
+        // server, sent there by an earlier task of the same round.
+        var withBytes = false
         var outcome: Option[Outcome] = None
         while (outcome.isEmpty) {
           try {
-            outcome = Some(trainOnce(client, job, partition, round, last, state))
+            outcome = trainOnce(client, job, partition, round, last, state, withBytes)
+            if (outcome.isEmpty) {
+              if (withBytes) {
+                throw new StokerException(
+                  s"train_round of partition $partition asked for a state it was sent")
+              }
+              withBytes = true
+            }
           } catch {
             case _: NotFoundException if !created =>
               createJob(client, job)
@@ -109,23 +127,27 @@ private[spark] object PartitionTask {
       partition: Int,
       round: Int,
       last: Boolean,
-      state: Option[Array[Byte]]): Outcome.Trained = {
+      state: Option[RoundInput],
+      withBytes: Boolean): Option[Outcome.Trained] = {
     val body = JObject(
-      "job" -> JString(job.name),
-      "partition" -> JInt(partition),
-      "version" -> JString(job.dataVersion),
-      "round" -> JInt(round),
-      "epochs" -> JInt(job.epochs),
-      "release" -> JBool(last))
-    val request = Envelope(body, state.map("state" -> _).toSeq)
-    val result = Envelope.call(client, "train_round", request)
+      List(
+        "job" -> JString(job.name),
+        "partition" -> JInt(partition),
+        "version" -> JString(job.dataVersion),
+        "round" -> JInt(round),
+        "epochs" -> JInt(job.epochs),
+        "release" -> JBool(last)) ++
+        state.map(s => "state_id" -> JString(s.id)))
+    val blobs = if (withBytes) state.map(s => "state" -> s.value).toSeq else Nil
+    val result = Envelope.call(client, "train_round", Envelope(body, blobs))
+    if (result.json \ "needs_state" == JBool(true)) return None
     def num(field: String): Double = result.json \ field match {
       case JInt(n) => n.toDouble
       case JDouble(d) => d
       case JLong(n) => n.toDouble
       case _ => Double.NaN
     }
-    Outcome.Trained(
+    Some(Outcome.Trained(
       partition = partition,
       samples = num("samples").toLong,
       steps = num("steps").toLong,
@@ -134,7 +156,7 @@ private[spark] object PartitionTask {
       seconds = num("seconds"),
       host = executorHost,
       state = result.blob("state").getOrElse(
-        throw new StokerException(s"train_round of partition $partition returned no state")))
+        throw new StokerException(s"train_round of partition $partition returned no state"))))
   }
 
   private def createJob(client: NativeClient, job: TrainJob): Unit = {

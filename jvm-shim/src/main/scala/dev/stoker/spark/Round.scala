@@ -29,10 +29,16 @@ private[spark] final class RoundRDD(
 
   override protected def getPartitions: Array[Partition] = firstParent[Any].partitions
 
+  /** Names this round's input state on the servers, so that a server's later tasks of
+   *  the round send the name instead of the state (fixed once, on the driver). */
+  private val stateId: Option[String] = state.map(_ => java.util.UUID.randomUUID().toString)
+
   override def compute(split: Partition, context: TaskContext): Iterator[Outcome] = {
     val p = split.index
     if (empty.contains(p)) return Iterator(Outcome.Empty(p))
-    Iterator(PartitionTask.train(job.value, p, round, last, state.map(_.value),
+    // The broadcast is read only if this task's server asks for the state.
+    val input = for (b <- state; id <- stateId) yield new RoundInput(id, () => b.value)
+    Iterator(PartitionTask.train(job.value, p, round, last, input,
       () => data.ipc(firstParent[Any].iterator(split, context), job.value)))
   }
 
