@@ -120,9 +120,16 @@ class Client:
         epochs: int = 1,
         steps: int | None = None,
         release: bool = False,
+        state_id: str | None = None,
     ) -> tuple[dict, bytes]:
         """Trains one cached partition for one round from `state` (None: the job's
-        seeded initial weights); returns the result and the new state's bytes."""
+        seeded initial weights); returns the result and the new state's bytes.
+
+        `state_id` names the round's input state: the server keeps the last state
+        sent with an id, so the round's other partitions on that server can pass the
+        id with `state=None`. A server that does not hold it trains nothing and
+        answers `{"needs_state": True, ...}` with empty state bytes: call again with
+        the state."""
         body: dict[str, Any] = {
             "job": job,
             "partition": partition,
@@ -133,8 +140,10 @@ class Client:
         }
         if steps is not None:
             body["steps"] = steps
+        if state_id is not None:
+            body["state_id"] = state_id
         result, blobs = self.action("train_round", body, {"state": state} if state else None)
-        return result, blobs["state"]
+        return result, blobs.get("state", b"")
 
     def drop_job(self, job: str) -> dict:
         return self.action("drop_job", {"name": job})[0]

@@ -49,10 +49,17 @@ def test_train_register_and_predict_with_pyarrow_and_polars(client):
     for r in range(8):
         states, weights = [], []
         for p in (0, 1):
-            result, s = client.train_round("py", p, r, state, epochs=2)
+            # From round 1 the state goes once per round: partition 1 names it.
+            sent = state if p == 0 else None
+            named = f"r{r}" if state is not None else None
+            result, s = client.train_round("py", p, r, sent, epochs=2, state_id=named)
+            assert not result.get("needs_state"), result
             states.append(s)
             weights.append(result["samples"])
         state = stoker.average_states(states, weights)
+    # An id the server does not hold: nothing trained, the state is asked for.
+    result, s = client.train_round("py", 1, 8, None, state_id="unknown")
+    assert result["needs_state"] is True and result["samples"] == 0 and s == b""
     client.register_model("rings-py", state, spec=SPEC, features=["a", "b"])
 
     test = ring_table(1000, 9)
