@@ -55,7 +55,7 @@ object ArrowBatches {
     val writer = ArrowWriter.create(schema, timeZone, true, false)
     val root = writer.root
     var total = 0L
-    val ipc = try ipcStream(root, batchRows.toLong * schema.length * 8) { stream =>
+    val ipc = try ipcStream(root, batchBytes(schema, batchRows)) { stream =>
       var inBatch = 0
       while (rows.hasNext) {
         writer.write(rows.next())
@@ -77,6 +77,14 @@ object ArrowBatches {
     }
     (ipc, total)
   }
+
+  /**
+   * About the bytes of one batch of `rows` rows: the values at Spark's default size
+   * for each type (4 per float, 8 per double), a validity bit each, and a little per
+   * column for the stream's framing.
+   */
+  private[stoker] def batchBytes(schema: StructType, rows: Int): Long =
+    rows.toLong * (schema.defaultSize + (schema.length + 7) / 8) + 64L * schema.length
 
   /** An Arrow IPC stream of `root`'s schema and the batches `write` writes from it. */
   private[stoker] def ipcStream(root: VectorSchemaRoot, expectedBytes: Long)(

@@ -64,7 +64,8 @@ object ColumnarBatches {
     val root = VectorSchemaRoot.create(
       ArrowUtils.toArrowSchema(schema, timeZone, true, false), allocator)
     var total = 0L
-    val ipc = try ArrowBatches.ipcStream(root, batchRows.toLong * schema.length * 8) { stream =>
+    val expected = ArrowBatches.batchBytes(schema, batchRows)
+    val ipc = try ArrowBatches.ipcStream(root, expected) { stream =>
       var filled = 0
       def flush(): Unit = if (filled > 0) {
         root.getFieldVectors.forEach(_.setValueCount(filled))
