@@ -180,13 +180,21 @@ pub struct TrainRoundResult {
     pub round: u64,
     pub samples: u64,
     pub steps: u64,
+    /// A diverged round's NaN loss goes out as JSON `null` (JSON has no NaN)
+    /// and reads back as NaN.
+    #[serde(deserialize_with = "nan_if_null")]
     pub loss_first: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub loss_last: f64,
     pub seconds: f64,
     /// The request named a `state_id` this server does not hold and sent no
     /// state: nothing was trained; send the state and ask again.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub needs_state: bool,
+}
+
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 impl TrainRoundResult {
@@ -198,7 +206,6 @@ impl TrainRoundResult {
             round: req.round,
             samples: 0,
             steps: 0,
-            // Not NaN: JSON has no NaN (serde_json writes null).
             loss_first: 0.0,
             loss_last: 0.0,
             seconds: 0.0,
@@ -402,6 +409,32 @@ impl Envelope {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_nan_loss_survives_json_as_null() {
+        let req = TrainRound {
+            job: "j".into(),
+            partition: 1,
+            version: "v".into(),
+            round: 2,
+            epochs: 1,
+            steps: None,
+            release: false,
+            state_id: Some("r2".into()),
+        };
+        let mut result = TrainRoundResult::needs_state(&req);
+        result.loss_last = f64::NAN;
+        let text = serde_json::to_string(&result).unwrap();
+        assert!(text.contains("\"loss_last\":null"), "{text}");
+        let back: TrainRoundResult = serde_json::from_str(&text).unwrap();
+        assert!(back.loss_last.is_nan() && back.loss_first == 0.0 && back.needs_state);
+        // Results without `needs_state` (older servers) read as trained ones.
+        let plain: TrainRoundResult = serde_json::from_str(
+            r#"{"job":"j","partition":1,"round":2,"samples":5,"steps":1,"loss_first":0.5,"loss_last":0.25,"seconds":0.1}"#,
+        )
+        .unwrap();
+        assert!(!plain.needs_state && plain.samples == 5);
+    }
 
     #[test]
     fn partition_paths_round_trip() {
