@@ -18,8 +18,11 @@ use tonic::transport::Channel;
 use tonic::Status;
 
 use crate::body::{Ending, GrpcBody, GrpcMessage};
+use crate::inbound::Side;
 use crate::status::from_status;
 
+/// The Flight methods that carry data, by gRPC path (the server routes
+/// these same paths to its own reader and writer).
 pub const DO_PUT: &str = "/arrow.flight.protocol.FlightService/DoPut";
 pub const DO_EXCHANGE: &str = "/arrow.flight.protocol.FlightService/DoExchange";
 pub const DO_ACTION: &str = "/arrow.flight.protocol.FlightService/DoAction";
@@ -174,7 +177,7 @@ impl Answer {
         max_message_bytes: usize,
     ) -> BoxStream<'static, Result<arrow_flight::FlightData>> {
         let input_error = self.input_error;
-        crate::inbound::response_flight_data(self.body, max_message_bytes)
+        crate::inbound::flight_data(self.body, max_message_bytes, Side::Client)
             .map(move |m| m.map_err(|status| input_error.or_status(&status)))
             .boxed()
     }

@@ -21,43 +21,19 @@ use tonic::Status;
 
 use crate::wire::DATA_BODY_KEY;
 
-/// Which side is reading: it decides the wording of errors and whether
-/// trailers carry a status.
+/// Which side is reading: it decides the wording of errors, and a
+/// response's trailers carry the call's status (a failed call ends the
+/// stream with it as its error).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Side {
+pub enum Side {
     /// The server, reading a request.
     Server,
-    /// The client, reading a response (whose trailers carry the call's
-    /// status).
+    /// The client, reading a response.
     Client,
 }
 
-/// The request's FlightData messages, decoded as they arrive.
+/// The body's FlightData messages, decoded as they arrive.
 pub fn flight_data<B>(
-    body: B,
-    max_message_bytes: usize,
-) -> BoxStream<'static, Result<FlightData, Status>>
-where
-    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: std::fmt::Display,
-{
-    read(body, max_message_bytes, Side::Server)
-}
-
-/// A response's FlightData messages, decoded as they arrive; a failed
-/// call's status (from the trailers) ends the stream as its error.
-pub fn response_flight_data<B>(
-    body: B,
-    max_message_bytes: usize,
-) -> BoxStream<'static, Result<FlightData, Status>>
-where
-    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: std::fmt::Display,
-{
-    read(body, max_message_bytes, Side::Client)
-}
-
-fn read<B>(
     body: B,
     max_message_bytes: usize,
     side: Side,
@@ -357,7 +333,7 @@ mod tests {
             .chunks(chunk)
             .map(|c| Ok(http_body::Frame::data(Bytes::copy_from_slice(c))))
             .collect();
-        flight_data(StreamBody::new(stream::iter(chunks)), max)
+        flight_data(StreamBody::new(stream::iter(chunks)), max, Side::Server)
             .try_collect()
             .await
     }

@@ -20,7 +20,8 @@ use arrow_flight::{Action, Ticket};
 use futures::stream::{self, StreamExt};
 use prost::Message;
 use stoker_client::body::{Ending, GrpcBody, GrpcMessage, Prost};
-use stoker_client::inbound;
+use stoker_client::call::{DO_ACTION, DO_EXCHANGE, DO_GET, DO_PUT};
+use stoker_client::inbound::{self, Side};
 use tonic::codegen::{http, BoxFuture, Service};
 use tonic::metadata::MetadataMap;
 use tonic::server::NamedService;
@@ -29,11 +30,6 @@ use tonic_prost::ProstDecoder;
 
 use super::handler::Handler;
 use super::service::Stream;
-
-const DO_GET: &str = "/arrow.flight.protocol.FlightService/DoGet";
-const DO_PUT: &str = "/arrow.flight.protocol.FlightService/DoPut";
-const DO_EXCHANGE: &str = "/arrow.flight.protocol.FlightService/DoExchange";
-const DO_ACTION: &str = "/arrow.flight.protocol.FlightService/DoAction";
 
 /// The Flight service as the router sees it.
 #[derive(Clone)]
@@ -89,7 +85,9 @@ impl Service<http::Request<tonic::body::Body>> for FlightRoutes {
             }),
             DO_PUT => Box::pin(async move {
                 let answer = handler
-                    .put(with_body(req, |body| inbound::flight_data(body, max)))
+                    .put(with_body(req, |body| {
+                        inbound::flight_data(body, max, Side::Server)
+                    }))
                     .await;
                 Ok(respond(
                     answer.map(|result| stream::iter([Ok(Prost(result))]).boxed()),
@@ -97,7 +95,9 @@ impl Service<http::Request<tonic::body::Body>> for FlightRoutes {
             }),
             DO_EXCHANGE => Box::pin(async move {
                 let answer = handler
-                    .exchange(with_body(req, |body| inbound::flight_data(body, max)))
+                    .exchange(with_body(req, |body| {
+                        inbound::flight_data(body, max, Side::Server)
+                    }))
                     .await;
                 Ok(respond(answer))
             }),
