@@ -3,19 +3,27 @@ package dev.stoker.spark
 import org.apache.spark.TaskContext
 import org.apache.spark.broadcast.Broadcast
 import org.apache.spark.ml.linalg.{Vector, Vectors}
+import org.apache.spark.rdd.RDD
 import org.apache.spark.sql.{DataFrame, Dataset}
 import org.apache.spark.sql.catalyst.InternalRow
-import org.apache.spark.sql.catalyst.expressions.{BoundReference, GenericInternalRow, JoinedRow, UnsafeProjection}
-import org.apache.spark.sql.functions.col
-import org.apache.spark.sql.stoker.ArrowBatches
-import org.apache.spark.sql.types.{StructType, UserDefinedType}
+import org.apache.spark.sql.catalyst.expressions.{BoundReference, JoinedRow, SpecificInternalRow, UnsafeProjection}
+import org.apache.spark.sql.stoker.{ArrowBatches, ColumnarBatches}
+import org.apache.spark.sql.types.{StructField, StructType, UserDefinedType}
+import org.apache.spark.sql.vectorized.ColumnarBatch
+
+import dev.stoker.jni.{IpcBuffer, NativeClient}
 
 /**
- * `StokerModel.transform`: per partition, rows are buffered into Arrow batches of the
- * feature columns, each batch goes to the node's server in one DoExchange, and the
- * predictions are zipped back onto the buffered rows in order. No per-row native or
- * network call; the model is registered on a server the first time a task finds it
- * missing there.
+ * `StokerModel.transform`: per partition, the feature columns go to the node's server in
+ * Arrow batches, one DoExchange each, and the predictions are zipped back onto the rows
+ * in order. No per-row native or network call; the model is registered on a server the
+ * first time a task finds it missing there.
+ *
+ * Two ways in. When the DataFrame is a columnar scan (a cached DataFrame, Parquet, ORC)
+ * and the features are flat numeric columns, each scan batch's feature columns are
+ * copied into Arrow a column at a time and the output rows are read off the same batch:
+ * no row is copied or buffered. Otherwise rows are buffered into batches and written
+ * with Spark's Arrow writer, which converts every Spark type the way PySpark does.
  */
 private[spark] object Inference {
 
@@ -25,71 +33,141 @@ private[spark] object Inference {
     val schema = dataset.schema
     val (featureColumns, featureNames) =
       Features.columns(schema, model.getFeatureCols, model.getFeaturesCol)
-    val hidden = featureColumns.indices.map(i => s"__stoker_feature_$i")
-    val prepared = dataset.select(col("*") +: featureColumns.zip(hidden).map {
-      case (c, h) => c.as(h)
-    }: _*)
-    val width = schema.length
-    val featureSchema = StructType(featureNames.zipWithIndex.map { case (name, i) =>
-      prepared.schema(width + i).copy(name = name)
-    })
     val served = spark.sparkContext.broadcast(Served.of(model, None, 1))
-    val withProbability = outSchema.length == width + 2
-    val batchRows = model.getInferenceBatchRows
-    val timeZone = spark.conf.get("spark.sql.session.timeZone")
-    val rows = ArrowBatches.internalRows(prepared).mapPartitions { input =>
-      new PartitionPredictor(served, schema, featureSchema, withProbability, batchRows,
-        timeZone).run(input)
+    val task = PredictTask(served, schema, outSchema.length == schema.length + 2,
+      model.getInferenceBatchRows, spark.conf.get("spark.sql.session.timeZone"))
+    val rows: RDD[InternalRow] = if (model.getFeatureCols.nonEmpty) {
+      // Plain columns of the input: read where they are.
+      val ordinals = featureNames.map(schema.fieldIndex).toArray
+      val featureSchema = StructType(ordinals.map(schema(_)))
+      val columnar =
+        if (featureSchema.forall(f => ColumnarBatches.copyable(f.dataType))) {
+          ColumnarBatches.scan(dataset)
+        } else None
+      columnar match {
+        case Some(batches) =>
+          batches.mapPartitions(b => new ColumnarPredictor(task, featureSchema, ordinals).run(b))
+        case None =>
+          ArrowBatches.internalRows(dataset).mapPartitions { input =>
+            new RowPredictor(task, featureSchema, ordinals, schema.length).run(input)
+          }
+      }
+    } else {
+      // A vector column becomes array<float> by an expression: computed as a hidden last
+      // column, sent, and left out of the output.
+      val prepared = dataset.select(
+        org.apache.spark.sql.functions.col("*") +: featureColumns.map(_.as("__stoker_features")): _*)
+      val featureSchema = StructType(Seq(prepared.schema(schema.length).copy(name = featureNames.head)))
+      ArrowBatches.internalRows(prepared).mapPartitions { input =>
+        new RowPredictor(task, featureSchema, Array(schema.length), schema.length + 1).run(input)
+      }
     }
     ArrowBatches.createDataFrame(spark, rows, outSchema)
   }
-
 }
 
-private[spark] final class PartitionPredictor(
+/** What every task of one transform shares. */
+private[spark] final case class PredictTask(
     served: Broadcast[Served],
     inputSchema: StructType,
-    featureSchema: StructType,
     withProbability: Boolean,
     batchRows: Int,
     timeZone: String) {
 
-  private val width = inputSchema.length
-  private val k = featureSchema.length
-
-  def run(input: Iterator[InternalRow]): Iterator[InternalRow] = {
-    if (!input.hasNext) return Iterator.empty
+  /** The model and a client of this node's server, closed when the task completes. */
+  def open(): (Served, NativeClient) = {
     val model = served.value
     val client = model.server.connect()
     Option(TaskContext.get()).foreach(_.addTaskCompletionListener[Unit](_ => client.close()))
-    val features = UnsafeProjection.create(featureSchema.fields.toSeq.zipWithIndex.map {
-      case (f, i) => BoundReference(width + i, f.dataType, f.nullable)
-    })
-    val outputs = inputSchema.fields.toSeq.zipWithIndex.map {
+    (model, client)
+  }
+
+  /** The predictions for `rows` rows of features, checked to be one per row. */
+  def predict(model: Served, client: NativeClient, ipc: IpcBuffer, rows: Int)
+      : ArrowBatches.Predictions = {
+    val predictions = model.predict(client, ipc)
+    if (predictions.prediction.length != rows ||
+        predictions.probability.exists(_.length != rows)) {
+      throw new IllegalStateException(s"the server returned ${predictions.prediction.length} " +
+        s"predictions for $rows rows")
+    }
+    predictions
+  }
+}
+
+/**
+ * Output rows: the input's columns (the first ones of a row `leftWidth` wide), then
+ * `prediction` and, for classifiers, `probability`. One projection per row; the
+ * appended values sit in one reused mutable row.
+ */
+private final class PredictionColumns(task: PredictTask, leftWidth: Int) {
+  private val fields: Seq[StructField] = task.inputSchema.fields.toSeq
+  private val extraTypes = Seq(Schemas.Prediction) ++
+    (if (task.withProbability) Seq(Schemas.Probability) else Nil)
+  private val extra = new SpecificInternalRow(extraTypes)
+  private val joined = new JoinedRow()
+  private val output = UnsafeProjection.create(
+    fields.zipWithIndex.map { case (f, i) => BoundReference(i, f.dataType, f.nullable) } ++
+      extraTypes.zipWithIndex.map { case (t, i) => BoundReference(leftWidth + i, t, true) })
+  private val udt = Schemas.Probability.asInstanceOf[UserDefinedType[Vector]]
+
+  /** Row `row` with the `i`th prediction appended. The result is reused by the next call. */
+  def apply(row: InternalRow, predictions: ArrowBatches.Predictions, i: Int): InternalRow = {
+    extra.setDouble(0, predictions.prediction(i))
+    if (task.withProbability) {
+      predictions.probability.foreach(p => extra.update(1, udt.serialize(Vectors.dense(p(i)))))
+    }
+    output(joined(row, extra))
+  }
+}
+
+/** Predictions for rows: buffered `batchRows` at a time, written with Spark's Arrow writer. */
+private final class RowPredictor(
+    task: PredictTask,
+    featureSchema: StructType,
+    ordinals: Array[Int],
+    rowWidth: Int) {
+
+  def run(input: Iterator[InternalRow]): Iterator[InternalRow] = {
+    if (!input.hasNext) return Iterator.empty
+    val (model, client) = task.open()
+    val features = UnsafeProjection.create(featureSchema.fields.toSeq.zip(ordinals).map {
       case (f, i) => BoundReference(i, f.dataType, f.nullable)
-    } ++ Seq(BoundReference(width + k, Schemas.Prediction, nullable = true)) ++
-      (if (withProbability) Seq(BoundReference(width + k + 1, Schemas.Probability, true))
-       else Nil)
-    val output = UnsafeProjection.create(outputs)
-    val joined = new JoinedRow()
-    val udt = Schemas.Probability.asInstanceOf[UserDefinedType[Vector]]
+    })
+    val append = new PredictionColumns(task, rowWidth)
     // Rows are copied because the input iterator may reuse one row object.
-    input.map(_.copy()).grouped(batchRows).flatMap { chunk =>
+    input.map(_.copy()).grouped(task.batchRows).flatMap { chunk =>
       val (ipc, _) = ArrowBatches.toIpcStream(chunk.iterator.map(features), featureSchema,
-        timeZone, batchRows)
-      val predictions = model.predict(client, ipc)
-      if (predictions.prediction.length != chunk.length ||
-          predictions.probability.exists(_.length != chunk.length)) {
-        throw new IllegalStateException(s"the server returned ${predictions.prediction.length} " +
-          s"predictions for ${chunk.length} rows")
-      }
-      chunk.iterator.zipWithIndex.map { case (row, i) =>
-        val extra = new GenericInternalRow(if (withProbability) 2 else 1)
-        extra.update(0, predictions.prediction(i))
-        if (withProbability) {
-          predictions.probability.foreach(p => extra.update(1, udt.serialize(Vectors.dense(p(i)))))
-        }
-        output(joined(row, extra))
+        task.timeZone, task.batchRows)
+      val predictions = task.predict(model, client, ipc, chunk.length)
+      chunk.iterator.zipWithIndex.map { case (row, i) => append(row, predictions, i) }
+    }
+  }
+}
+
+/**
+ * Predictions for a columnar scan's batches: each batch's feature columns are copied
+ * into Arrow (in slices of at most `batchRows`), and its rows are read in place for the
+ * output. A batch is finished before the next is asked for, so scans that reuse their
+ * batch (Parquet's vectorized reader) are safe.
+ */
+private final class ColumnarPredictor(
+    task: PredictTask,
+    featureSchema: StructType,
+    ordinals: Array[Int]) {
+
+  def run(batches: Iterator[ColumnarBatch]): Iterator[InternalRow] = {
+    if (!batches.hasNext) return Iterator.empty
+    val (model, client) = task.open()
+    val append = new PredictionColumns(task, task.inputSchema.length)
+    batches.flatMap { batch =>
+      val rows = batch.numRows()
+      Iterator.range(0, rows, task.batchRows).flatMap { from =>
+        val n = math.min(task.batchRows, rows - from)
+        val ipc = ColumnarBatches.sliceToIpcStream(batch, ordinals, featureSchema, from, n,
+          task.timeZone)
+        val predictions = task.predict(model, client, ipc, n)
+        Iterator.range(0, n).map(i => append(batch.getRow(from + i), predictions, i))
       }
     }
   }

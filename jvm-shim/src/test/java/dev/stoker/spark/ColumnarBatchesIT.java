@@ -6,11 +6,15 @@ import static org.apache.spark.sql.functions.sin;
 import static org.apache.spark.sql.functions.when;
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import dev.stoker.InvalidInputException;
 import java.io.IOException;
+import java.util.List;
 import java.util.Map;
+import org.apache.spark.SparkException;
+import org.apache.spark.ml.linalg.Vector;
 import org.apache.spark.sql.Dataset;
 import org.apache.spark.sql.Row;
 import org.apache.spark.sql.SparkSession;
@@ -20,7 +24,8 @@ import org.junit.jupiter.api.Test;
 /**
  * Cached DataFrames feed training through the columnar path (column vectors copied into
  * Arrow a column at a time); it must train exactly what the row path trains on the same
- * rows, and refuse what the row path refuses.
+ * rows, and refuse what the row path refuses. Transforming a cached DataFrame reads its
+ * batches the same way and must predict what the row path predicts, row for row.
  */
 class ColumnarBatchesIT {
 
@@ -66,6 +71,57 @@ class ColumnarBatchesIT {
       assertTrue(ColumnarBatches.of(cached).isDefined());
       InvalidInputException e = BadInputIT.fitFails(BadInputIT.estimator(), cached);
       BadInputIT.mentions(e, "'x'", "null");
+    } finally {
+      cached.unpersist();
+    }
+  }
+
+  @Test
+  void aCachedTableTransformsAsItsRowsDo() throws IOException {
+    SparkSession spark = SparkCluster.session();
+    // A boolean column rides along: no feature is one, so it is read from the batch's
+    // rows, not copied into Arrow. (A string column would make the cache scan rows.)
+    Dataset<Row> df = table(spark, 3000, false).withColumn("flag", col("y").gt(0));
+    StokerModel model = BadInputIT.estimator().fit(df);
+    // Slices smaller than a cached batch: each batch goes to the server in pieces.
+    model.setInferenceBatchRows(300);
+    List<Row> fromRows = model.transform(df).collectAsList();
+    // A new Dataset: one already planned keeps its plan without the cache.
+    Dataset<Row> cached = table(spark, 3000, false).withColumn("flag", col("y").gt(0)).cache();
+    try {
+      cached.count();
+      assertTrue(ColumnarBatches.scan(cached).isDefined(), "a cached scan is columnar");
+      List<Row> fromColumns = model.transform(cached).collectAsList();
+      assertEquals(fromRows.size(), fromColumns.size());
+      for (int i = 0; i < fromRows.size(); i++) {
+        Row a = fromRows.get(i);
+        Row b = fromColumns.get(i);
+        for (int c = 0; c < 4; c++) {
+          assertEquals(a.get(c), b.get(c), "row " + i + " column " + c);
+        }
+        assertEquals(a.getDouble(4), b.getDouble(4), 0.0, "prediction of row " + i);
+        assertArrayEquals(((Vector) a.get(5)).toArray(), ((Vector) b.get(5)).toArray(), 1e-6,
+            "probability of row " + i);
+      }
+    } finally {
+      cached.unpersist(true);
+    }
+  }
+
+  @Test
+  void aNullInACachedFeatureColumnFailsTransformByName() throws IOException {
+    SparkSession spark = SparkCluster.session();
+    StokerModel model = BadInputIT.estimator().fit(table(spark, 100, false));
+    Dataset<Row> cached = table(spark, 100, true).cache();
+    try {
+      cached.count();
+      SparkException e = assertThrows(SparkException.class, () -> model.transform(cached).count());
+      Throwable root = e;
+      while (root.getCause() != null && !(root instanceof InvalidInputException)) {
+        root = root.getCause();
+      }
+      assertTrue(root instanceof InvalidInputException, "cause: " + e);
+      BadInputIT.mentions(root, "'x'", "null");
     } finally {
       cached.unpersist();
     }

@@ -24,6 +24,7 @@ import org.apache.spark.ml.linalg.Vector;
 import org.apache.spark.sql.Dataset;
 import org.apache.spark.sql.Row;
 import org.apache.spark.sql.SparkSession;
+import org.apache.spark.sql.stoker.ColumnarBatches;
 import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
 
@@ -82,6 +83,50 @@ class StokerSqlIT {
     String plan = spark.sql("SELECT stoker_predict('rings', x, y) FROM people")
         .queryExecution().executedPlan().toString();
     assertTrue(plan.contains("StokerEval"), plan);
+  }
+
+  /**
+   * A cached table's batches are read in place: calls on plain columns get them copied
+   * column-wise, a call with a computed feature (the literal) and a batch holding a null
+   * read rows. All must answer what the same rows, not cached, answer.
+   */
+  @Test
+  void aCachedScanAnswersAsItsRowsDo() {
+    String query = "SELECT id, stoker_predict('rings', x, y) AS p, "
+        + "stoker_predict_proba('rings', x, y) AS q, stoker_predict('segments', 1, x, y) AS s "
+        + "FROM %s";
+    withNullX().createOrReplaceTempView("fresh_rows");
+    Map<Long, Row> fromRows = byId(spark.sql(String.format(query, "fresh_rows")).collectAsList());
+    // A new Dataset of the same rows, cached: later queries of these rows scan the cache.
+    Dataset<Row> cached = withNullX().cache();
+    try {
+      cached.count();
+      assertTrue(ColumnarBatches.scan(cached).isDefined(), "a cached scan is columnar");
+      cached.createOrReplaceTempView("cached_rows");
+      Dataset<Row> scored = spark.sql(String.format(query, "cached_rows"));
+      String plan = scored.queryExecution().executedPlan().toString();
+      assertTrue(plan.contains("StokerEval") && plan.contains("InMemoryTableScan"), plan);
+      List<Row> fromColumns = scored.collectAsList();
+      assertEquals(fromRows.size(), fromColumns.size());
+      for (Row r : fromColumns) {
+        long id = r.getLong(0);
+        Row e = fromRows.get(id);
+        if (id == 7) {
+          assertTrue(r.isNullAt(1) && r.isNullAt(2) && r.isNullAt(3), r.toString());
+          continue;
+        }
+        assertEquals(e.getDouble(1), r.getDouble(1), "id " + id);
+        assertEquals(e.<Float>getList(2).get(1), r.<Float>getList(2).get(1), 1e-6, "id " + id);
+        assertEquals(e.getDouble(3), r.getDouble(3), 1e-5, "id " + id);
+      }
+    } finally {
+      cached.unpersist(true);
+    }
+  }
+
+  private static Dataset<Row> withNullX() {
+    return SparkCluster.customers(spark, 3000, 5)
+        .withColumn("x", when(col("id").equalTo(7), lit(null)).otherwise(col("x")));
   }
 
   @Test

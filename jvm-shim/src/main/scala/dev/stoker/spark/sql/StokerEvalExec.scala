@@ -3,16 +3,17 @@ package dev.stoker.spark.sql
 import scala.collection.mutable.ArrayBuffer
 
 import dev.stoker.InvalidInputException
-import dev.stoker.jni.NativeClient
+import dev.stoker.jni.{IpcBuffer, NativeClient}
 import dev.stoker.spark.ServerTarget
 import org.apache.spark.TaskContext
 import org.apache.spark.rdd.RDD
 import org.apache.spark.sql.catalyst.InternalRow
-import org.apache.spark.sql.catalyst.expressions.{Attribute, BoundReference, GenericInternalRow, JoinedRow, UnsafeProjection}
+import org.apache.spark.sql.catalyst.expressions.{Attribute, BoundReference, JoinedRow, SpecificInternalRow, UnsafeProjection}
 import org.apache.spark.sql.catalyst.util.ArrayData
 import org.apache.spark.sql.execution.{SparkPlan, UnaryExecNode}
 import org.apache.spark.sql.execution.metric.{SQLMetric, SQLMetrics}
-import org.apache.spark.sql.stoker.ArrowBatches
+import org.apache.spark.sql.stoker.{ArrowBatches, ColumnarBatches}
+import org.apache.spark.sql.vectorized.ColumnarBatch
 import org.apache.spark.sql.types.{StructField, StructType}
 
 /**
@@ -21,6 +22,11 @@ import org.apache.spark.sql.types.{StructField, StructType}
  * as one Arrow stream per batch (DoExchange), and the results are zipped back onto the
  * rows in order, as the last columns of the output. Null features give a null result
  * (or fail, with `spark.stoker.sql.nullFeatures=error`) and are not sent.
+ *
+ * When the child is a columnar scan (a cached table, Parquet, ORC), its batches are read
+ * directly: a call whose features are plain columns of flat numeric types, without
+ * nulls in the batch, gets them copied into Arrow a column at a time, and the output
+ * rows are read off the batch in place, as `StokerModel.transform` does.
  */
 case class StokerEvalExec(calls: Seq[EvalCall], resultAttrs: Seq[Attribute], child: SparkPlan)
   extends UnaryExecNode {
@@ -59,7 +65,23 @@ case class StokerEvalExec(calls: Seq[EvalCall], resultAttrs: Seq[Attribute], chi
     val evaluator = new BatchEvaluator(calls, child.output, batchRows, nulls == "error",
       conf.sessionLocalTimeZone, longMetric("numOutputRows"), longMetric("numBatches"),
       longMetric("nullRows"), longMetric("serverTime"))
-    child.execute().mapPartitions(rows => evaluator.run(rows), preservesPartitioning = true)
+    // Each call's feature columns as ordinals of the child's output, when they are plain
+    // columns that copy column-wise.
+    val ordinals = calls.map { c =>
+      val found = c.features.map {
+        case a: Attribute if ColumnarBatches.copyable(a.dataType) =>
+          Some(child.output.indexWhere(_.exprId == a.exprId)).filter(_ >= 0)
+        case _ => None
+      }
+      if (found.forall(_.isDefined)) Some(found.map(_.get).toArray) else None
+    }
+    ColumnarBatches.columnarScan(child).filter(_ => ordinals.exists(_.isDefined)) match {
+      case Some(scan) =>
+        scan.executeColumnar().mapPartitions(b => evaluator.runColumnar(b, ordinals),
+          preservesPartitioning = true)
+      case None =>
+        child.execute().mapPartitions(rows => evaluator.run(rows), preservesPartitioning = true)
+    }
   }
 
   override protected def withNewChildInternal(newChild: SparkPlan): StokerEvalExec =
@@ -77,37 +99,97 @@ private[sql] final class BatchEvaluator(
     nullRows: SQLMetric,
     serverTime: SQLMetric) extends Serializable {
 
+  /** The results for rows, buffered `batchRows` at a time. */
   def run(rows: Iterator[InternalRow]): Iterator[InternalRow] = {
     if (!rows.hasNext) return Iterator.empty
-    val clients = scala.collection.mutable.Map.empty[ServerTarget, NativeClient]
+    val task = new Task()
+    // Rows are copied because the child may reuse one row object.
+    rows.map(_.copy()).grouped(batchRows).flatMap { chunk =>
+      task.emit(chunk.toIndexedSeq, calls.indices.map(j => task.fromRows(j, chunk)))
+    }
+  }
+
+  /**
+   * The results for a columnar scan's batches, in slices of at most `batchRows` rows.
+   * A call with `ordinals` gets its features copied column-wise from the batch unless
+   * they hold a null there; the others read the batch's rows. A batch is finished before
+   * the next is asked for, so scans that reuse their batch are safe.
+   */
+  def runColumnar(batches: Iterator[ColumnarBatch], ordinals: Seq[Option[Array[Int]]])
+      : Iterator[InternalRow] = {
+    if (!batches.hasNext) return Iterator.empty
+    val task = new Task()
+    batches.flatMap { batch =>
+      Iterator.range(0, batch.numRows(), batchRows).flatMap { from =>
+        val n = math.min(batchRows, batch.numRows() - from)
+        // The batch's own row object, moved to each row as it is read: nothing is copied.
+        val rows = new IndexedSeq[InternalRow] {
+          def length: Int = n
+          def apply(i: Int): InternalRow = batch.getRow(from + i)
+        }
+        val results = calls.indices.map { j =>
+          ordinals(j).filterNot(_.exists(c => batch.column(c).hasNull)) match {
+            case Some(columns) => task.fromColumns(j, batch, columns, from, n)
+            case None => task.fromRows(j, rows)
+          }
+        }
+        task.emit(rows, results)
+      }
+    }
+  }
+
+  /** One task's clients, projections and output row. */
+  private final class Task {
+    private val clients = scala.collection.mutable.Map.empty[ServerTarget, NativeClient]
     Option(TaskContext.get()).foreach(_.addTaskCompletionListener[Unit] { _ =>
       clients.values.foreach(_.close())
     })
-    def client(target: ServerTarget) = clients.getOrElseUpdate(target, target.connect())
-    val features = calls.map(c => UnsafeProjection.create(c.features, input))
-    val schemas = calls.map { c =>
+    private def client(j: Int): NativeClient = {
+      val target = calls(j).served.value.server
+      clients.getOrElseUpdate(target, target.connect())
+    }
+    private val features = calls.map(c => UnsafeProjection.create(c.features, input))
+    private val schemas = calls.map { c =>
       val names = c.served.value.features
       StructType(c.features.zipWithIndex.map { case (f, i) =>
         // Named as the model's features (by position), typed as the call's expressions.
         StructField(names(i), f.dataType, nullable = true)
       })
     }
-    val width = input.size
-    val output = UnsafeProjection.create(
-      (input ++ calls.indices.map(i => null)).indices.map { i =>
-        if (i < width) BoundReference(i, input(i).dataType, input(i).nullable)
-        else BoundReference(i, resultType(calls(i - width)), nullable = true)
-      })
-    val joined = new JoinedRow()
-    // Rows are copied because the child may reuse one row object.
-    rows.map(_.copy()).grouped(batchRows).flatMap { chunk =>
-      val results = calls.indices.map { j =>
-        evaluate(calls(j), features(j), schemas(j), chunk, client(calls(j).served.value.server))
+    private val width = input.size
+    private val output = UnsafeProjection.create(
+      input.indices.map(i => BoundReference(i, input(i).dataType, input(i).nullable)) ++
+        calls.indices.map(j => BoundReference(width + j, resultType(calls(j)), nullable = true)))
+    // The appended results, set for each row and projected at once (the projection
+    // copies them), so no row object is allocated per row.
+    private val extra = new SpecificInternalRow(calls.map(resultType))
+    private val joined = new JoinedRow()
+
+    /** The rows with each call's results appended (the output row is reused). */
+    def emit(rows: IndexedSeq[InternalRow], results: Seq[Results]): Iterator[InternalRow] = {
+      numOutputRows += rows.length
+      Iterator.range(0, rows.length).map { i =>
+        var j = 0
+        while (j < results.length) {
+          results(j).write(extra, j, i)
+          j += 1
+        }
+        output(joined(rows(i), extra))
       }
-      numOutputRows += chunk.size
-      chunk.iterator.zipWithIndex.map { case (row, i) =>
-        output(joined(row, new GenericInternalRow(results.map(_(i)).toArray)))
-      }
+    }
+
+    /** Call `j`'s results for rows, null where a feature is null. */
+    def fromRows(j: Int, rows: Seq[InternalRow]): Results =
+      evaluate(calls(j), features(j), schemas(j), rows, client(j))
+
+    /** Call `j`'s results for `n` rows of a batch whose feature columns hold no null. */
+    def fromColumns(j: Int, batch: ColumnarBatch, columns: Array[Int], from: Int, n: Int)
+        : Results = {
+      val call = calls(j)
+      val ipc = ColumnarBatches.sliceToIpcStream(batch, columns, schemas(j), from, n, timeZone)
+      val predictions = predict(call, ipc, client(j), n)
+      if (call.probability) Results.Boxed(probabilities(call, predictions).map(toArrayData))
+      else Results.Dense(predictions.prediction)
     }
   }
 
@@ -122,7 +204,7 @@ private[sql] final class BatchEvaluator(
       features: UnsafeProjection,
       schema: StructType,
       chunk: Seq[InternalRow],
-      client: NativeClient): Array[Any] = {
+      client: NativeClient): Results = {
     val out = new Array[Any](chunk.size)
     val sent = ArrayBuffer.empty[Int]
     val toSend = chunk.iterator.zipWithIndex.flatMap { case (row, i) =>
@@ -141,23 +223,53 @@ private[sql] final class BatchEvaluator(
       }
     }
     val (ipc, n) = ArrowBatches.toIpcStream(toSend, schema, timeZone, batchRows)
-    if (n == 0) return out
+    if (n == 0) return Results.Boxed(out)
+    val predictions = predict(call, ipc, client, sent.size)
+    if (call.probability) {
+      val probs = probabilities(call, predictions)
+      sent.indices.foreach(k => out(sent(k)) = toArrayData(probs(k)))
+    } else {
+      sent.indices.foreach(k => out(sent(k)) = predictions.prediction(k))
+    }
+    Results.Boxed(out)
+  }
+
+  /** The server's answer for `rows` rows of one call, timed and counted. */
+  private def predict(call: EvalCall, ipc: IpcBuffer, client: NativeClient, rows: Int)
+      : ArrowBatches.Predictions = {
     val started = System.nanoTime()
     val predictions = call.served.value.predict(client, ipc)
     serverTime += (System.nanoTime() - started) / 1000000
     numBatches += 1
-    if (predictions.prediction.length != sent.size) {
+    if (predictions.prediction.length != rows) {
       throw new IllegalStateException(
-        s"the server returned ${predictions.prediction.length} results for ${sent.size} rows")
+        s"the server returned ${predictions.prediction.length} results for $rows rows")
     }
-    if (call.probability) {
-      val probs = predictions.probability.getOrElse(throw new InvalidInputException(
-        s"${call.display}: model '${call.served.value.name}' is not a classifier; " +
-          "use stoker_predict"))
-      sent.indices.foreach(k => out(sent(k)) = ArrayData.toArrayData(probs(k).map(_.toFloat)))
-    } else {
-      sent.indices.foreach(k => out(sent(k)) = predictions.prediction(k))
-    }
-    out
+    predictions
+  }
+
+  private def probabilities(call: EvalCall, predictions: ArrowBatches.Predictions)
+      : Array[Array[Double]] =
+    predictions.probability.getOrElse(throw new InvalidInputException(
+      s"${call.display}: model '${call.served.value.name}' is not a classifier; " +
+        "use stoker_predict"))
+
+  private def toArrayData(p: Array[Double]): ArrayData = ArrayData.toArrayData(p.map(_.toFloat))
+}
+
+/** One call's results for a slice of rows, written into the output row one at a time. */
+private[sql] sealed trait Results {
+  def write(into: InternalRow, ordinal: Int, i: Int): Unit
+}
+
+private[sql] object Results {
+  /** One double per row, none null (features copied column-wise). */
+  final case class Dense(values: Array[Double]) extends Results {
+    def write(into: InternalRow, ordinal: Int, i: Int): Unit = into.setDouble(ordinal, values(i))
+  }
+
+  /** Any value per row, null where the row's features were. */
+  final case class Boxed(values: Array[Any]) extends Results {
+    def write(into: InternalRow, ordinal: Int, i: Int): Unit = into.update(ordinal, values(i))
   }
 }

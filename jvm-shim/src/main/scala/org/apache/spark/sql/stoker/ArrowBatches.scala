@@ -113,12 +113,14 @@ object ArrowBatches {
       val reader = new ArrowStreamReader(new ByteArrayInputStream(ipc), allocator)
       try {
         val root = reader.getVectorSchemaRoot
-        val prediction = ArrayBuffer.empty[Double]
+        // Unboxed builders: an ArrayBuffer[Double] would box every prediction.
+        val prediction = Array.newBuilder[Double]
         val probability = ArrayBuffer.empty[Array[Double]]
         var hasProbability = false
         while (reader.loadNextBatch()) {
           val n = root.getRowCount
           val p = root.getVector("prediction").asInstanceOf[Float8Vector]
+          prediction.sizeHint(prediction.knownSize + n)
           var i = 0
           while (i < n) {
             prediction += (if (p.isNull(i)) Double.NaN else p.get(i))
@@ -144,7 +146,7 @@ object ArrowBatches {
             }
           }
         }
-        Predictions(prediction.toArray, if (hasProbability) Some(probability.toArray) else None)
+        Predictions(prediction.result(), if (hasProbability) Some(probability.toArray) else None)
       } finally {
         reader.close()
       }

@@ -22,32 +22,45 @@ import org.apache.spark.sql.vectorized.{ColumnarBatch, ColumnVector}
 object ColumnarBatches {
 
   /** Types copied column-wise; others (vectors, arrays, small integers) use rows. */
-  private def supported(t: DataType): Boolean = t match {
+  def copyable(t: DataType): Boolean = t match {
     case FloatType | DoubleType | IntegerType | LongType => true
     case _ => false
   }
 
   /**
    * The DataFrame's batches when its executed plan is a columnar scan whose output is
-   * exactly the DataFrame's columns (names, types, order), all of supported types.
+   * exactly the DataFrame's columns (names, types, order), all of copyable types.
    */
-  def of(df: Dataset[_]): Option[RDD[ColumnarBatch]] = {
+  def of(df: Dataset[_]): Option[RDD[ColumnarBatch]] =
+    if (ArrowBatches.requireClassic(df).schema.fields.forall(f => copyable(f.dataType))) scan(df)
+    else None
+
+  /**
+   * The DataFrame's batches when its executed plan is a columnar scan whose output is
+   * exactly the DataFrame's columns, whatever their types (a caller copies only some of
+   * them and reads the rest as rows).
+   */
+  def scan(df: Dataset[_]): Option[RDD[ColumnarBatch]] = {
     val ds = ArrowBatches.requireClassic(df)
     val schema = ds.schema
-    if (!schema.fields.forall(f => supported(f.dataType))) return None
-    // With adaptive execution the plan is not final before it runs: a scan with no
-    // exchange above it is the whole current plan, before any transition to rows.
-    def scan(plan: SparkPlan): Option[SparkPlan] = plan match {
-      case a: AdaptiveSparkPlanExec => scan(a.executedPlan)
-      case WholeStageCodegenExec(child) => scan(child)
-      case ColumnarToRowExec(InputAdapter(child)) if child.supportsColumnar => Some(child)
-      case ColumnarToRowExec(child) if child.supportsColumnar => Some(child)
-      case leaf if leaf.children.isEmpty && leaf.supportsColumnar => Some(leaf)
-      case _ => None
-    }
-    scan(ds.queryExecution.executedPlan).filter { s =>
+    columnarScan(ds.queryExecution.executedPlan).filter { s =>
       s.output.map(a => (a.name, a.dataType)) == schema.fields.toSeq.map(f => (f.name, f.dataType))
     }.map(_.executeColumnar())
+  }
+
+  /**
+   * The columnar scan under `plan` when `plan` is that scan, or the scan turned into
+   * rows and nothing else: its batches hold exactly `plan`'s output columns.
+   */
+  def columnarScan(plan: SparkPlan): Option[SparkPlan] = plan match {
+    // With adaptive execution the plan is not final before it runs: a scan with no
+    // exchange above it is the whole current plan, before any transition to rows.
+    case a: AdaptiveSparkPlanExec => columnarScan(a.executedPlan)
+    case WholeStageCodegenExec(child) => columnarScan(child)
+    case ColumnarToRowExec(InputAdapter(child)) if child.supportsColumnar => Some(child)
+    case ColumnarToRowExec(child) if child.supportsColumnar => Some(child)
+    case leaf if leaf.children.isEmpty && leaf.supportsColumnar => Some(leaf)
+    case _ => None
   }
 
   /**
@@ -57,6 +70,30 @@ object ColumnarBatches {
    */
   def toIpcStream(
       batches: Iterator[ColumnarBatch],
+      schema: StructType,
+      timeZone: String,
+      batchRows: Int): (IpcBuffer, Long) =
+    write(batches.map(b => Slice(b, 0, b.numRows())), schema.indices.toArray, schema, timeZone,
+      batchRows)
+
+  /**
+   * Rows `from` until `from + n` of the batch's `columns` (ordinals in the batch), named
+   * and typed as `schema`, as one Arrow IPC stream of one record batch.
+   */
+  def sliceToIpcStream(
+      batch: ColumnarBatch,
+      columns: Array[Int],
+      schema: StructType,
+      from: Int,
+      n: Int,
+      timeZone: String): IpcBuffer =
+    write(Iterator.single(Slice(batch, from, n)), columns, schema, timeZone, math.max(n, 1))._1
+
+  private final case class Slice(batch: ColumnarBatch, from: Int, rows: Int)
+
+  private def write(
+      slices: Iterator[Slice],
+      columns: Array[Int],
       schema: StructType,
       timeZone: String,
       batchRows: Int): (IpcBuffer, Long) = {
@@ -76,19 +113,19 @@ object ColumnarBatches {
       // Sized for a whole batch once and reused: the vectors neither grow by doubling
       // (a reallocation and copy each time) nor are freed and allocated again per batch.
       root.getFieldVectors.forEach { v => v.setInitialCapacity(batchRows); v.allocateNew() }
-      while (batches.hasNext) {
-        val batch = batches.next()
-        val n = batch.numRows()
-        var from = 0
-        while (from < n) {
+      while (slices.hasNext) {
+        val slice = slices.next()
+        val end = slice.from + slice.rows
+        var from = slice.from
+        while (from < end) {
           if (filled == batchRows) {
             flush()
             root.getFieldVectors.forEach(_.reset())
           }
-          val take = math.min(n - from, batchRows - filled)
+          val take = math.min(end - from, batchRows - filled)
           var c = 0
-          while (c < schema.length) {
-            copy(batch.column(c), root.getVector(c), from, filled, take)
+          while (c < columns.length) {
+            copy(slice.batch.column(columns(c)), root.getVector(c), from, filled, take)
             c += 1
           }
           filled += take
