@@ -8,7 +8,7 @@ import org.apache.spark.sql.{DataFrame, Dataset}
 import org.apache.spark.sql.catalyst.InternalRow
 import org.apache.spark.sql.catalyst.expressions.{BoundReference, JoinedRow, SpecificInternalRow, UnsafeProjection}
 import org.apache.spark.sql.stoker.{ArrowBatches, ColumnarBatches}
-import org.apache.spark.sql.types.{StructField, StructType, UserDefinedType}
+import org.apache.spark.sql.types.{StructType, UserDefinedType}
 import org.apache.spark.sql.vectorized.ColumnarBatch
 
 import dev.stoker.jni.{IpcBuffer, NativeClient}
@@ -96,19 +96,25 @@ private[spark] final case class PredictTask(
 }
 
 /**
- * Output rows: the input's columns (the first ones of a row `leftWidth` wide), then
- * `prediction` and, for classifiers, `probability`. One projection per row; the
- * appended values sit in one reused mutable row.
+ * Output rows: the input's columns (the first `inputSchema.length` of a row `leftWidth`
+ * wide), then `prediction` and, for classifiers, `probability`, as a view over the input
+ * row and one reused row of appended values. No projection here: the DataFrame's scan
+ * (`RDDScanExec`) turns every row into an `UnsafeRow` itself, and in generated code it
+ * reads only the columns the query uses.
  */
 private final class PredictionColumns(task: PredictTask, leftWidth: Int) {
-  private val fields: Seq[StructField] = task.inputSchema.fields.toSeq
   private val extraTypes = Seq(Schemas.Prediction) ++
     (if (task.withProbability) Seq(Schemas.Probability) else Nil)
   private val extra = new SpecificInternalRow(extraTypes)
   private val joined = new JoinedRow()
-  private val output = UnsafeProjection.create(
-    fields.zipWithIndex.map { case (f, i) => BoundReference(i, f.dataType, f.nullable) } ++
-      extraTypes.zipWithIndex.map { case (t, i) => BoundReference(leftWidth + i, t, true) })
+  // A hidden feature column between the input's columns and the appended ones is
+  // projected away (the vector case); otherwise the view is the row itself.
+  private val kept: Option[UnsafeProjection] =
+    if (leftWidth == task.inputSchema.length) None
+    else Some(UnsafeProjection.create(
+      task.inputSchema.fields.toSeq.zipWithIndex.map { case (f, i) =>
+        BoundReference(i, f.dataType, f.nullable)
+      } ++ extraTypes.zipWithIndex.map { case (t, i) => BoundReference(leftWidth + i, t, true) }))
   private val udt = Schemas.Probability.asInstanceOf[UserDefinedType[Vector]]
 
   /** Row `row` with the `i`th prediction appended. The result is reused by the next call. */
@@ -117,7 +123,8 @@ private final class PredictionColumns(task: PredictTask, leftWidth: Int) {
     if (task.withProbability) {
       predictions.probability.foreach(p => extra.update(1, udt.serialize(Vectors.dense(p(i)))))
     }
-    output(joined(row, extra))
+    val out = joined(row, extra)
+    kept.fold[InternalRow](out)(_(out))
   }
 }
 

@@ -8,7 +8,8 @@ import dev.stoker.spark.ServerTarget
 import org.apache.spark.TaskContext
 import org.apache.spark.rdd.RDD
 import org.apache.spark.sql.catalyst.InternalRow
-import org.apache.spark.sql.catalyst.expressions.{Attribute, BoundReference, JoinedRow, SpecificInternalRow, UnsafeProjection}
+import org.apache.spark.sql.catalyst.expressions.{Attribute, AttributeSet, BoundReference, Expression, JoinedRow, SortOrder, SpecificInternalRow, UnsafeProjection}
+import org.apache.spark.sql.catalyst.plans.physical.{Partitioning, UnknownPartitioning}
 import org.apache.spark.sql.catalyst.util.ArrayData
 import org.apache.spark.sql.execution.{SparkPlan, UnaryExecNode}
 import org.apache.spark.sql.execution.metric.{SQLMetric, SQLMetrics}
@@ -28,13 +29,18 @@ import org.apache.spark.sql.types.{StructField, StructType}
  * nulls in the batch, gets them copied into Arrow a column at a time, and the output
  * rows are read off the batch in place, as `StokerModel.transform` does.
  */
-case class StokerEvalExec(calls: Seq[EvalCall], resultAttrs: Seq[Attribute], child: SparkPlan)
+case class StokerEvalExec(
+    calls: Seq[EvalCall],
+    resultAttrs: Seq[Attribute],
+    child: SparkPlan,
+    keep: Option[AttributeSet] = None)
   extends UnaryExecNode {
 
-  override def output: Seq[Attribute] = child.output ++ resultAttrs
+  private def passed: Seq[Attribute] = StokerEval.passed(child.output, keep)
 
-  override def producedAttributes: org.apache.spark.sql.catalyst.expressions.AttributeSet =
-    org.apache.spark.sql.catalyst.expressions.AttributeSet(resultAttrs)
+  override def output: Seq[Attribute] = passed ++ resultAttrs
+
+  override def producedAttributes: AttributeSet = AttributeSet(resultAttrs)
 
   override lazy val metrics: Map[String, SQLMetric] = Map(
     "numOutputRows" -> SQLMetrics.createMetric(sparkContext, "number of output rows"),
@@ -42,11 +48,15 @@ case class StokerEvalExec(calls: Seq[EvalCall], resultAttrs: Seq[Attribute], chi
     "nullRows" -> SQLMetrics.createMetric(sparkContext, "rows with null features"),
     "serverTime" -> SQLMetrics.createTimingMetric(sparkContext, "time in stoker server"))
 
-  override def outputPartitioning: org.apache.spark.sql.catalyst.plans.physical.Partitioning =
-    child.outputPartitioning
+  // The child's partitioning and ordering hold while the columns they name are passed on.
+  override def outputPartitioning: Partitioning = child.outputPartitioning match {
+    case e: Expression with Partitioning if !e.references.subsetOf(outputSet) =>
+      UnknownPartitioning(e.numPartitions)
+    case p => p
+  }
 
-  override def outputOrdering: Seq[org.apache.spark.sql.catalyst.expressions.SortOrder] =
-    child.outputOrdering
+  override def outputOrdering: Seq[SortOrder] =
+    child.outputOrdering.takeWhile(_.references.subsetOf(outputSet))
 
   override def simpleString(maxFields: Int): String =
     s"StokerEval [${calls.map(_.display).mkString(", ")}], " +
@@ -62,7 +72,8 @@ case class StokerEvalExec(calls: Seq[EvalCall], resultAttrs: Seq[Attribute], chi
       throw new InvalidInputException(
         s"spark.stoker.sql.nullFeatures is '$nulls'; it must be 'null' or 'error'")
     }
-    val evaluator = new BatchEvaluator(calls, child.output, batchRows, nulls == "error",
+    val evaluator = new BatchEvaluator(calls, child.output, passed.map(child.output.indexOf),
+      batchRows, nulls == "error",
       conf.sessionLocalTimeZone, longMetric("numOutputRows"), longMetric("numBatches"),
       longMetric("nullRows"), longMetric("serverTime"))
     // Each call's feature columns as ordinals of the child's output, when they are plain
@@ -91,6 +102,7 @@ case class StokerEvalExec(calls: Seq[EvalCall], resultAttrs: Seq[Attribute], chi
 private[sql] final class BatchEvaluator(
     calls: Seq[EvalCall],
     input: Seq[Attribute],
+    passed: Seq[Int],
     batchRows: Int,
     nullsAreErrors: Boolean,
     timeZone: String,
@@ -158,7 +170,7 @@ private[sql] final class BatchEvaluator(
     }
     private val width = input.size
     private val output = UnsafeProjection.create(
-      input.indices.map(i => BoundReference(i, input(i).dataType, input(i).nullable)) ++
+      passed.map(i => BoundReference(i, input(i).dataType, input(i).nullable)) ++
         calls.indices.map(j => BoundReference(width + j, resultType(calls(j)), nullable = true)))
     // The appended results, set for each row and projected at once (the projection
     // copies them), so no row object is allocated per row.

@@ -20,6 +20,12 @@ import org.json4s._
 object ExtractStokerCalls extends Rule[LogicalPlan] {
 
   override def apply(plan: LogicalPlan): LogicalPlan = plan.transformDown {
+    // A projection above an eval node that reads only some of the child's columns: the
+    // node passes on only those (its rows are projected into UnsafeRows, so every column
+    // it passes on is a copy per row).
+    case Project(list, e: StokerEval) if e.passed.exists(a => !list.exists(_.references.contains(a))) =>
+      val used = AttributeSet(list.flatMap(_.references))
+      Project(list, e.copy(keep = Some(AttributeSet(e.passed.filter(used.contains)))))
     // The optimizer pushes `WHERE p > 0.5` over `SELECT stoker_predict(...) AS p` down
     // by copying the call into the filter; one StokerEval then serves both, so the
     // model runs once per row.
@@ -60,13 +66,27 @@ object ExtractStokerCalls extends Rule[LogicalPlan] {
   }
 }
 
-/** The logical node: `child`'s rows with the results of `calls` appended. */
-case class StokerEval(calls: Seq[StokerPredict], resultAttrs: Seq[Attribute], child: LogicalPlan)
+/**
+ * The logical node: `child`'s rows (its columns in `keep`, all of them when `keep` is
+ * empty) with the results of `calls` appended.
+ */
+case class StokerEval(
+    calls: Seq[StokerPredict],
+    resultAttrs: Seq[Attribute],
+    child: LogicalPlan,
+    keep: Option[AttributeSet] = None)
   extends UnaryNode {
-  override def output: Seq[Attribute] = child.output ++ resultAttrs
+  /** The child's columns this node passes on. */
+  def passed: Seq[Attribute] = StokerEval.passed(child.output, keep)
+  override def output: Seq[Attribute] = passed ++ resultAttrs
   override def producedAttributes: AttributeSet = AttributeSet(resultAttrs)
   override protected def withNewChildInternal(newChild: LogicalPlan): StokerEval =
     copy(child = newChild)
+}
+
+object StokerEval {
+  def passed(childOutput: Seq[Attribute], keep: Option[AttributeSet]): Seq[Attribute] =
+    keep.fold(childOutput)(k => childOutput.filter(k.contains))
 }
 
 /**
@@ -76,10 +96,10 @@ case class StokerEval(calls: Seq[StokerPredict], resultAttrs: Seq[Attribute], ch
 final class StokerStrategy(session: SparkSession) extends SparkStrategy {
 
   override def apply(plan: LogicalPlan): Seq[SparkPlan] = plan match {
-    case StokerEval(calls, results, child) =>
+    case StokerEval(calls, results, child, keep) =>
       val evalCalls = calls.map(c => EvalCall(session.sparkContext.broadcast(resolve(c)),
         c.features, c.probability, c.sql))
-      StokerEvalExec(evalCalls, results, planLater(child)) :: Nil
+      StokerEvalExec(evalCalls, results, planLater(child), keep) :: Nil
     case _ => Nil
   }
 
