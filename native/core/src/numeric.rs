@@ -14,6 +14,13 @@ use crate::error::{Error, Result};
 /// A value that can be widened or narrowed to the f32/f64 the engine uses.
 pub trait Number: Copy {
     fn to_f64(self) -> f64;
+
+    /// The float32 the engine sees: through f64, as every value always went (an
+    /// i64 rounded straight to f32 can differ in its last bit).
+    #[inline]
+    fn to_f32(self) -> f32 {
+        self.to_f64() as f32
+    }
 }
 
 macro_rules! number {
@@ -26,7 +33,20 @@ macro_rules! number {
         }
     )*};
 }
-number!(i8, i16, i32, i64, u8, u16, u32, u64, f32, f64);
+number!(i8, i16, i32, i64, u8, u16, u32, u64, f64);
+
+impl Number for f32 {
+    #[inline]
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+
+    /// Itself: f32 to f64 and back is exact.
+    #[inline]
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
 
 impl Number for half::f16 {
     #[inline]
@@ -124,6 +144,60 @@ impl<'a> Values<'a> {
             Values::Bool(b) => {
                 for i in range {
                     f(i, if b.value(i) { 1.0 } else { 0.0 });
+                }
+            }
+        }
+    }
+}
+
+impl Values<'_> {
+    /// The first value that is not finite as a float32 (NaN, an infinity, or a
+    /// float64 beyond float32's range), with its index. Integers and booleans
+    /// always are.
+    pub fn first_non_finite(&self) -> Option<(usize, f64)> {
+        fn find<T: Number>(v: &[T]) -> Option<(usize, f64)> {
+            v.iter()
+                .position(|x| !x.to_f32().is_finite())
+                .map(|i| (i, v[i].to_f64()))
+        }
+        match self {
+            Values::F16(v) => find(v),
+            Values::F32(v) => find(v),
+            Values::F64(v) => find(v),
+            _ => None,
+        }
+    }
+
+    /// Writes the values at `rows` into one place of each row of `block`: the
+    /// value of row `rows.start + i` to `block[i * width + offset]`.
+    #[inline]
+    pub fn write_strided(
+        &self,
+        rows: std::ops::Range<usize>,
+        block: &mut [f32],
+        width: usize,
+        offset: usize,
+    ) {
+        fn run<T: Number>(v: &[T], block: &mut [f32], width: usize, offset: usize) {
+            for (row, x) in block.chunks_exact_mut(width).zip(v) {
+                row[offset] = x.to_f32();
+            }
+        }
+        match self {
+            Values::I8(v) => run(&v[rows], block, width, offset),
+            Values::I16(v) => run(&v[rows], block, width, offset),
+            Values::I32(v) => run(&v[rows], block, width, offset),
+            Values::I64(v) => run(&v[rows], block, width, offset),
+            Values::U8(v) => run(&v[rows], block, width, offset),
+            Values::U16(v) => run(&v[rows], block, width, offset),
+            Values::U32(v) => run(&v[rows], block, width, offset),
+            Values::U64(v) => run(&v[rows], block, width, offset),
+            Values::F16(v) => run(&v[rows], block, width, offset),
+            Values::F32(v) => run(&v[rows], block, width, offset),
+            Values::F64(v) => run(&v[rows], block, width, offset),
+            Values::Bool(b) => {
+                for (row, i) in block.chunks_exact_mut(width).zip(rows) {
+                    row[offset] = if b.value(i) { 1.0 } else { 0.0 };
                 }
             }
         }
