@@ -156,9 +156,16 @@ impl Values<'_> {
     /// always are.
     pub fn first_non_finite(&self) -> Option<(usize, f64)> {
         fn find<T: Number>(v: &[T]) -> Option<(usize, f64)> {
-            v.iter()
-                .position(|x| !x.to_f32().is_finite())
-                .map(|i| (i, v[i].to_f64()))
+            // Chunks are checked without an early exit, which the compiler
+            // vectorizes; only a chunk holding a bad value is searched.
+            const CHUNK: usize = 64;
+            for (c, chunk) in v.chunks(CHUNK).enumerate() {
+                if !chunk.iter().fold(true, |ok, x| ok & x.to_f32().is_finite()) {
+                    let i = chunk.iter().position(|x| !x.to_f32().is_finite())?;
+                    return Some((c * CHUNK + i, chunk[i].to_f64()));
+                }
+            }
+            None
         }
         match self {
             Values::F16(v) => find(v),
