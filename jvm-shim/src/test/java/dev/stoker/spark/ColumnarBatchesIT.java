@@ -11,6 +11,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import dev.stoker.InvalidInputException;
 import java.io.IOException;
+import java.nio.file.Path;
 import java.util.List;
 import java.util.Map;
 import org.apache.spark.SparkException;
@@ -20,6 +21,7 @@ import org.apache.spark.sql.Row;
 import org.apache.spark.sql.SparkSession;
 import org.apache.spark.sql.stoker.ColumnarBatches;
 import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
 
 /**
  * Cached DataFrames feed training through the columnar path (column vectors copied into
@@ -105,6 +107,39 @@ class ColumnarBatchesIT {
       }
     } finally {
       cached.unpersist(true);
+    }
+  }
+
+  /**
+   * Parquet's vectorized reader reuses one batch for all its reads: each batch must be
+   * finished (sent, predicted, its rows handed on) before the next is read.
+   */
+  @Test
+  void aParquetScanTransformsAsItsRowsDo(@TempDir Path dir) throws IOException {
+    SparkSession spark = SparkCluster.session();
+    Dataset<Row> df = table(spark, 3000, false);
+    StokerModel model = BadInputIT.estimator().fit(df);
+    Map<Double, Row> fromRows = new java.util.HashMap<>();
+    for (Row r : model.transform(df).collectAsList()) {
+      fromRows.put(r.getDouble(1), r);  // y = sin(id): one row per value
+    }
+    String path = dir.resolve("rows.parquet").toString();
+    df.write().parquet(path);
+    spark.conf().set("spark.sql.parquet.columnarReaderBatchSize", "64");
+    try {
+      Dataset<Row> file = spark.read().parquet(path);
+      assertTrue(ColumnarBatches.scan(file).isDefined(), "a Parquet scan is columnar");
+      // Slices of 50 rows out of batches of 64.
+      List<Row> fromColumns = model.setInferenceBatchRows(50).transform(file).collectAsList();
+      assertEquals(fromRows.size(), fromColumns.size());
+      for (Row r : fromColumns) {
+        Row e = fromRows.get(r.getDouble(1));
+        assertEquals(e.getFloat(0), r.getFloat(0), "x of y " + r.getDouble(1));
+        assertEquals(e.getDouble(3), r.getDouble(3), 0.0, "prediction of y " + r.getDouble(1));
+        assertArrayEquals(((Vector) e.get(4)).toArray(), ((Vector) r.get(4)).toArray(), 1e-6);
+      }
+    } finally {
+      spark.conf().unset("spark.sql.parquet.columnarReaderBatchSize");
     }
   }
 
