@@ -156,23 +156,18 @@ object ColumnarBatches {
     require(to >= 0 && dst.getValueCapacity >= to + n &&
       dst.getValidityBuffer.capacity() >= (to + n + 7) / 8,
       s"Arrow vector of ${dst.getValueCapacity} values cannot take rows $to until ${to + n}")
-    val address = dst.getDataBuffer.memoryAddress()
-    dst match {
-      case _: Float4Vector =>
-        Platform.copyMemory(src.getFloats(from, n), Platform.FLOAT_ARRAY_OFFSET, null,
-          address + 4L * to, 4L * n)
-      case _: Float8Vector =>
-        Platform.copyMemory(src.getDoubles(from, n), Platform.DOUBLE_ARRAY_OFFSET, null,
-          address + 8L * to, 8L * n)
-      case _: IntVector =>
-        Platform.copyMemory(src.getInts(from, n), Platform.INT_ARRAY_OFFSET, null,
-          address + 4L * to, 4L * n)
-      case _: BigIntVector =>
-        Platform.copyMemory(src.getLongs(from, n), Platform.LONG_ARRAY_OFFSET, null,
-          address + 8L * to, 8L * n)
+    // The values as a Java array (the column vector copies them out in bulk), where
+    // its elements start, and their width in bytes.
+    val (values, base, width): (AnyRef, Long, Int) = dst match {
+      case _: Float4Vector => (src.getFloats(from, n), Platform.FLOAT_ARRAY_OFFSET.toLong, 4)
+      case _: Float8Vector => (src.getDoubles(from, n), Platform.DOUBLE_ARRAY_OFFSET.toLong, 8)
+      case _: IntVector => (src.getInts(from, n), Platform.INT_ARRAY_OFFSET.toLong, 4)
+      case _: BigIntVector => (src.getLongs(from, n), Platform.LONG_ARRAY_OFFSET.toLong, 8)
       case other =>
         throw new IllegalStateException(s"no columnar copy into ${other.getClass.getName}")
     }
+    Platform.copyMemory(values, base, null, dst.getDataBuffer.memoryAddress() + width.toLong * to,
+      width.toLong * n)
     val validity = dst.getValidityBuffer
     setValid(validity, to, n)
     if (src.hasNull) {
