@@ -96,7 +96,8 @@ impl Client {
             .keep_alive_while_idle(true)
             .tcp_nodelay(true)
             .initial_stream_window_size(Some(16 << 20))
-            .initial_connection_window_size(Some(32 << 20));
+            .initial_connection_window_size(Some(32 << 20))
+            .max_frame_size(Some(crate::wire::MAX_FRAME_BYTES));
         if tls {
             let mut config = ClientTlsConfig::new();
             if let Some(ca) = &options.ca_pem {

@@ -23,6 +23,15 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures::stream::{self, BoxStream, Stream, StreamExt, TryStreamExt};
 use prost::Message;
 
+/// The largest HTTP/2 frame either side of stoker accepts (advertised in its
+/// SETTINGS). The protocol's default, 16 KiB, cuts an 8 MiB Arrow batch into
+/// 512 DATA frames, each with its own header, wakeup and flow-control work in
+/// h2; 1 MiB frames took DoPut from a gRPC C++ client from 0.84x to 1.3-1.7x
+/// the GB/s of Arrow C++'s own Flight server, and DoExchange from 0.75x to
+/// 1.0-1.1x (docs/benchmarks.md, benchmark 3). Both the server and stoker's
+/// client advertise it, so requests and answers both travel in large frames.
+pub const MAX_FRAME_BYTES: u32 = 1 << 20;
+
 /// One Flight message ready to send: `FlightData` with its body as a list
 /// of chunks that are concatenated only by the receiver.
 #[derive(Debug, Default, Clone)]

@@ -165,10 +165,12 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
     let flight =
         fastpath::FlightRoutes::new(handler::Handler(service.clone()), config.max_message_bytes);
     // Large HTTP/2 flow-control windows: with the 64 KiB defaults a stream of
-    // multi-megabyte Arrow batches stalls on window updates.
+    // multi-megabyte Arrow batches stalls on window updates. Large frames: see
+    // MAX_FRAME_BYTES.
     let mut builder = tonic::transport::Server::builder()
         .initial_stream_window_size(Some(16 << 20))
-        .initial_connection_window_size(Some(32 << 20));
+        .initial_connection_window_size(Some(32 << 20))
+        .max_frame_size(Some(stoker_client::wire::MAX_FRAME_BYTES));
     let tls = config.tls.is_some();
     if let Some((cert, key)) = &config.tls {
         let identity = tonic::transport::Identity::from_pem(cert, key);
