@@ -33,7 +33,7 @@ case class StokerEvalExec(
     calls: Seq[EvalCall],
     resultAttrs: Seq[Attribute],
     child: SparkPlan,
-    keep: Option[AttributeSet] = None)
+    keep: Option[Seq[Attribute]] = None)
   extends UnaryExecNode {
 
   private def passed: Seq[Attribute] = StokerEval.passed(child.output, keep)

@@ -25,7 +25,7 @@ object ExtractStokerCalls extends Rule[LogicalPlan] {
     // it passes on is a copy per row).
     case Project(list, e: StokerEval) if e.passed.exists(a => !list.exists(_.references.contains(a))) =>
       val used = AttributeSet(list.flatMap(_.references))
-      Project(list, e.copy(keep = Some(AttributeSet(e.passed.filter(used.contains)))))
+      Project(list, e.copy(keep = Some(e.passed.filter(used.contains))))
     // The optimizer pushes `WHERE p > 0.5` over `SELECT stoker_predict(...) AS p` down
     // by copying the call into the filter; one StokerEval then serves both, so the
     // model runs once per row.
@@ -74,7 +74,7 @@ case class StokerEval(
     calls: Seq[StokerPredict],
     resultAttrs: Seq[Attribute],
     child: LogicalPlan,
-    keep: Option[AttributeSet] = None)
+    keep: Option[Seq[Attribute]] = None)
   extends UnaryNode {
   /** The child's columns this node passes on. */
   def passed: Seq[Attribute] = StokerEval.passed(child.output, keep)
@@ -85,8 +85,13 @@ case class StokerEval(
 }
 
 object StokerEval {
-  def passed(childOutput: Seq[Attribute], keep: Option[AttributeSet]): Seq[Attribute] =
-    keep.fold(childOutput)(k => childOutput.filter(k.contains))
+  // `keep` is a Seq, not an AttributeSet: tree transformations map a node's
+  // Iterable fields element by element, which turns a set into a List.
+  def passed(childOutput: Seq[Attribute], keep: Option[Seq[Attribute]]): Seq[Attribute] =
+    keep.fold(childOutput) { k =>
+      val kept = AttributeSet(k)
+      childOutput.filter(kept.contains)
+    }
 }
 
 /**
