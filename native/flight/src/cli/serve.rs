@@ -45,8 +45,9 @@ pub struct ServeArgs {
     /// Most rows in one coalesced inference pass.
     #[arg(long, default_value_t = 65536)]
     max_batch_rows: usize,
-    /// Longest wait for more streams to join an inference pass, in milliseconds.
-    #[arg(long, default_value_t = 2)]
+    /// Longest wait for more streams to join an inference pass, in milliseconds
+    /// (0: a pass takes what is queued; requests arriving during a pass join the next).
+    #[arg(long, default_value_t = 0)]
     max_wait_ms: u64,
     /// Serve Prometheus metrics (plain HTTP) on this port.
     #[arg(long)]

@@ -1,10 +1,16 @@
 //! Dynamic batching: one worker thread per loaded model owns the model and
 //! runs every forward pass for it. Streams convert their Arrow batches to
 //! feature matrices in parallel and queue them here; the worker takes the
-//! first queued request, keeps collecting until `max_rows` rows or
-//! `max_wait` have passed, runs one forward pass over the concatenation, and
-//! hands each request its slice of the outputs. Eight executors feeding one
-//! GPU thus get GPU-sized batches.
+//! first queued request and every request queued behind it (up to `max_rows`
+//! rows), runs one forward pass over the concatenation, and hands each
+//! request its slice of the outputs. Requests that arrive while a pass runs
+//! queue up and go together into the next one, so eight executors feeding one
+//! GPU get GPU-sized batches without anyone waiting on a timer.
+//!
+//! `max_wait` (default zero) additionally holds a pass open for stragglers.
+//! It was 2 ms: every request of a lone stream then waited the full 2 ms,
+//! which for 10k-row batches of a small model cost a fifth of `transform`'s
+//! throughput through Spark (bench/notes.md).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -28,7 +34,7 @@ impl Default for BatchLimits {
     fn default() -> Self {
         BatchLimits {
             max_rows: 65_536,
-            max_wait: Duration::from_millis(2),
+            max_wait: Duration::ZERO,
         }
     }
 }
@@ -113,12 +119,22 @@ fn worker(mut model: Model, rx: Receiver<Request>, limits: BatchLimits, stats: A
         let deadline = Instant::now() + limits.max_wait;
         while rows < limits.max_rows {
             let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(r) => {
+            // What is already queued joins without waiting; only a nonzero
+            // `max_wait` waits for more.
+            let next = if left.is_zero() {
+                rx.try_recv().ok()
+            } else {
+                match rx.recv_timeout(left) {
+                    Ok(r) => Some(r),
+                    Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => None,
+                }
+            };
+            match next {
+                Some(r) => {
                     rows += r.rows;
                     pending.push(r);
                 }
-                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
+                None => break,
             }
         }
         stats
@@ -180,5 +196,79 @@ fn run(model: &mut Model, pending: Vec<Request>) {
                 let _ = r.reply.send(out);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stoker_core::Loss;
+    use stoker_engine::{ModelSource, ModelSpec};
+    use tch::{Device, Kind};
+
+    fn model() -> Model {
+        let spec = ModelSpec::from_json(r#"{"type":"mlp","hidden":[8]}"#).unwrap();
+        Model::build(&ModelSource::Spec(spec), Loss::Mse, 4, Device::Cpu, 1).unwrap()
+    }
+
+    fn request(rows: i64) -> (Request, oneshot::Receiver<Result<Outputs>>) {
+        let (reply, answer) = oneshot::channel();
+        let features = Tensor::ones([rows, 4], (Kind::Float, Device::Cpu));
+        let rows = rows as usize;
+        (
+            Request {
+                features,
+                rows,
+                reply,
+            },
+            answer,
+        )
+    }
+
+    /// Runs the worker over requests queued before it starts (as requests that
+    /// arrive during a pass are queued for the next), and returns its stats.
+    fn serve_queued(limits: BatchLimits, sizes: &[i64]) -> (Arc<BatchStats>, Vec<usize>) {
+        let (tx, rx) = mpsc::channel();
+        let answers: Vec<_> = sizes
+            .iter()
+            .map(|&n| {
+                let (r, a) = request(n);
+                tx.send(r).unwrap();
+                a
+            })
+            .collect();
+        drop(tx);
+        let stats = Arc::new(BatchStats::default());
+        worker(model(), rx, limits, stats.clone());
+        let rows = answers
+            .into_iter()
+            .map(|a| a.blocking_recv().unwrap().unwrap().values.len())
+            .collect();
+        (stats, rows)
+    }
+
+    #[test]
+    fn queued_requests_share_a_pass_without_a_wait() {
+        let limits = BatchLimits {
+            max_rows: 65_536,
+            max_wait: Duration::ZERO,
+        };
+        let (stats, rows) = serve_queued(limits, &[3, 5, 7]);
+        assert_eq!(rows, vec![3, 5, 7], "each request gets its own rows back");
+        assert_eq!(stats.forward_passes.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.max_pass_requests.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn a_pass_stops_at_max_rows() {
+        let limits = BatchLimits {
+            max_rows: 8,
+            max_wait: Duration::ZERO,
+        };
+        let (stats, rows) = serve_queued(limits, &[5, 5, 5]);
+        assert_eq!(rows, vec![5, 5, 5]);
+        // 5 + 5 reaches the limit; the third request runs in a pass of its own.
+        assert_eq!(stats.forward_passes.load(Ordering::Relaxed), 2);
+        assert_eq!(stats.max_pass_rows.load(Ordering::Relaxed), 10);
     }
 }
