@@ -97,7 +97,7 @@ demo: build
 	STOKER_BIN=$(BIN) $(PY) examples/quickstart.py
 
 # Benchmarks side by side with their peers (bench/, docs/benchmarks.md).
-# BENCH_SCALE=quick (default, about 15 minutes here) or full; BENCH_ONLY=1,3 for some.
+# BENCH_SCALE=quick (default, about 7 minutes here) or full; BENCH_ONLY=1,3 for some.
 bench: build
 	STOKER_BIN=$(BIN) $(PY) -m bench.run
 
