@@ -247,13 +247,16 @@ mod tests {
         (stats, rows)
     }
 
+    fn no_wait(max_rows: usize) -> BatchLimits {
+        BatchLimits {
+            max_rows,
+            max_wait: Duration::ZERO,
+        }
+    }
+
     #[test]
     fn queued_requests_share_a_pass_without_a_wait() {
-        let limits = BatchLimits {
-            max_rows: 65_536,
-            max_wait: Duration::ZERO,
-        };
-        let (stats, rows) = serve_queued(limits, &[3, 5, 7]);
+        let (stats, rows) = serve_queued(no_wait(65_536), &[3, 5, 7]);
         assert_eq!(rows, vec![3, 5, 7], "each request gets its own rows back");
         assert_eq!(stats.forward_passes.load(Ordering::Relaxed), 1);
         assert_eq!(stats.max_pass_requests.load(Ordering::Relaxed), 3);
@@ -261,11 +264,7 @@ mod tests {
 
     #[test]
     fn a_pass_stops_at_max_rows() {
-        let limits = BatchLimits {
-            max_rows: 8,
-            max_wait: Duration::ZERO,
-        };
-        let (stats, rows) = serve_queued(limits, &[5, 5, 5]);
+        let (stats, rows) = serve_queued(no_wait(8), &[5, 5, 5]);
         assert_eq!(rows, vec![5, 5, 5]);
         // 5 + 5 reaches the limit; the third request runs in a pass of its own.
         assert_eq!(stats.forward_passes.load(Ordering::Relaxed), 2);
