@@ -13,7 +13,7 @@
 //! throughput through Spark (bench/notes.md).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -124,18 +124,11 @@ fn worker(mut model: Model, rx: Receiver<Request>, limits: BatchLimits, stats: A
             let next = if left.is_zero() {
                 rx.try_recv().ok()
             } else {
-                match rx.recv_timeout(left) {
-                    Ok(r) => Some(r),
-                    Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => None,
-                }
+                rx.recv_timeout(left).ok()
             };
-            match next {
-                Some(r) => {
-                    rows += r.rows;
-                    pending.push(r);
-                }
-                None => break,
-            }
+            let Some(r) = next else { break };
+            rows += r.rows;
+            pending.push(r);
         }
         stats
             .requests
