@@ -39,6 +39,7 @@ pub mod action {
     pub const DROP_JOB: &str = "drop_job";
     pub const REGISTER_MODEL: &str = "register_model";
     pub const UNLOAD_MODEL: &str = "unload_model";
+    pub const EXPORT_MODEL: &str = "export_model";
     pub const HEALTH: &str = "health";
     pub const STATS: &str = "stats";
 }
@@ -246,6 +247,17 @@ pub struct RegisterModel {
     /// For TorchScript models without a state: features per row.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_width: Option<usize>,
+}
+
+/// `export_model`: a trained model as a TorchScript archive for plain
+/// PyTorch. The model comes from `spec` or a `model` blob (TorchScript), its
+/// weights from the `state` blob; the answer carries the archive as its
+/// `torchscript` blob.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportModel {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<serde_json::Value>,
 }
 
 /// Magic that starts an enveloped body (JSON plus blobs).

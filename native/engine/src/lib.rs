@@ -3,6 +3,7 @@
 //! can be averaged, and runs batched inference. It knows nothing about
 //! networks or Spark: the server and the command line drive it.
 
+mod buffers;
 pub mod data;
 pub mod device;
 pub mod model;

@@ -134,7 +134,7 @@ impl Model {
             .and_then(|w| w.parse().ok())
             .ok_or_else(|| Error::invalid("state has no 'input_width' metadata"))?;
         let mut model = Model::build(source, loss, width, device, 0)?;
-        model.load_parameters(state)?;
+        model.load_weights(state)?;
         Ok(model)
     }
 
@@ -186,18 +186,27 @@ impl Model {
         }
     }
 
-    /// The parameters as state tensors.
-    pub fn export_parameters(&self) -> Result<Vec<TensorData>> {
-        self.network
+    /// The model's part of a state: its parameters, then its buffers
+    /// (TorchScript modules' BatchNorm statistics and other float or int64
+    /// buffers, see [`Network::buffers`]), under their `state_dict` names.
+    pub fn export_weights(&self) -> Result<Vec<TensorData>> {
+        let mut tensors = self
+            .network
             .parameters()
             .iter()
             .map(|(name, t)| crate::torch::state_tensor(name.clone(), t))
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        for (name, t) in self.network.buffers()? {
+            tensors.push(crate::torch::buffer_state_tensor(name, &t)?);
+        }
+        Ok(tensors)
     }
 
-    /// Loads parameters from a state of this model; a missing tensor or a
-    /// shape mismatch names the tensor.
-    pub fn load_parameters(&mut self, state: &State) -> Result<()> {
+    /// Loads parameters and buffers from a state of this model; a missing
+    /// tensor or a shape mismatch names the tensor. A state that holds no
+    /// buffer at all (written before buffers were part of states) leaves the
+    /// module's own buffers as the archive has them.
+    pub fn load_weights(&mut self, state: &State) -> Result<()> {
         let id = self.model_id();
         if !state.meta.model_id.is_empty() && state.meta.model_id != id {
             return Err(Error::invalid(format!(
@@ -211,6 +220,17 @@ impl Model {
                 .ok_or_else(|| Error::invalid(format!("state has no tensor '{name}'")))?;
             let mut target = t.shallow_clone();
             copy_into(&mut target, data, t.size())?;
+        }
+        let buffers = self.network.buffers()?;
+        if !buffers.iter().any(|(name, _)| state.tensor(name).is_some()) {
+            return Ok(());
+        }
+        for (name, mut t) in buffers {
+            let data = state.tensor(&name).ok_or_else(|| {
+                Error::invalid(format!("state has no tensor for buffer '{name}'"))
+            })?;
+            let size = t.size();
+            copy_into(&mut t, data, size)?;
         }
         Ok(())
     }
@@ -298,14 +318,39 @@ impl Model {
         self.predict_tensor(&x)
     }
 
-    /// Writes a TorchScript model with the current parameters (TorchScript
-    /// models only: built-in models are exported as safetensors weights).
-    pub fn save_torchscript(&self, path: &std::path::Path) -> Result<()> {
-        match &self.network {
-            Network::Script(s) => s.save(path),
-            Network::Builtin(_) => Err(Error::invalid(
-                "only TorchScript models can be saved as TorchScript; built-in models export safetensors weights",
-            )),
-        }
+    /// The model as a TorchScript archive that plain PyTorch loads with
+    /// `torch.jit.load` and that returns what this model's network returns
+    /// (raw outputs: for classifiers, logits whose softmax or sigmoid is
+    /// stoker's probability). A TorchScript model is the archive it came
+    /// from with the current parameters and buffers written in; a built-in
+    /// model is its forward traced in eval mode, its weights constants of the
+    /// graph (an archive to serve, not to train further). The archive holds
+    /// tensors on this model's device: see [`export_torchscript`] for one
+    /// that loads anywhere.
+    pub fn to_torchscript(&self) -> Result<Vec<u8>> {
+        let traced;
+        let module = match &self.network {
+            Network::Script(s) => s.module(),
+            Network::Builtin(m) => {
+                traced = m.traced(self.input_width)?;
+                &traced
+            }
+        };
+        // tch saves modules to files only.
+        let dir = tempfile::tempdir()
+            .map_err(|e| Error::io("creating a directory for the TorchScript export", e))?;
+        let path = dir.path().join("model.pt");
+        module
+            .save(&path)
+            .map_err(internal("writing the TorchScript archive"))?;
+        std::fs::read(&path).map_err(|e| Error::io("reading the TorchScript export back", e))
     }
+}
+
+/// A trained model as a TorchScript archive for plain PyTorch
+/// ([`Model::to_torchscript`]), built on the CPU so it loads on any machine:
+/// what `stoker export`, the server's `export_model` action and
+/// `StokerModel.exportTorchScript` return.
+pub fn export_torchscript(source: &ModelSource, state: &State) -> Result<Vec<u8>> {
+    Model::from_state(source, state, Device::Cpu)?.to_torchscript()
 }

@@ -48,6 +48,22 @@ impl Network {
         }
     }
 
+    /// The buffers that belong in a state (TorchScript modules only: a
+    /// built-in network holds nothing but its parameters). Float buffers
+    /// (BatchNorm's running statistics) and int64 counters
+    /// (`num_batches_tracked`) are; buffers of other types (boolean masks,
+    /// lookup tables) are constants of the architecture and stay as the
+    /// archive has them.
+    pub fn buffers(&self) -> Result<Vec<Parameter>> {
+        match self {
+            Network::Builtin(_) => Ok(Vec::new()),
+            Network::Script(s) => Ok(crate::buffers::named_buffers(&s.module)?
+                .into_iter()
+                .filter(|(_, t)| matches!(t.kind(), Kind::Float | Kind::Double | Kind::Int64))
+                .collect()),
+        }
+    }
+
     /// A built-in network (its parameters are all the tensors it holds).
     pub fn is_builtin(&self) -> bool {
         matches!(self, Network::Builtin(_))
@@ -154,10 +170,49 @@ impl Mlp {
     }
 
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let layers = self.params.len() / 2;
+        let weights: Vec<&Tensor> = self.params.iter().map(|(_, t)| t).collect();
+        self.forward_with(&weights, x, train)
+    }
+
+    /// The network as a TorchScript module: its forward in eval mode traced
+    /// by libtorch, with the current weights as constants of the graph. The
+    /// tracer refuses constants that require gradients, so it traces
+    /// detached aliases of the weights (no copy).
+    pub fn traced(&self, width: usize) -> Result<CModule> {
+        let device = self.params.first().map_or(Device::Cpu, |(_, t)| t.device());
+        let input = Tensor::f_zeros([1, width as i64], (Kind::Float, device))
+            .map_err(internal("tracing input"))?;
+        let detached: Vec<Tensor> = self
+            .params
+            .iter()
+            .map(|(_, t)| t.f_detach())
+            .collect::<std::result::Result<_, _>>()
+            .map_err(internal("detaching weights for tracing"))?;
+        let weights: Vec<&Tensor> = detached.iter().collect();
+        let mut failed = None;
+        let module =
+            CModule::create_by_tracing("StokerMlp", "forward", &[input], &mut |xs| match self
+                .forward_with(&weights, &xs[0], false)
+            {
+                Ok(out) => vec![out],
+                Err(e) => {
+                    let out = xs[0].shallow_clone();
+                    failed = Some(e);
+                    vec![out]
+                }
+            })
+            .map_err(internal("tracing the built-in model"))?;
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(module),
+        }
+    }
+
+    fn forward_with(&self, weights: &[&Tensor], x: &Tensor, train: bool) -> Result<Tensor> {
+        let layers = weights.len() / 2;
         let mut h = x.shallow_clone();
         for i in 0..layers {
-            let (w, b) = (&self.params[2 * i].1, &self.params[2 * i + 1].1);
+            let (w, b) = (weights[2 * i], weights[2 * i + 1]);
             h = h.f_linear(w, Some(b)).map_err(|e| {
                 Error::invalid(format!(
                     "layer {i} of the model cannot take the input: {}",
@@ -248,11 +303,8 @@ impl Script {
         })
     }
 
-    /// Writes the module, with its current parameters, as a TorchScript
-    /// archive PyTorch can `torch.jit.load`.
-    pub fn save(&self, path: &std::path::Path) -> Result<()> {
-        self.module
-            .save(path)
-            .map_err(err(ErrorKind::Io, format!("writing {}", path.display())))
+    /// The module, with its current parameters and buffers.
+    pub fn module(&self) -> &CModule {
+        &self.module
     }
 }

@@ -85,7 +85,9 @@ pub fn tensor_from_state(data: &TensorData) -> stoker_core::Result<Tensor> {
         return Tensor::f_from_data_size(&data.data, &shape, Kind::Float)
             .map_err(internal("loading a state tensor"));
     }
-    Tensor::f_from_slice(&data.to_f32())
+    // Through f64: exact for F64 and for I64 counters up to 2^53 (f32 would
+    // round a BatchNorm's num_batches_tracked above 2^24).
+    Tensor::f_from_slice(&data.to_f64())
         .and_then(|t| t.f_view(shape.as_slice()))
         .map_err(internal("loading a state tensor"))
 }
@@ -152,6 +154,36 @@ pub fn state_tensor(name: String, t: &Tensor) -> stoker_core::Result<TensorData>
         dtype: DType::F32,
         shape: shape(t),
         data: data.into(),
+    })
+}
+
+/// A buffer as a state tensor in its own element type: int64 counters stay
+/// I64 and float64 buffers F64 (they are averaged in their own types, see
+/// docs/engine.md); float32 buffers take the same path as parameters.
+pub fn buffer_state_tensor(name: String, t: &Tensor) -> stoker_core::Result<TensorData> {
+    let dtype = match t.kind() {
+        Kind::Int64 => DType::I64,
+        Kind::Double => DType::F64,
+        _ => return state_tensor(name, t),
+    };
+    if cfg!(target_endian = "big") {
+        return Err(Error::internal(
+            "stoker states are little-endian; this host is not",
+        ));
+    }
+    let flat = t
+        .f_to_device(Device::Cpu)
+        .and_then(|t| t.f_contiguous())
+        .map_err(internal(format!("copying buffer '{name}' to the host")))?;
+    let numel = flat.numel();
+    let mut bytes = vec![0u8; numel * 8];
+    flat.f_copy_data_u8(&mut bytes, numel)
+        .map_err(internal(format!("reading buffer '{name}'")))?;
+    Ok(TensorData {
+        name,
+        dtype,
+        shape: shape(t),
+        data: bytes.into(),
     })
 }
 

@@ -117,7 +117,7 @@ impl Trainer {
 
     /// Parameters and optimizer state, with metadata.
     pub fn state(&self, round: u64, samples: u64) -> Result<State> {
-        let mut tensors = self.model.export_parameters()?;
+        let mut tensors = self.model.export_weights()?;
         tensors.extend(self.optimizer.export(self.model.network().parameters())?);
         tensors.sort_by(|a, b| a.name.cmp(&b.name));
         let mut meta = self.model.state_meta(round, samples);
@@ -130,7 +130,7 @@ impl Trainer {
 
     /// Loads parameters and, when present, optimizer state.
     pub fn load_state(&mut self, state: &State) -> Result<()> {
-        self.model.load_parameters(state)?;
+        self.model.load_weights(state)?;
         self.optimizer
             .import(self.model.network().parameters(), state)
     }

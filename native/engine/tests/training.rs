@@ -320,14 +320,14 @@ fn a_state_of_another_architecture_is_refused_by_name() {
         ModelSpec::from_json(r#"{"type":"mlp","hidden":[64],"num_classes":2}"#).unwrap(),
     );
     let mut model = Model::build(&wide, Loss::CrossEntropy, 4, Device::Cpu, 1).unwrap();
-    let e = model.load_parameters(&small).unwrap_err();
+    let e = model.load_weights(&small).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidInput);
     assert!(e.message().contains("state is for model 'mlp-"), "{e}");
 
     // Same names, no model id: the shape check names the tensor.
     let mut anonymous = small.clone();
     anonymous.meta.model_id.clear();
-    let e = model.load_parameters(&anonymous).unwrap_err();
+    let e = model.load_weights(&anonymous).unwrap_err();
     assert!(
         e.message()
             .contains("tensor 'layers.0.weight' has shape [32, 4]"),

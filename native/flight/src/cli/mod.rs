@@ -1,7 +1,8 @@
-//! The `stoker` command line: `train`, `predict` and `average` run the
-//! engine on local files; `serve` runs the Flight server.
+//! The `stoker` command line: `train`, `predict`, `export` and `average`
+//! run the engine on local files; `serve` runs the Flight server.
 
 mod average;
+mod export;
 mod predict;
 mod serve;
 mod train;
@@ -29,6 +30,8 @@ enum Command {
     Train(train::TrainArgs),
     /// Run a trained model over a Parquet or Arrow file.
     Predict(predict::PredictArgs),
+    /// Write a trained model as a TorchScript archive for plain PyTorch.
+    Export(export::ExportArgs),
     /// Weighted average of states (what the Spark driver does each round).
     Average(average::AverageArgs),
     /// Run the Arrow Flight server (prints its address on the first stdout line).
@@ -63,6 +66,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Train(a) => train::run(a),
         Command::Predict(a) => predict::run(a),
         Command::Average(a) => average::run(a),
+        Command::Export(a) => export::run(a),
         Command::Serve(a) => serve::run(a),
     }
 }

@@ -62,7 +62,8 @@ pub struct TrainArgs {
     /// Also write the per-epoch history (loss, rows/s) as JSON.
     #[arg(long)]
     history: Option<PathBuf>,
-    /// For TorchScript models: also write the trained module for torch.jit.load.
+    /// Also write the trained model as TorchScript for torch.jit.load (what
+    /// `stoker export` writes from the state).
     #[arg(long)]
     export_torchscript: Option<PathBuf>,
     /// No progress lines.
@@ -196,7 +197,9 @@ pub fn run(a: TrainArgs) -> Result<()> {
             .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
     }
     if let Some(path) = &a.export_torchscript {
-        trainer.model().save_torchscript(path)?;
+        let bytes = stoker_engine::model::export_torchscript(&source, &state)?;
+        std::fs::write(path, bytes)
+            .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
     }
     if !a.quiet {
         eprintln!(

@@ -30,6 +30,7 @@ pub fn action_types() -> Vec<ActionType> {
         d(action::DROP_JOB, "Forget a job and its cached partitions: {name}"),
         d(action::REGISTER_MODEL, "Register a servable model: {name, version?, spec | torchscript_path | 'model' blob, features?} with its 'state' blob"),
         d(action::UNLOAD_MODEL, "Forget a model version (or all versions): {name, version?}"),
+        d(action::EXPORT_MODEL, "A trained model as TorchScript for torch.jit.load: {spec?} or a 'model' blob, with its 'state' blob; returns a 'torchscript' blob"),
         d(action::HEALTH, "Server status, version and device"),
         d(action::STATS, "Counters: rows in and predicted, rounds, cache bytes and evictions, jobs, models"),
     ]

@@ -15,10 +15,10 @@ use futures::stream::{self, BoxStream};
 use futures::{StreamExt, TryStreamExt};
 use stoker_client::wire::{encode_batches, ActionResult, Outgoing};
 use stoker_core::protocol::{
-    action, CreateJob, Envelope, ModelKey, Named, PartitionKey, RegisterModel, TrainRound,
-    TrainRoundResult, JOBS_PATH, MODELS_PATH,
+    action, CreateJob, Envelope, ExportModel, ModelKey, Named, PartitionKey, RegisterModel,
+    TrainRound, TrainRoundResult, JOBS_PATH, MODELS_PATH,
 };
-use stoker_core::{Error, ErrorKind, Result};
+use stoker_core::{Error, ErrorKind, Result, State};
 use stoker_engine::DeviceSpec;
 use tonic::{Request, Status};
 
@@ -350,6 +350,22 @@ impl Service {
                 one(Envelope::new(
                     serde_json::json!({"unloaded": req.name, "version": req.version}),
                 )?)
+            }
+            action::EXPORT_MODEL => {
+                let req: ExportModel = env.parse(action::EXPORT_MODEL)?;
+                let model = blob("model").map(|b| b.to_vec());
+                let state = blob("state").ok_or_else(|| {
+                    Error::invalid("export_model needs the trained state as its 'state' blob")
+                })?;
+                let archive = blocking(move || {
+                    let source =
+                        super::model_source(req.spec.as_ref(), None, model, action::EXPORT_MODEL)?;
+                    stoker_engine::model::export_torchscript(&source, &State::from_shared(&state)?)
+                })
+                .await?;
+                let bytes = archive.len();
+                one(Envelope::new(serde_json::json!({ "bytes": bytes }))?
+                    .with_blob("torchscript", archive))
             }
             other => Err(Error::invalid(format!(
                 "unknown action '{other}'; ListActions names the actions this server knows"
