@@ -120,3 +120,141 @@ def test_scripted_regressor_with_one_dimensional_output(cli, tmp_path):
     _, tensors = read_state(tmp_path / "s.safetensors")
     np.testing.assert_allclose(tensors["fc.weight"].ravel(), [1.5, -2.0], atol=0.02)
     np.testing.assert_allclose(tensors["fc.bias"], [0.5], atol=0.02)
+
+
+class NormNet(nn.Module):
+    """BatchNorm's running statistics are buffers, not parameters."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(3, 16), nn.BatchNorm1d(16), nn.ReLU())
+        self.head = nn.Linear(16, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+def features(cols: dict) -> torch.Tensor:
+    return torch.from_numpy(np.stack([cols["a"], cols["b"], cols["noise"]], 1).astype(np.float32))
+
+
+def predicted(cli, tmp_path, model: str, state: str) -> np.ndarray:
+    cli.run(
+        "predict",
+        "--data",
+        "d.parquet",
+        "--model",
+        model,
+        "--state",
+        state,
+        "--out",
+        "p.parquet",
+        "--quiet",
+    )
+    return np.stack(pq.read_table(tmp_path / "p.parquet")["probability"].to_numpy(False))
+
+
+def exported_probabilities(path, x: torch.Tensor) -> np.ndarray:
+    # No .eval(): the export is already in eval mode, as transform predicts.
+    with torch.no_grad():
+        return torch.softmax(torch.jit.load(path)(x), dim=1).numpy()
+
+
+def test_batchnorm_statistics_are_trained_saved_and_exported(cli, tmp_path):
+    torch.manual_seed(0)
+    original = NormNet()
+    torch.jit.save(torch.jit.script(original), tmp_path / "bn.pt")
+    cols = rings(3000, 5)
+    # Shifted and scaled, so the learned statistics are far from (0, 1).
+    cols["noise"] = cols["noise"] * 4 + 3
+    pq.write_table(pa.table(cols), tmp_path / "d.parquet")
+    cli.run(
+        "train",
+        "--data",
+        "d.parquet",
+        "--model",
+        "bn.pt",
+        "--features",
+        "a,b,noise",
+        "--label",
+        "y",
+        "--epochs",
+        "3",
+        "--lr",
+        "0.01",
+        "--out",
+        "s.safetensors",
+        "--export-torchscript",
+        "trained.pt",
+        "--quiet",
+    )
+
+    _, tensors = read_state(tmp_path / "s.safetensors")
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        assert f"body.1.{name}" in tensors, f"buffer {name} missing from {sorted(tensors)}"
+    assert tensors["body.1.num_batches_tracked"].dtype == np.int64
+    assert int(tensors["body.1.num_batches_tracked"]) > 0
+    assert not np.allclose(tensors["body.1.running_mean"], 0, atol=1e-3)
+    assert not np.allclose(tensors["body.1.running_var"], 1, atol=1e-3)
+
+    stoker_probs = predicted(cli, tmp_path, "bn.pt", "s.safetensors")
+    x = features(cols)
+    # Plain PyTorch with the saved state predicts what stoker predicts...
+    trained = NormNet()
+    trained.load_state_dict(weights_only(tensors))
+    trained.eval()
+    with torch.no_grad():
+        torch_probs = torch.softmax(trained(x), dim=1).numpy()
+    np.testing.assert_allclose(stoker_probs, torch_probs, atol=1e-5)
+    # ...and so do both exports, which carry the trained statistics.
+    np.testing.assert_allclose(
+        exported_probabilities(tmp_path / "trained.pt", x), stoker_probs, atol=1e-5
+    )
+    cli.run("export", "--model", "bn.pt", "--state", "s.safetensors", "--out", "e.pt")
+    exported = torch.jit.load(tmp_path / "e.pt")
+    np.testing.assert_allclose(
+        exported.state_dict()["body.1.running_mean"].numpy(), tensors["body.1.running_mean"], atol=0
+    )
+    np.testing.assert_allclose(
+        exported_probabilities(tmp_path / "e.pt", x), stoker_probs, atol=1e-5
+    )
+    # The untrained statistics would predict something else.
+    original.eval()
+    with torch.no_grad():
+        untrained_probs = torch.softmax(original(x), dim=1).numpy()
+    assert np.abs(untrained_probs - stoker_probs).max() > 1e-2
+
+
+def test_builtin_model_exports_as_torchscript(cli, tmp_path):
+    import json
+
+    (tmp_path / "mlp.json").write_text(
+        json.dumps({"type": "mlp", "hidden": [16, 8], "num_classes": 2, "dropout": 0.2})
+    )
+    cols = rings(2000, 9)
+    pq.write_table(pa.table(cols), tmp_path / "d.parquet")
+    cli.run(
+        "train",
+        "--data",
+        "d.parquet",
+        "--model",
+        "mlp.json",
+        "--features",
+        "a,b,noise",
+        "--label",
+        "y",
+        "--epochs",
+        "3",
+        "--out",
+        "s.safetensors",
+        "--quiet",
+    )
+    stoker_probs = predicted(cli, tmp_path, "mlp.json", "s.safetensors")
+    cli.run("export", "--model", "mlp.json", "--state", "s.safetensors", "--out", "mlp.pt")
+    np.testing.assert_allclose(
+        exported_probabilities(tmp_path / "mlp.pt", features(cols)), stoker_probs, atol=1e-5
+    )
+    wrong = cli.run(
+        "export", "--model", "mlp.json", "--state", "missing.safetensors", "--out", "x.pt", ok=False
+    )
+    assert wrong.returncode != 0 and "missing.safetensors" in wrong.stderr

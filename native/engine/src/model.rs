@@ -327,10 +327,10 @@ impl Model {
     /// graph (an archive to serve, not to train further). The archive holds
     /// tensors on this model's device: see [`export_torchscript`] for one
     /// that loads anywhere.
-    pub fn to_torchscript(&self) -> Result<Vec<u8>> {
+    pub fn to_torchscript(&mut self) -> Result<Vec<u8>> {
         let traced;
-        let module = match &self.network {
-            Network::Script(s) => s.module(),
+        let module = match &mut self.network {
+            Network::Script(s) => s.module_for_export()?,
             Network::Builtin(m) => {
                 traced = m.traced(self.input_width)?;
                 &traced

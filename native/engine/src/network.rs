@@ -303,8 +303,16 @@ impl Script {
         })
     }
 
-    /// The module, with its current parameters and buffers.
-    pub fn module(&self) -> &CModule {
-        &self.module
+    /// The module in eval mode, with its current parameters and buffers:
+    /// what an export saves, so `torch.jit.load` gives a module that
+    /// predicts as `transform` does without a call to `.eval()`.
+    pub fn module_for_export(&mut self) -> Result<&CModule> {
+        if self.training != Some(false) {
+            self.module
+                .f_set_eval()
+                .map_err(internal("switching TorchScript to eval mode"))?;
+            self.training = Some(false);
+        }
+        Ok(&self.module)
     }
 }
