@@ -48,7 +48,11 @@ def cli(stoker_bin: str, tmp_path: Path) -> Cli:
 
 def read_state(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
     """Reads a safetensors file with numpy only: (metadata, tensors)."""
-    data = path.read_bytes()
+    return parse_state(path.read_bytes())
+
+
+def parse_state(data: bytes) -> tuple[dict, dict[str, np.ndarray]]:
+    """Parses safetensors bytes with numpy only: (metadata, tensors)."""
     (n,) = struct.unpack("<Q", data[:8])
     header = json.loads(data[8 : 8 + n])
     meta = header.pop("__metadata__", {})

@@ -325,6 +325,17 @@ class StokerModel(JavaModel, _StokerParams, _Readable, JavaMLWritable):
         fig.savefig(path, dpi=120)
         return os.fspath(path)
 
+    def to_torchscript(self) -> bytes:
+        """The trained model as a TorchScript archive (`torch.jit.load`), in eval
+        mode, predicting what `transform` predicts (built-in specs give logits)."""
+        with _stoker_errors():
+            return bytes(self._java_obj.toTorchScript())
+
+    def export_torchscript(self, path: str | os.PathLike) -> None:
+        """Writes `to_torchscript()` to `path` (any Hadoop file system)."""
+        with _stoker_errors():
+            self._java_obj.exportTorchScript(os.fspath(path))
+
     def register(self, name: str) -> int:
         """Registers the model under `name` for SQL (`stoker_predict(name, ...)`) in
         this application; returns its version."""

@@ -11,6 +11,7 @@ import org.apache.spark.ml.stoker.ParamsIO
 import org.apache.spark.ml.util.{MLReadable, MLReader, MLWritable, MLWriter}
 import org.apache.spark.sql.{DataFrame, Dataset}
 import org.apache.spark.sql.types.{StructField, StructType}
+import org.json4s.JObject
 
 /**
  * A trained stoker network: its averaged state (safetensors, with optimizer state), the
@@ -28,8 +29,31 @@ class StokerModel private[spark] (
   /** The trained state as safetensors bytes (parameters plus optimizer state). */
   def getState: Array[Byte] = state.clone()
 
-  /** The TorchScript archive this model was trained from, if it is one. */
+  /**
+   * The TorchScript archive this model was trained from, if it is one, with its
+   * initial weights. [[toTorchScript]] gives the trained model.
+   */
   def getTorchScript: Option[Array[Byte]] = modelBlob.map(_.clone())
+
+  /**
+   * The trained model as a TorchScript archive that plain PyTorch loads with
+   * `torch.jit.load`, in eval mode, predicting what `transform` predicts: a TorchScript
+   * model with its trained parameters and buffers (BatchNorm statistics) written in, a
+   * built-in spec as its traced forward (logits; `transform` applies the softmax or
+   * sigmoid). Built by the driver's stoker server (the `export_model` action).
+   */
+  def toTorchScript: Array[Byte] = Servers.withClient(target) { client =>
+    val request = Envelope(JObject(modelSpecJson.map("spec" -> _).toList),
+      Seq("state" -> state) ++ modelBlob.map("model" -> _).toSeq)
+    Envelope.call(client, "export_model", request).blob("torchscript").getOrElse(
+      throw new IllegalStateException("the server's export_model reply has no archive"))
+  }
+
+  /** Writes [[toTorchScript]] to `path` on any Hadoop file system. */
+  def exportTorchScript(path: String): Unit = {
+    val conf = org.apache.spark.sql.SparkSession.active.sparkContext.hadoopConfiguration
+    Files.write(new Path(path), toTorchScript, conf)
+  }
 
   /** Per-round training history: loss, samples, seconds. */
   def getHistory: java.util.List[RoundStats] = history.asJava
