@@ -10,6 +10,14 @@
 //! A request for a model in a lower tier loads it back up transparently;
 //! stats count hits and misses per tier. With a model directory, registered
 //! models survive restarts: the server finds them there at start-up.
+//!
+//! Without a model directory the host tier is the bottom, and its budget
+//! still holds: a long-lived server that Spark keeps registering models on
+//! (a daily retrain, a search over many models) must not grow until the
+//! kernel kills it. The least recently used model that no stream is using
+//! is forgotten; a later call for it gets NOT_FOUND, on which Spark tasks
+//! register it again. When nothing can go, the registration that needs the
+//! room fails with RESOURCE_EXHAUSTED naming `--host-model-mb`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -20,7 +28,7 @@ use std::time::Instant;
 use arrow::array::RecordBatch;
 use serde::{Deserialize, Serialize};
 use stoker_core::protocol::{ModelKey, RegisterModel};
-use stoker_core::{Error, FeatureLayout, Loss, Result, State};
+use stoker_core::{Error, ErrorKind, FeatureLayout, Loss, Result, State};
 use stoker_engine::model::ModelSource;
 use stoker_engine::torch::filled_matrix;
 use stoker_engine::{Device, Model};
@@ -112,7 +120,8 @@ impl ServedModel {
         })
     }
 
-    fn artifact_bytes(&self) -> usize {
+    /// Bytes of the model's artifact held in host memory (0 when only on disk).
+    pub fn artifact_bytes(&self) -> usize {
         lock(&self.artifact).as_ref().map_or(0, |a| a.bytes())
     }
 }
@@ -273,7 +282,12 @@ impl Models {
             versions.insert(version, served.clone());
             served
         };
-        self.enforce_budgets(&served);
+        if let Err(e) = self.enforce_budgets(&served) {
+            // Nothing else could make room: the registration is undone and
+            // every model registered before it stays as it was.
+            self.forget(&served);
+            return Err(e);
+        }
         Ok(served)
     }
 
@@ -317,7 +331,16 @@ impl Models {
             }
             None => {
                 self.host_tier.misses.fetch_add(1, Ordering::Relaxed);
-                let a = Arc::new(read_artifact(&self.model_path(served)?)?);
+                // Files that went away (a cleaned local directory) are a model
+                // this server no longer has: NOT_FOUND, so Spark registers it again.
+                let a = Arc::new(read_artifact(&self.model_path(served)?).map_err(|e| {
+                    Error::not_found(format!(
+                        "model '{}' version {} can no longer be read from the model directory ({}); register it again",
+                        served.name,
+                        served.version,
+                        e.message()
+                    ))
+                })?);
                 self.disk_tier.hits.fetch_add(1, Ordering::Relaxed);
                 *lock(&served.artifact) = Some(a.clone());
                 a
@@ -332,7 +355,11 @@ impl Models {
         )?);
         *lock(&served.batcher) = Some(batcher.clone());
         tracing::info!(model = %served.name, version = served.version, "loaded model onto the device");
-        self.enforce_budgets(served);
+        // Loading back adds nothing to the host tier without a model
+        // directory, so this cannot fail there; the request is served either way.
+        if let Err(e) = self.enforce_budgets(served) {
+            tracing::warn!(model = %served.name, error = %e, "over the host budget after loading");
+        }
         Ok(batcher)
     }
 
@@ -361,8 +388,9 @@ impl Models {
     }
 
     /// Evicts least recently used models downward until each tier fits its
-    /// budget; `keep` (the model just used) stays on the device.
-    fn enforce_budgets(&self, keep: &Arc<ServedModel>) {
+    /// budget; `keep` (the model just used or registered) stays. The error
+    /// (no model directory, and every other model in use) names the budget.
+    fn enforce_budgets(&self, keep: &Arc<ServedModel>) -> Result<()> {
         let all = self.list();
         let mut on_device: Vec<&Arc<ServedModel>> =
             all.iter().filter(|m| m.tier() == Tier::Device).collect();
@@ -380,12 +408,8 @@ impl Models {
             self.device_tier.evictions.fetch_add(1, Ordering::Relaxed);
             tracing::info!(model = %m.name, version = m.version, "evicted from the device tier to host");
         }
-        if self.config.model_dir.is_none() {
-            return; // the host tier is the bottom
-        }
         // Every artifact held in memory counts against the host budget, also
-        // those of models on the device; with a model directory any of them
-        // can be dropped and read back from disk when needed.
+        // those of models on the device.
         let mut resident: Vec<&Arc<ServedModel>> =
             all.iter().filter(|m| m.artifact_bytes() > 0).collect();
         resident.sort_by_key(|m| *lock(&m.last_used));
@@ -394,11 +418,60 @@ impl Models {
             if used <= self.config.host_bytes {
                 break;
             }
-            used -= m.artifact_bytes();
-            lock(&m.artifact).take();
+            let bytes = m.artifact_bytes();
+            if self.config.model_dir.is_some() {
+                // Any artifact can be read back from disk when needed.
+                lock(&m.artifact).take();
+                tracing::info!(model = %m.name, version = m.version, "dropped the model's artifact from host memory (it stays on disk)");
+            } else {
+                // `all` and the registry hold two references; a stream using
+                // the model holds a third (or its batcher).
+                let in_use = Arc::strong_count(m) > 2
+                    || lock(&m.batcher)
+                        .as_ref()
+                        .is_some_and(|b| Arc::strong_count(b) > 1);
+                if Arc::ptr_eq(m, keep) || in_use {
+                    continue;
+                }
+                self.forget(m);
+                tracing::info!(model = %m.name, version = m.version, "unloaded: the host budget is full and there is no model directory (a later call registers it again)");
+            }
+            used -= bytes;
             self.host_tier.evictions.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(model = %m.name, version = m.version, "dropped the model's artifact from host memory (it stays on disk)");
         }
+        if used > self.config.host_bytes {
+            return Err(Error::new(
+                ErrorKind::ResourceExhausted,
+                format!(
+                    "model '{}' version {}: the registered models need {} bytes of host memory, over the server's host budget of {} bytes (--host-model-mb), and no other model can go (in use); unload models, raise --host-model-mb, or give the server a --model-dir",
+                    keep.name, keep.version, used, self.config.host_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Removes this exact registration (not a newer one of the same name and
+    /// version) from the registry; nothing on disk changes.
+    fn forget(&self, served: &Arc<ServedModel>) {
+        let mut models = lock(&self.models);
+        if let Some(versions) = models.get_mut(&served.name) {
+            if versions
+                .get(&served.version)
+                .is_some_and(|m| Arc::ptr_eq(m, served))
+            {
+                versions.remove(&served.version);
+            }
+            if versions.is_empty() {
+                models.remove(&served.name);
+            }
+        }
+    }
+
+    /// Bytes of model artifacts held in host memory, and the budget.
+    pub fn host_bytes(&self) -> (usize, usize) {
+        let used = self.list().iter().map(|m| m.artifact_bytes()).sum();
+        (used, self.config.host_bytes)
     }
 
     /// Forgets one version, or every version when `version` is None (also

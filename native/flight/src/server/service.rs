@@ -168,11 +168,16 @@ impl Service {
         ]
         .iter()
         .map(|(name, t)| {
-            let v = serde_json::json!({
+            let mut v = serde_json::json!({
                 "hits": t.hits.load(Ordering::Relaxed),
                 "misses": t.misses.load(Ordering::Relaxed),
                 "evictions": t.evictions.load(Ordering::Relaxed),
             });
+            if *name == "host" {
+                let (used, budget) = m.host_bytes();
+                v["bytes"] = used.into();
+                v["budget_bytes"] = budget.into();
+            }
             (name.to_string(), v)
         })
         .collect()
@@ -199,6 +204,7 @@ impl Service {
                 serde_json::json!({
                     "name": m.name, "version": m.version, "task": m.task,
                     "features": m.features, "bytes": m.param_bytes,
+                    "host_bytes": m.artifact_bytes(),
                     "tier": m.tier().as_str(),
                     "requests": b.requests.load(Ordering::Relaxed),
                     "forward_passes": b.forward_passes.load(Ordering::Relaxed),

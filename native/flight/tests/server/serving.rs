@@ -313,3 +313,103 @@ async fn a_rounds_partitions_share_one_upload_of_its_state() {
     let (res, _) = client.train_round(&named(1, "r7"), None).await.unwrap();
     assert!(res.needs_state, "{res:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_a_model_dir_the_host_budget_holds_by_unloading_the_least_recent() {
+    // One model's artifact (spec + state), measured on a server with room.
+    let server = start(config()).await.unwrap();
+    let mut client = connect(&server, None).await;
+    let state = trained_model(&mut client, "probe").await;
+    let one = client.stats().await.unwrap()["models"][0]["host_bytes"]
+        .as_u64()
+        .unwrap() as usize;
+    server.stop().await.unwrap();
+    assert!(one > state.len(), "{one} vs the state's {}", state.len());
+
+    // Room for two and a half: registering eight (3x the budget) unloads the
+    // least recently used, never the one just registered.
+    let budget = one * 5 / 2;
+    let server = start(ServerConfig {
+        host_model_bytes: budget,
+        ..config()
+    })
+    .await
+    .unwrap();
+    let mut client = connect(&server, None).await;
+    let model = |name: &str| ModelKey {
+        name: name.into(),
+        version: None,
+    };
+    for i in 0..8 {
+        register(&mut client, &format!("m{i}"), &state).await;
+        if i == 2 {
+            // Used after m2 was registered, so m2 goes before m1 does.
+            client
+                .predict(&model("m1"), &[], vec![rings(10, 1)])
+                .await
+                .unwrap();
+        }
+        let stats = client.stats().await.unwrap();
+        if i == 3 {
+            let names: Vec<&str> = stats["models"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["name"].as_str().unwrap())
+                .collect();
+            assert_eq!(names, ["m1", "m3"], "{stats}");
+        }
+        let held = stats["tiers"]["host"]["bytes"].as_u64().unwrap() as usize;
+        assert!(
+            held <= budget,
+            "{held} bytes held, budget {budget}: {stats}"
+        );
+        assert_eq!(stats["tiers"]["host"]["budget_bytes"], budget);
+    }
+    let stats = client.stats().await.unwrap();
+    let names: Vec<&str> = stats["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["m6", "m7"], "{stats}");
+    assert_eq!(stats["tiers"]["host"]["evictions"], 6);
+    // An unloaded model is NOT_FOUND (what makes Spark register it again).
+    let gone = client
+        .predict(&model("m1"), &[], vec![rings(10, 1)])
+        .await
+        .unwrap_err();
+    assert_eq!(gone.kind(), ErrorKind::NotFound, "{gone}");
+    register(&mut client, "m1", &state).await;
+    let back = client
+        .predict(&model("m1"), &[], vec![rings(10, 1)])
+        .await
+        .unwrap();
+    assert_eq!(back[0].num_rows(), 10);
+    server.stop().await.unwrap();
+
+    // A model that cannot fit even alone is refused with the budget named,
+    // and the server keeps serving what it has.
+    let server = start(ServerConfig {
+        host_model_bytes: one / 2,
+        ..config()
+    })
+    .await
+    .unwrap();
+    let mut client = connect(&server, None).await;
+    let spec = br#"{"type":"mlp","hidden":[16,16],"num_classes":2}"#.to_vec();
+    let req: stoker_core::protocol::RegisterModel =
+        serde_json::from_value(serde_json::json!({"name": "big"})).unwrap();
+    let refused = client
+        .register_model(&req, Some(spec), Some(state.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::ResourceExhausted, "{refused}");
+    assert!(refused.message().contains("--host-model-mb"), "{refused}");
+    let stats = client.stats().await.unwrap();
+    assert_eq!(stats["models"].as_array().unwrap().len(), 0, "{stats}");
+    assert_eq!(stats["tiers"]["host"]["bytes"], 0);
+    client.health().await.unwrap();
+    server.stop().await.unwrap();
+}
