@@ -30,7 +30,8 @@ import java.util.concurrent.TimeUnit;
  * {@code STOKER_RUN_DIR}, default {@code <tmpdir>/stoker-<user>}; the binary is
  * {@code stoker.bin} or {@code STOKER_BIN}, default {@code stoker} on the PATH; the
  * device is {@code stoker.device} or {@code STOKER_DEVICE}, default {@code auto}; more
- * {@code stoker serve} options are {@code stoker.server.args} or {@code STOKER_SERVER_ARGS}. Spark
+ * {@code stoker serve} options are {@code stoker.server.args} or {@code STOKER_SERVER_ARGS}; the
+ * model directory is {@code stoker.model.dir} or {@code STOKER_MODEL_DIR}, default none. Spark
  * passes its {@code spark.stoker.server.*} settings through {@link #configure}, which win
  * over both.
  */
@@ -109,6 +110,22 @@ public final class LocalServer {
     }
   }
 
+  /**
+   * The node's server if one is running, without starting one: for clean-up, where a
+   * node without a server has nothing to clean.
+   */
+  public static synchronized Optional<Address> running() {
+    if (known != null && alive(known)) {
+      return Optional.of(known);
+    }
+    try {
+      Optional<Address> existing = read(runDir().resolve("server.properties"));
+      return existing.filter(LocalServer::alive);
+    } catch (IOException e) {
+      return Optional.empty();
+    }
+  }
+
   private static boolean alive(Address address) {
     try (NativeClient client = address.connect()) {
       return client.health().contains("\"serving\"");
@@ -152,6 +169,13 @@ public final class LocalServer {
     String extra = setting("stoker.server.args", "STOKER_SERVER_ARGS", "").trim();
     if (!extra.isEmpty()) {
       command.addAll(java.util.Arrays.asList(extra.split("\\s+")));
+    }
+    // The registry's disk tier (Spark gives one under its local directories), unless
+    // the options name their own.
+    String modelDir = setting("stoker.model.dir", "STOKER_MODEL_DIR", "");
+    if (!modelDir.isEmpty() && !command.contains("--model-dir")) {
+      command.add("--model-dir");
+      command.add(modelDir);
     }
     Process process = new ProcessBuilder(command)
         .redirectError(ProcessBuilder.Redirect.appendTo(log.toFile()))

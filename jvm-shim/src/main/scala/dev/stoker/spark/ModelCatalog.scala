@@ -2,6 +2,8 @@ package dev.stoker.spark
 
 import java.util.concurrent.ConcurrentHashMap
 
+import scala.jdk.CollectionConverters._
+
 import org.slf4j.LoggerFactory
 
 /**
@@ -47,6 +49,24 @@ object ModelCatalog {
         case None => versions.keys.maxOption.flatMap(versions.get)
       }
     }
+
+  /**
+   * Forgets every version registered from `model` (the same state); returns them as
+   * (name, version) for the servers to unload.
+   */
+  private[spark] def unregister(model: StokerModel): Seq[(String, Int)] = synchronized {
+    val removed = Seq.newBuilder[(String, Int)]
+    models.keySet().asScala.toSeq.foreach { name =>
+      models.computeIfPresent(name, (_, versions) => {
+        val (mine, others) = versions.partition { case (_, served) =>
+          served.registration.exists(r => java.util.Arrays.equals(r.state, model.state))
+        }
+        removed ++= mine.keys.map(name -> _)
+        if (others.isEmpty) null else others
+      })
+    }
+    removed.result()
+  }
 
   /** Names registered in this application. */
   def names: java.util.Set[String] = java.util.Set.copyOf(models.keySet())

@@ -5,7 +5,7 @@ import java.nio.charset.StandardCharsets.UTF_8
 import dev.stoker.{CacheMissException, InvalidInputException, NotFoundException,
   ResourceExhaustedException, StokerException}
 import dev.stoker.jni.{IpcBuffer, NativeClient}
-import org.apache.spark.SparkEnv
+import org.apache.spark.{SparkEnv, TaskContext, TaskKilledException}
 import org.apache.spark.sql.types.StructType
 import org.json4s._
 
@@ -95,10 +95,13 @@ private[spark] object PartitionTask {
               withBytes = true
             }
           } catch {
+            // A task of a cancelled fit must not bring back the job the driver drops.
             case _: NotFoundException if !created =>
+              stopIfKilled()
               createJob(client, job)
               created = true
             case _: CacheMissException if !sent =>
+              stopIfKilled()
               sent = true
               if (!put(client, job, partition, data())) outcome = Some(Outcome.Empty(partition))
           }
@@ -113,6 +116,12 @@ private[spark] object PartitionTask {
         Outcome.Refused(partition, "resource_exhausted", e.getMessage)
     }
   }
+
+  /** Ends a task that Spark killed (its job cancelled or failed) before it does more. */
+  private def stopIfKilled(): Unit =
+    if (Option(TaskContext.get()).exists(_.isInterrupted())) {
+      throw new TaskKilledException("stoker: the task was killed")
+    }
 
   /** Sends one partition (creating the job if needed); returns its rows. */
   def feed(job: TrainJob, partition: Int, data: (IpcBuffer, Long)): Long =

@@ -2,10 +2,14 @@ package dev.stoker.spark
 
 import java.net.InetAddress
 
-import dev.stoker.InvalidInputException
+import dev.stoker.{InvalidInputException, NotFoundException, StokerException}
 import dev.stoker.jni.NativeClient
 import dev.stoker.server.LocalServer
-import org.apache.spark.SparkEnv
+import org.apache.spark.{SparkContext, SparkEnv}
+import org.apache.spark.stoker.LocalDirs
+import org.json4s.JObject
+import org.json4s.jackson.JsonMethods
+import org.slf4j.LoggerFactory
 
 /**
  * Which stoker server a JVM talks to. An empty address means the node's own server,
@@ -52,6 +56,7 @@ object ServerTarget {
 }
 
 private[spark] object Servers {
+  private val log = LoggerFactory.getLogger(getClass)
   lazy val hostName: String = InetAddress.getLocalHost.getHostName
 
   /** Passes Spark's `spark.stoker.server.*` settings to the local server launcher. */
@@ -63,6 +68,83 @@ private[spark] object Servers {
     pass("spark.stoker.server.device", "stoker.device")
     pass("spark.stoker.server.runDir", "stoker.run.dir")
     pass("spark.stoker.server.args", "stoker.server.args")
+    // A model directory among this JVM's Spark local directories (removed when the JVM
+    // exits, as the server it starts is stopped then): models evicted from host memory
+    // go to disk instead of being registered again by the next task.
+    LocalDirs.first().foreach(dir =>
+      LocalServer.configure("stoker.model.dir", new java.io.File(dir, "stoker-models").getPath))
+  }
+
+  /**
+   * Runs `action` with `body` (`unload_model`, `drop_job`) on every
+   * server this application's tasks use, so what they left there goes: the fixed
+   * address, or each address of a per-host map, from the driver; with auto-started
+   * servers, the driver's node server and, through one small Spark job, every executor
+   * host's (a host whose server is not running has nothing to drop, so none is started).
+   * A server that does not hold what the body names counts as done. Returns the servers reached;
+   * one that cannot be reached is logged, not thrown: this is clean-up, and a server
+   * that is gone holds nothing.
+   */
+  def onEveryServer(sc: SparkContext, target: ServerTarget, action: String,
+      body: JObject): Int = {
+    val text = JsonMethods.compact(JsonMethods.render(body))
+    val trimmed = target.address.trim
+    if (trimmed.nonEmpty) {
+      val addresses =
+        if (!trimmed.contains("=")) Seq(trimmed)
+        else trimmed.split(",").map(_.trim).filter(_.nonEmpty).map(_.split("=", 2).last.trim)
+          .distinct.toSeq
+      addresses.count(a => cleanUp(Some(target.copy(address = a)), action, text))
+    } else {
+      val driver = if (cleanUp(None, action, text)) 1 else 0
+      if (sc.isLocal) return driver
+      // Executors on the driver's host usually share its server; visiting it again
+      // is harmless and covers a run directory of their own.
+      val hosts = sc.statusTracker.getExecutorInfos.map(_.host).distinct.toSeq
+      var missing = hosts.toSet
+      var attempts = 0
+      var reached = 0
+      // Preferred locations are a hint: a host a task did not land on gets another try.
+      while (missing.nonEmpty && attempts < 3) {
+        attempts += 1
+        val visit = missing.toSeq
+        val results = sc.makeRDD(visit.map(h => (h, Seq(h))))
+          .map(_ => (hostName, cleanUp(None, action, text)))
+          .collect()
+        missing --= results.map(_._1)
+        reached += results.filter(_._2).map(_._1).distinct.count(visit.contains)
+      }
+      if (missing.nonEmpty) {
+        log.warn(s"stoker: $action $text did not reach the servers of ${missing.mkString(", ")}")
+      }
+      driver + reached
+    }
+  }
+
+  /**
+   * One server's part of [[onEveryServer]]: `target`, or this node's auto-started server
+   * if it is running. True when the server was reached.
+   */
+  private def cleanUp(target: Option[ServerTarget], action: String, body: String): Boolean = {
+    try {
+      val client = target match {
+        case Some(t) => Some(t.connect())
+        case None =>
+          configureLocal()
+          LocalServer.running().map[Option[NativeClient]](a => Some(a.connect())).orElse(None)
+      }
+      client.foreach { c =>
+        try c.action(action, body)
+        catch { case _: NotFoundException => () }
+        finally c.close()
+      }
+      client.isDefined
+    } catch {
+      case e: StokerException =>
+        log.warn(s"stoker: $action $body on ${target.getOrElse("this node's server")}: " +
+          e.getMessage)
+        false
+    }
   }
 
   /** Runs `f` with a fresh client to this node's server, closed afterwards. */

@@ -11,7 +11,7 @@ import org.apache.spark.ml.stoker.ParamsIO
 import org.apache.spark.ml.util.{MLReadable, MLReader, MLWritable, MLWriter}
 import org.apache.spark.sql.{DataFrame, Dataset}
 import org.apache.spark.sql.types.{StructField, StructType}
-import org.json4s.JObject
+import org.json4s.{JInt, JObject, JString}
 
 /**
  * A trained stoker network: its averaged state (safetensors, with optimizer state), the
@@ -85,6 +85,22 @@ class StokerModel private[spark] (
    * second registration of the same name becomes its next version. Returns the version.
    */
   def register(name: String): Int = ModelCatalog.register(name, this)
+
+  /**
+   * Drops this model from every server it was registered on: what `transform` and
+   * `stoker_predict` registered on each node's server, and the names given with
+   * [[register]] (which leave this application's catalog). A later `transform`
+   * registers it again. Returns the number of servers reached.
+   */
+  def unload(): Int = {
+    val sc = org.apache.spark.sql.SparkSession.active.sparkContext
+    val names = (Served.of(this, None, 1).name -> None) +:
+      ModelCatalog.unregister(this).map { case (n, v) => n -> Some(v) }
+    names.map { case (name, version) =>
+      val body = JObject(("name" -> JString(name)) :: version.map(v => "version" -> JInt(v)).toList)
+      Servers.onEveryServer(sc, target, "unload_model", body)
+    }.max
+  }
 
   override def copy(extra: ParamMap): StokerModel =
     copyValues(new StokerModel(uid, state, modelBlob, history), extra).setParent(parent)

@@ -56,6 +56,28 @@ private[spark] final class Training(params: StokerEstimator, dataset: Dataset[_]
 
   def run(): Trained = {
     val (prepared, job) = plan()
+    // The fit's jobs run in a group (the caller's, or one of its own), so that a failed
+    // fit can wait for the tasks its jobs left running before cleaning up after them.
+    val callerGroup = Option(sc.getLocalProperty(Training.JobGroup))
+    val group = callerGroup.getOrElse(s"stoker-fit-${job.name}")
+    if (callerGroup.isEmpty) sc.setLocalProperty(Training.JobGroup, group)
+    try train(prepared, job)
+    catch {
+      case e: Exception =>
+        // A fit that fails or is cancelled leaves its job (cached partitions, the
+        // round's state) on every server it reached; a finished one leaves nothing
+        // (its last round releases each partition). Tasks of a cancelled job can
+        // still be running and would create the job again (PartitionTask stops
+        // short of that once Spark has killed them), so they end first.
+        try {
+          Training.awaitTasks(sc, group, Training.CleanupWaitMs)
+          Servers.onEveryServer(sc, job.server, "drop_job", JObject("name" -> JString(job.name)))
+        } catch { case cleanup: Exception => e.addSuppressed(cleanup) }
+        throw e
+    } finally if (callerGroup.isEmpty) sc.setLocalProperty(Training.JobGroup, null)
+  }
+
+  private def train(prepared: DataFrame, job: TrainJob): Trained = {
     // Planned once: every round reuses this RDD, so joins and shuffles upstream run
     // once and later rounds (which read no rows unless a server missed) reuse them.
     val data = TrainingData.of(prepared)
@@ -197,6 +219,24 @@ private[spark] final class Training(params: StokerEstimator, dataset: Dataset[_]
 private[spark] object Training {
   /** Rows per Arrow record batch when a partition is streamed to its server. */
   val PutBatchRows = 65536
+
+  /** SparkContext's job group property (`setJobGroup` sets it, and the description). */
+  val JobGroup = "spark.jobGroup.id"
+
+  /** The longest a failed fit waits for its jobs' running tasks before cleaning up. */
+  val CleanupWaitMs = 30000L
+
+  /** Waits (at most `timeoutMs`) until no task of the group's jobs is running. */
+  def awaitTasks(sc: org.apache.spark.SparkContext, group: String, timeoutMs: Long): Unit = {
+    val tracker = sc.statusTracker
+    def running: Boolean = tracker.getJobIdsForGroup(group).iterator
+      .flatMap(j => tracker.getJobInfo(j).iterator)
+      .flatMap(_.stageIds.iterator)
+      .flatMap(s => tracker.getStageInfo(s).iterator)
+      .exists(_.numActiveTasks > 0)
+    val deadline = System.nanoTime() + timeoutMs * 1000000L
+    while (running && System.nanoTime() < deadline) Thread.sleep(100)
+  }
 
   /**
    * treeAggregate's depth for a round over `partitions` tasks whose states are about
