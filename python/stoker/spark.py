@@ -336,6 +336,13 @@ class StokerModel(JavaModel, _StokerParams, _Readable, JavaMLWritable):
         with _stoker_errors():
             self._java_obj.exportTorchScript(os.fspath(path))
 
+    def unload(self) -> int:
+        """Drops the model from every server it was registered on (by `transform`,
+        `stoker_predict` or `register`); a later `transform` registers it again.
+        Returns the servers reached."""
+        with _stoker_errors():
+            return self._java_obj.unload()
+
     def register(self, name: str) -> int:
         """Registers the model under `name` for SQL (`stoker_predict(name, ...)`) in
         this application; returns its version."""

@@ -188,3 +188,8 @@ def test_predict_udf_on_a_vector_column(data):
     predict = stoker.predict_udf(vec_model)
     got = assembled.transform(test).select("id", predict("features").alias("p")).collect()
     assert {r.id: r.p for r in got} == expected
+
+
+def test_unload_drops_the_model_and_transform_registers_it_again(model, data):
+    assert model.unload() >= 1
+    assert accuracy(model.transform(data[1])) >= 0.9

@@ -7,7 +7,6 @@ import dev.stoker.jni.NativeClient
 import dev.stoker.server.LocalServer
 import org.apache.spark.{SparkContext, SparkEnv}
 import org.apache.spark.stoker.LocalDirs
-import org.json4s.JObject
 import org.json4s.jackson.JsonMethods
 import org.slf4j.LoggerFactory
 
@@ -76,27 +75,28 @@ private[spark] object Servers {
   }
 
   /**
-   * Runs `action` with `body` (`unload_model`, `drop_job`) on every
-   * server this application's tasks use, so what they left there goes: the fixed
-   * address, or each address of a per-host map, from the driver; with auto-started
-   * servers, the driver's node server and, through one small Spark job, every executor
-   * host's (a host whose server is not running has nothing to drop, so none is started).
-   * A server that does not hold what the body names counts as done. Returns the servers reached;
-   * one that cannot be reached is logged, not thrown: this is clean-up, and a server
-   * that is gone holds nothing.
+   * Runs `action` with `body` (`unload_model`, `drop_job`, `register_model`) on every
+   * server this application's tasks use: the fixed address, or each address of a
+   * per-host map, from the driver; with auto-started servers, the driver's node server
+   * and, through one small Spark job, every executor host's (a host whose server is not
+   * running is skipped, none is started: it holds nothing to drop, and a task that needs
+   * a model there registers it). A server that does not hold what the body names counts
+   * as done. Returns the servers reached; one that cannot be reached or refuses is
+   * logged, not thrown: this is housekeeping, and a server that is gone holds nothing.
    */
   def onEveryServer(sc: SparkContext, target: ServerTarget, action: String,
-      body: JObject): Int = {
-    val text = JsonMethods.compact(JsonMethods.render(body))
+      body: Envelope): Int = {
+    val what = s"$action ${JsonMethods.compact(JsonMethods.render(body.json))}"
+    val bytes = body.encode()
     val trimmed = target.address.trim
     if (trimmed.nonEmpty) {
       val addresses =
         if (!trimmed.contains("=")) Seq(trimmed)
         else trimmed.split(",").map(_.trim).filter(_.nonEmpty).map(_.split("=", 2).last.trim)
           .distinct.toSeq
-      addresses.count(a => cleanUp(Some(target.copy(address = a)), action, text))
+      addresses.count(a => visit(Some(target.copy(address = a)), action, bytes, what))
     } else {
-      val driver = if (cleanUp(None, action, text)) 1 else 0
+      val driver = if (visit(None, action, bytes, what)) 1 else 0
       if (sc.isLocal) return driver
       // Executors on the driver's host usually share its server; visiting it again
       // is harmless and covers a run directory of their own.
@@ -105,17 +105,21 @@ private[spark] object Servers {
       var attempts = 0
       var reached = 0
       // Preferred locations are a hint: a host a task did not land on gets another try.
-      while (missing.nonEmpty && attempts < 3) {
-        attempts += 1
-        val visit = missing.toSeq
-        val results = sc.makeRDD(visit.map(h => (h, Seq(h))))
-          .map(_ => (hostName, cleanUp(None, action, text)))
-          .collect()
-        missing --= results.map(_._1)
-        reached += results.filter(_._2).map(_._1).distinct.count(visit.contains)
-      }
+      val description = sc.getLocalProperty("spark.job.description")
+      sc.setJobDescription(s"stoker: $action on every node's server")
+      try {
+        while (missing.nonEmpty && attempts < 3) {
+          attempts += 1
+          val visiting = missing.toSeq
+          val results = sc.makeRDD(visiting.map(h => (h, Seq(h))))
+            .map(_ => (hostName, visit(None, action, bytes, what)))
+            .collect()
+          missing --= results.map(_._1)
+          reached += results.filter(_._2).map(_._1).distinct.count(visiting.contains)
+        }
+      } finally sc.setJobDescription(description)
       if (missing.nonEmpty) {
-        log.warn(s"stoker: $action $text did not reach the servers of ${missing.mkString(", ")}")
+        log.warn(s"stoker: $what did not reach the servers of ${missing.mkString(", ")}")
       }
       driver + reached
     }
@@ -125,7 +129,8 @@ private[spark] object Servers {
    * One server's part of [[onEveryServer]]: `target`, or this node's auto-started server
    * if it is running. True when the server was reached.
    */
-  private def cleanUp(target: Option[ServerTarget], action: String, body: String): Boolean = {
+  private def visit(target: Option[ServerTarget], action: String, body: Array[Byte],
+      what: String): Boolean = {
     try {
       val client = target match {
         case Some(t) => Some(t.connect())
@@ -141,7 +146,7 @@ private[spark] object Servers {
       client.isDefined
     } catch {
       case e: StokerException =>
-        log.warn(s"stoker: $action $body on ${target.getOrElse("this node's server")}: " +
+        log.warn(s"stoker: $what on ${target.getOrElse("this node's server")}: " +
           e.getMessage)
         false
     }

@@ -35,8 +35,10 @@ class StokerEstimator(override val uid: String)
     Features.columns(dataset.schema, getFeatureCols, getFeaturesCol)
     Features.label(dataset.schema, getLabelCol)
     val trained = new Training(this, dataset).run()
-    val model = new StokerModel(uid, trained.state, trained.modelBlob, trained.history)
-    copyValues(model.setParent(this))
+    val model = copyValues(new StokerModel(uid, trained.state, trained.modelBlob,
+      trained.history).setParent(this))
+    model.preRegister()
+    model
   }
 
   /**

@@ -87,6 +87,18 @@ class StokerModel private[spark] (
   def register(name: String): Int = ModelCatalog.register(name, this)
 
   /**
+   * Registers the model, as `transform` serves it, on every node's running server: the
+   * end of `fit` does this, so the first `transform` does not find it missing on each
+   * node and register it then (a task's failed call, the upload of the state and the
+   * model's build, on every node, inside the first query's time).
+   */
+  private[spark] def preRegister(): Unit =
+    Served.of(this, None, 1).registration.foreach { r =>
+      Servers.onEveryServer(org.apache.spark.sql.SparkSession.active.sparkContext, target,
+        "register_model", r.body)
+    }
+
+  /**
    * Drops this model from every server it was registered on: what `transform` and
    * `stoker_predict` registered on each node's server, and the names given with
    * [[register]] (which leave this application's catalog). A later `transform`
@@ -98,7 +110,7 @@ class StokerModel private[spark] (
       ModelCatalog.unregister(this).map { case (n, v) => n -> Some(v) }
     names.map { case (name, version) =>
       val body = JObject(("name" -> JString(name)) :: version.map(v => "version" -> JInt(v)).toList)
-      Servers.onEveryServer(sc, target, "unload_model", body)
+      Servers.onEveryServer(sc, target, "unload_model", Envelope(body))
     }.max
   }
 

@@ -71,7 +71,8 @@ private[spark] final class Training(params: StokerEstimator, dataset: Dataset[_]
         // short of that once Spark has killed them), so they end first.
         try {
           Training.awaitTasks(sc, group, Training.CleanupWaitMs)
-          Servers.onEveryServer(sc, job.server, "drop_job", JObject("name" -> JString(job.name)))
+          Servers.onEveryServer(sc, job.server, "drop_job",
+            Envelope(JObject("name" -> JString(job.name))))
         } catch { case cleanup: Exception => e.addSuppressed(cleanup) }
         throw e
     } finally if (callerGroup.isEmpty) sc.setLocalProperty(Training.JobGroup, null)
