@@ -118,6 +118,15 @@ def training_table(customers, events):
     return table.withColumn("label", label).drop("frustration")
 
 
+# Spark ML's BLAS (dev.ludovic.netlib) first looks for the system's native BLAS
+# (libblas.so.3); without one, its native loader prints "netlib-blas: dlopen(libblas.so.3)
+# failed" to stderr, where no log level reaches, and it falls back to its Java BLAS. The
+# demo asks for the Java implementations straight away.
+JAVA_BLAS = " ".join(
+    f"-Ddev.ludovic.netlib.{lib}.allowNative=false" for lib in ("blas", "lapack", "arpack")
+)
+
+
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     spark = stoker_spark.configure(
@@ -126,6 +135,8 @@ def main() -> None:
         .config("spark.sql.shuffle.partitions", "8")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.driver.memory", "4g")
+        .config("spark.driver.extraJavaOptions", JAVA_BLAS)
+        .config("spark.executor.extraJavaOptions", JAVA_BLAS)
     ).getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     stages = Stages()
