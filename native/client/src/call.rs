@@ -18,6 +18,7 @@ use tonic::transport::Channel;
 use tonic::Status;
 
 use crate::body::{Ending, GrpcBody, GrpcMessage};
+use crate::connect::{explain_plain_text, Target};
 use crate::inbound::Side;
 use crate::status::from_status;
 
@@ -28,10 +29,12 @@ pub const DO_EXCHANGE: &str = "/arrow.flight.protocol.FlightService/DoExchange";
 pub const DO_ACTION: &str = "/arrow.flight.protocol.FlightService/DoAction";
 pub const DO_GET: &str = "/arrow.flight.protocol.FlightService/DoGet";
 
-/// The connection and the headers every call carries (the token).
+/// The connection, where it goes, and the headers every call carries (the
+/// token).
 #[derive(Clone)]
 pub struct Calls {
     channel: Channel,
+    target: Arc<Target>,
     headers: http::HeaderMap,
 }
 
@@ -57,6 +60,10 @@ impl InputError {
         slot.get_or_insert(e);
     }
 
+    fn is_set(&self) -> bool {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+
     /// The request's own error if it had one, else `status` as an error.
     pub fn or_status(&self, status: &Status) -> Error {
         let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
@@ -65,9 +72,10 @@ impl InputError {
 }
 
 impl Calls {
-    pub fn new(channel: Channel) -> Self {
+    pub fn new(channel: Channel, target: Target) -> Self {
         Calls {
             channel,
+            target: Arc::new(target),
             headers: http::HeaderMap::new(),
         }
     }
@@ -117,12 +125,26 @@ impl Calls {
         for (name, value) in extra {
             headers.insert(*name, value.clone());
         }
-        let failed =
-            |e: tonic::transport::Error| input_error.or_status(&Status::from_error(e.into()));
-        poll_fn(|cx| self.channel.poll_ready(cx))
-            .await
-            .map_err(failed)?;
-        let response = self.channel.call(request).await.map_err(failed)?;
+        let ready = poll_fn(|cx| self.channel.poll_ready(cx)).await;
+        let response = match ready {
+            Ok(()) => self.channel.call(request).await,
+            Err(e) => Err(e),
+        };
+        let response = match response {
+            Ok(r) => r,
+            // The connection failed before any answer: a plain-text client
+            // of a TLS server fails this way, which the error should say.
+            Err(e) => {
+                let own = input_error.is_set();
+                let error = input_error.or_status(&Status::from_error(e.into()));
+                if !own {
+                    if let Some(e) = explain_plain_text(&self.target).await {
+                        return Err(e);
+                    }
+                }
+                return Err(error);
+            }
+        };
         let status_code = response.status();
         let (parts, body) = response.into_parts();
         let trailers_only = match Status::from_header_map(&parts.headers) {

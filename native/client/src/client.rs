@@ -15,11 +15,12 @@ use stoker_core::protocol::{
     action, CreateJob, Envelope, ModelKey, Named, PartitionKey, RegisterModel, TrainRound,
     TrainRoundResult, MODELS_PATH,
 };
-use stoker_core::{Error, ErrorKind, Result};
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+use stoker_core::{Error, Result};
+use tonic::transport::Endpoint;
 
 use crate::body::Prost;
 use crate::call::{Calls, DO_ACTION, DO_EXCHANGE, DO_GET, DO_PUT};
+use crate::connect::{connect_error, with_tls, Target, CONNECT_TIMEOUT};
 use crate::status::from_flight;
 use crate::wire::{encode_batches, ActionRequest, Outgoing};
 
@@ -27,7 +28,8 @@ use crate::wire::{encode_batches, ActionRequest, Outgoing};
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
     pub token: Option<String>,
-    /// PEM of the CA that signed the server's certificate (TLS).
+    /// PEM of the CA that signed the server's certificate (TLS): the only
+    /// one trusted. None: the operating system's root certificates.
     pub ca_pem: Option<Vec<u8>>,
     /// Largest message sent or accepted; batches are split to fit.
     pub max_message_bytes: usize,
@@ -61,36 +63,19 @@ fn model_descriptor(model: &ModelKey) -> FlightDescriptor {
     FlightDescriptor::new_path(path)
 }
 
-fn unavailable(uri: &str, e: impl std::fmt::Display) -> Error {
-    Error::new(
-        ErrorKind::Unavailable,
-        format!("cannot reach the stoker server at {uri}: {e}"),
-    )
-}
-
 impl Client {
-    /// Connects to `grpc://host:port` (or `grpc+tls://host:port`).
+    /// Connects to `grpc://host:port` (or `grpc+tls://host:port`, trusting
+    /// `options.ca_pem` when given, else the system's root certificates).
+    /// Bounded: a server that does not answer, or a TLS misconfiguration,
+    /// fails within seconds with an error that names the cause
+    /// ([`crate::connect`]).
     pub async fn connect(uri: &str, options: ClientOptions) -> Result<Client> {
-        let (scheme, rest) = uri.split_once("://").ok_or_else(|| {
-            Error::invalid(format!(
-                "server address '{uri}' must look like grpc://host:port"
-            ))
-        })?;
-        let tls = match scheme {
-            "grpc" | "grpc+tcp" | "http" => false,
-            "grpc+tls" | "https" => true,
-            other => {
-                return Err(Error::invalid(format!(
-                    "unknown scheme '{other}' in '{uri}'"
-                )))
-            }
-        };
-        let http = format!("{}://{rest}", if tls { "https" } else { "http" });
+        let target = Target::parse(uri, options.ca_pem.is_some())?;
         // A bounded connect, and HTTP/2 pings so a server that vanished is
         // noticed instead of a call hanging on a dead connection.
-        let mut endpoint = Endpoint::from_shared(http)
+        let mut endpoint = Endpoint::from_shared(target.http())
             .map_err(|e| Error::invalid(format!("address '{uri}': {e}")))?
-            .connect_timeout(std::time::Duration::from_secs(10))
+            .connect_timeout(CONNECT_TIMEOUT)
             .http2_keep_alive_interval(std::time::Duration::from_secs(30))
             .keep_alive_timeout(std::time::Duration::from_secs(20))
             .keep_alive_while_idle(true)
@@ -98,17 +83,14 @@ impl Client {
             .initial_stream_window_size(Some(16 << 20))
             .initial_connection_window_size(Some(32 << 20))
             .max_frame_size(Some(crate::wire::MAX_FRAME_BYTES));
-        if tls {
-            let mut config = ClientTlsConfig::new();
-            if let Some(ca) = &options.ca_pem {
-                config = config.ca_certificate(Certificate::from_pem(ca));
-            }
-            endpoint = endpoint
-                .tls_config(config)
-                .map_err(|e| Error::invalid(format!("TLS: {e}")))?;
+        if target.tls {
+            endpoint = with_tls(endpoint, &target, options.ca_pem.as_deref())?;
         }
-        let channel = endpoint.connect().await.map_err(|e| unavailable(uri, e))?;
-        let mut calls = Calls::new(channel.clone());
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| connect_error(&target, &e))?;
+        let mut calls = Calls::new(channel.clone(), target);
         let service = FlightServiceClient::new(channel)
             .max_decoding_message_size(options.max_message_bytes)
             .max_encoding_message_size(options.max_message_bytes);

@@ -10,6 +10,7 @@ pub mod blocking;
 pub mod body;
 pub mod call;
 pub mod client;
+pub mod connect;
 pub mod inbound;
 pub mod status;
 pub mod wire;

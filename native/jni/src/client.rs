@@ -13,9 +13,10 @@ use crate::handles::Handles;
 pub static CLIENTS: Handles<BlockingClient> = Handles::new();
 const WHAT: &str = "stoker client";
 
-pub fn connect(uri: &str, token: Option<String>) -> Result<i64> {
+pub fn connect(uri: &str, token: Option<String>, ca_pem: Option<String>) -> Result<i64> {
     let options = ClientOptions {
         token,
+        ca_pem: ca_pem.map(String::into_bytes),
         ..Default::default()
     };
     Ok(CLIENTS.insert(BlockingClient::connect(uri, options)?))

@@ -150,17 +150,22 @@ fn bytes_prefix(
     Ok(out)
 }
 
-/// `NativeBridge.connect(String uri, String token)`: a client handle.
+/// `NativeBridge.connect(String uri, String token, String caPem)`: a client
+/// handle. `token` and `caPem` may be null (no token; for `grpc+tls://`, the
+/// operating system's root certificates).
 #[unsafe(no_mangle)]
 pub extern "system" fn Java_dev_stoker_jni_NativeBridge_connect<'caller>(
     mut env: EnvUnowned<'caller>,
     _class: JClass<'caller>,
     uri: JString<'caller>,
     token: JString<'caller>,
+    ca_pem: JString<'caller>,
 ) -> jlong {
     env.with_env(|env| -> BridgeResult<_> {
         let uri = string(env, &uri, "server address")?;
-        Ok(client::connect(&uri, optional_string(env, &token)?)?)
+        let token = optional_string(env, &token)?;
+        let ca_pem = optional_string(env, &ca_pem)?;
+        Ok(client::connect(&uri, token, ca_pem)?)
     })
     .resolve::<ThrowStoker>()
 }

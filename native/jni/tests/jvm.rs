@@ -31,7 +31,7 @@ const WITH_SAMPLES: Native = &("meanWithSamples", jni_sig!("([BJ)[B"));
 const STRIP: Native = &("stripOptimizer", jni_sig!("([B)[B"));
 const CONNECT: Native = &(
     "connect",
-    jni_sig!("(Ljava/lang/String;Ljava/lang/String;)J"),
+    jni_sig!("(Ljava/lang/String;Ljava/lang/String;Ljava/lang/String;)J"),
 );
 const CLOSE: Native = &("close", jni_sig!("(J)V"));
 const ACTION: Native = &("action", jni_sig!("(JLjava/lang/String;[B)[B"));
@@ -300,7 +300,7 @@ fn null_arguments_are_invalid_input() {
         assert_throws(env, STRIP, &[(&null).into()], INVALID, "state is null");
         let args = [(&null).into(), 1.0.into(), (&null).into(), 1.0.into()];
         assert_throws(env, MERGE, &args, INVALID, "a state to average is null");
-        let nulls = [(&null).into(), (&null).into()];
+        let nulls = [(&null).into(), (&null).into(), (&null).into()];
         assert_throws(env, CONNECT, &nulls, INVALID, "server address is null");
         let (states, weights) = states_and_weights(env, &[Some(&a), None], &[1.0, 1.0]);
         let args = [(&states).into(), (&weights).into()];
@@ -321,7 +321,7 @@ fn zero_closed_and_unknown_handles_are_invalid_input_not_a_crash() {
     with_env(|env| {
         let uri = env.new_string(&uri).expect("String");
         let null = JObject::null();
-        let args = [(&uri).into(), (&null).into()];
+        let args = [(&uri).into(), (&null).into(), (&null).into()];
         let handle = call(env, CONNECT, &args)
             .expect("connect threw")
             .j()
@@ -350,9 +350,27 @@ fn connect_without_a_server_is_server_unavailable() {
     with_env(|env| {
         let juri = env.new_string(&uri).expect("String");
         let null = JObject::null();
-        let args = [(&juri).into(), (&null).into()];
+        let args = [(&juri).into(), (&null).into(), (&null).into()];
         let expected = format!("cannot reach the stoker server at {uri}");
         assert_throws(env, CONNECT, &args, UNAVAILABLE, &expected);
+        // Over TLS too, with the system's roots (a null CA).
+        let tls = uri.replace("grpc://", "grpc+tls://");
+        let jtls = env.new_string(&tls).expect("String");
+        let args = [(&jtls).into(), (&null).into(), (&null).into()];
+        let expected = format!("cannot reach the stoker server at {tls}");
+        assert_throws(env, CONNECT, &args, UNAVAILABLE, &expected);
+    });
+}
+
+#[test]
+fn a_ca_certificate_that_is_not_pem_is_invalid_input() {
+    with_env(|env| {
+        let uri = env.new_string("grpc+tls://127.0.0.1:1").expect("String");
+        let ca = env.new_string("/path/to/ca.pem").expect("String");
+        let null = JObject::null();
+        let args = [(&uri).into(), (&null).into(), (&ca).into()];
+        let expected = "the CA certificate is not PEM";
+        assert_throws(env, CONNECT, &args, INVALID, expected);
     });
 }
 

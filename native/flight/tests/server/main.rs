@@ -1,7 +1,9 @@
 //! The server in-process on 127.0.0.1:0, driven by the Rust client:
 //! `actions` covers every action, bad input, auth, TLS and metrics;
-//! `serving` covers concurrent streams, model tiers and callers that leave.
+//! `serving` covers concurrent streams, model tiers and callers that leave;
+//! `tls` covers certificates and the errors of a TLS misconfiguration.
 
 mod actions;
 mod common;
 mod serving;
+mod tls;

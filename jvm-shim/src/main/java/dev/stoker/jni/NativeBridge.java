@@ -68,7 +68,7 @@ public final class NativeBridge {
 
   private static native byte[] meanWithSamples(byte[] mean, long samples);
 
-  static native long connect(String uri, String token);
+  static native long connect(String uri, String token, String caPem);
 
   static native void close(long handle);
 

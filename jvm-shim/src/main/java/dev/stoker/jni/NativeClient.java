@@ -18,14 +18,31 @@ public final class NativeClient implements AutoCloseable {
   }
 
   /**
-   * Connects to {@code grpc://host:port} (or {@code grpc+tls://}).
+   * Connects to {@code grpc://host:port}, or to {@code grpc+tls://host:port} trusting the
+   * operating system's root certificates.
    *
    * @param token the server's token, or null when it needs none
    * @throws dev.stoker.ServerUnavailableException if nothing answers there
    */
   public static NativeClient connect(String uri, String token) {
+    return connect(uri, token, null);
+  }
+
+  /**
+   * Connects to {@code grpc://host:port} or {@code grpc+tls://host:port}. Fails within
+   * seconds, naming the cause, when nothing answers, the server's certificate is not signed
+   * by the CA, or one side speaks TLS and the other plain text (docs/security.md).
+   *
+   * @param token the server's token, or null when it needs none
+   * @param caPem for TLS, the PEM text of the CA certificate that signed the server's
+   *     certificate, the only one trusted; null: the operating system's root certificates
+   * @throws dev.stoker.ServerUnavailableException if the server cannot be reached, or the TLS
+   *     handshake fails
+   * @throws InvalidInputException if {@code caPem} holds no PEM certificate
+   */
+  public static NativeClient connect(String uri, String token, String caPem) {
     NativeLoader.ensureLoaded();
-    return new NativeClient(NativeBridge.connect(uri, token));
+    return new NativeClient(NativeBridge.connect(uri, token, caPem));
   }
 
   private long handle() {
