@@ -104,8 +104,9 @@ private[spark] final class Training(params: StokerEstimator, dataset: Dataset[_]
         val last = round == total - 1
         val rdd = new RoundRDD(data, jobBroadcast, broadcastState, round, last, hosts, empty)
         sc.setJobDescription(s"stoker fit: round ${round + 1} of $total")
-        val depth = Training.aggregationDepth(rdd.getNumPartitions,
-          state.map(_.length.toLong), sc.getConf.getSizeAsBytes("spark.driver.maxResultSize", "1g"))
+        val depth = Training.forcedDepth(spark).getOrElse(Training.aggregationDepth(
+          rdd.getNumPartitions, state.map(_.length.toLong),
+          sc.getConf.getSizeAsBytes("spark.driver.maxResultSize", "1g")))
         val sum =
           try {
             if (depth == 1) {
@@ -238,6 +239,20 @@ private[spark] object Training {
     val deadline = System.nanoTime() + timeoutMs * 1000000L
     while (running && System.nanoTime() < deadline) Thread.sleep(100)
   }
+
+  /**
+   * A test and tuning knob, not a Param: `spark.stoker.train.aggregationDepth` (session
+   * or Spark conf) set to 1 merges every round's states on the driver, 2 or more through
+   * treeAggregate at that depth, whatever [[aggregationDepth]] would pick; unset or
+   * `auto` leaves it to [[aggregationDepth]].
+   */
+  val AggregationDepthConf = "spark.stoker.train.aggregationDepth"
+
+  def forcedDepth(spark: SparkSession): Option[Int] =
+    spark.conf.getOption(AggregationDepthConf).map(_.trim).filter(_ != "auto").map { v =>
+      scala.util.Try(v.toInt).toOption.filter(_ >= 1).getOrElse(throw new InvalidInputException(
+        s"$AggregationDepthConf is '$v'; it must be 'auto' or a depth of 1 or more"))
+    }
 
   /**
    * treeAggregate's depth for a round over `partitions` tasks whose states are about
