@@ -1,11 +1,15 @@
 package dev.stoker.spark
 
 import java.net.InetAddress
+import java.nio.charset.StandardCharsets
 
 import dev.stoker.{InvalidInputException, NotFoundException, StokerException}
 import dev.stoker.jni.NativeClient
 import dev.stoker.server.LocalServer
-import org.apache.spark.{SparkContext, SparkEnv}
+import org.apache.hadoop.conf.Configuration
+import org.apache.hadoop.fs.Path
+import org.apache.spark.{SparkConf, SparkContext, SparkEnv}
+import org.apache.spark.sql.SparkSession
 import org.apache.spark.stoker.LocalDirs
 import org.json4s.jackson.JsonMethods
 import org.slf4j.LoggerFactory
@@ -14,13 +18,17 @@ import org.slf4j.LoggerFactory
  * Which stoker server a JVM talks to. An empty address means the node's own server,
  * started on first use (LocalServer: loopback, random token, shared by the node's JVMs);
  * otherwise one address for every node, or a per-host map with an optional `*` entry.
+ * `caPem` is, for `grpc+tls://` addresses, the PEM text of the CA certificate trusted
+ * (empty: the operating system's roots), read on the driver from
+ * `spark.stoker.server.caCert` ([[ServerTarget.fromConf]]) and carried to tasks here.
  */
-final case class ServerTarget(address: String, token: String) {
+final case class ServerTarget(address: String, token: String, caPem: String = "") {
 
-  // Never print the token (tasks, broadcasts and errors show this object).
+  // Never print the token (tasks, broadcasts and errors show this object); the CA is
+  // not secret, but long.
   override def toString: String =
     s"ServerTarget(${if (address.isEmpty) "auto-started" else address}, token ${
-      if (token.isEmpty) "none" else "set"})"
+      if (token.isEmpty) "none" else "set"}${if (caPem.isEmpty) "" else ", CA certificate set"})"
 
   /** Connects to this node's server. The caller closes the client. */
   def connect(): NativeClient = {
@@ -30,12 +38,73 @@ final case class ServerTarget(address: String, token: String) {
       LocalServer.ensure().connect()
     } else {
       NativeClient.connect(ServerTarget.forHost(trimmed, Servers.hostName),
-        if (token.isEmpty) null else token)
+        if (token.isEmpty) null else token, if (caPem.isEmpty) null else caPem)
     }
   }
 }
 
 object ServerTarget {
+  val TokenKey = "spark.stoker.server.token"
+  val CaCertKey = "spark.stoker.server.caCert"
+
+  /** The largest CA certificate file read (a bundle of a few certificates is ~10 KiB). */
+  private val MaxCaBytes = 1 << 20
+
+  /**
+   * The target for `address` with the token and CA certificate of the Spark conf (the
+   * driver's, by default): `spark.stoker.server.token`, and for an address with a
+   * `grpc+tls://` server `spark.stoker.server.caCert` ([[caPem]]). Call on the driver: the
+   * CA file is read here, once, and travels to tasks inside the target.
+   */
+  def fromConf(address: String,
+      conf: Option[SparkConf] = Option(SparkEnv.get).map(_.conf)): ServerTarget = {
+    val token = conf.flatMap(_.getOption(TokenKey)).getOrElse("")
+    val tls = address.contains("+tls://") || address.contains("https://")
+    val ca = if (tls) conf.flatMap(_.getOption(CaCertKey)).map(caPem).getOrElse("") else ""
+    ServerTarget(address, token, ca)
+  }
+
+  /**
+   * The PEM text of `spark.stoker.server.caCert`: the value itself when it is PEM
+   * (starts with `-----BEGIN`), else the file it names on any Hadoop file system
+   * (`hdfs://`, `s3a://`, `file:`; a path without a scheme is on `fs.defaultFS`), read
+   * with the active session's Hadoop configuration.
+   */
+  def caPem(setting: String): String = {
+    val value = setting.trim
+    if (value.isEmpty) return ""
+    val (text, what) =
+      if (value.startsWith("-----BEGIN")) (value, s"$CaCertKey (PEM text)")
+      else (readCaFile(value), s"$CaCertKey ('$value')")
+    if (!text.contains("-----BEGIN CERTIFICATE-----")) {
+      throw new InvalidInputException(
+        s"$what holds no PEM certificate (a -----BEGIN CERTIFICATE----- block)")
+    }
+    text
+  }
+
+  private def readCaFile(location: String): String = {
+    val hadoopConf = SparkSession.getActiveSession.orElse(SparkSession.getDefaultSession)
+      .map(_.sparkContext.hadoopConfiguration).getOrElse(new Configuration())
+    try {
+      val path = new Path(location)
+      val fs = path.getFileSystem(hadoopConf)
+      val length = fs.getFileStatus(path).getLen
+      if (length > MaxCaBytes) {
+        throw new InvalidInputException(s"$CaCertKey ('$location') is $length bytes, more " +
+          s"than a CA certificate ($MaxCaBytes at most)")
+      }
+      val in = fs.open(path)
+      try new String(in.readAllBytes(), StandardCharsets.UTF_8) finally in.close()
+    } catch {
+      case e: InvalidInputException => throw e
+      case e: java.io.FileNotFoundException => throw new NotFoundException(
+        s"$CaCertKey names '$location', which does not exist (${e.getMessage})")
+      case e: Exception => throw new InvalidInputException(
+        s"$CaCertKey: cannot read the CA certificate '$location': $e")
+    }
+  }
+
   /** The address in `spec` for `host`: the spec itself, or its map's entry for the host. */
   def forHost(spec: String, host: String): String = {
     if (!spec.contains("=")) return spec

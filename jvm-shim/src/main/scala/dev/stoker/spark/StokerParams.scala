@@ -73,7 +73,8 @@ trait StokerParams[Self <: StokerParams[Self]] extends Params { self: Self =>
   final val serverAddress: Param[String] = new Param[String](this, "serverAddress",
     "stoker server: empty to start one per node automatically, grpc://host:port, or a " +
       "per-host map 'host1=grpc://h1:7070,host2=grpc://h2:7070,*=grpc://default:7070'; " +
-      "its token, if any, is the Spark conf spark.stoker.server.token")
+      "its token, if any, is the Spark conf spark.stoker.server.token, and the CA " +
+      "certificate of a grpc+tls:// server spark.stoker.server.caCert")
 
   final val device: Param[String] = new Param[String](this, "device",
     "auto, cpu, cuda or cuda:N (auto: CUDA when the server has it)")
@@ -161,11 +162,9 @@ trait StokerParams[Self <: StokerParams[Self]] extends Params { self: Self =>
   /**
    * Where tasks find their server. The token of a server named by serverAddress comes
    * from the Spark conf `spark.stoker.server.token` (which Spark redacts in its UI and
-   * logs), never from a Param, so saved models and pipelines carry no credential.
+   * logs), never from a Param, so saved models and pipelines carry no credential; the CA
+   * certificate of a `grpc+tls://` server from `spark.stoker.server.caCert`, read here on
+   * the driver.
    */
-  private[spark] def target: ServerTarget = {
-    val token = Option(org.apache.spark.SparkEnv.get).flatMap(_.conf
-      .getOption("spark.stoker.server.token")).getOrElse("")
-    ServerTarget($(serverAddress), token)
-  }
+  private[spark] def target: ServerTarget = ServerTarget.fromConf($(serverAddress))
 }

@@ -129,8 +129,7 @@ final class StokerStrategy(session: SparkSession) extends SparkStrategy {
   /** A model registered on the server the SQL session uses (not through this app). */
   private def onServer(call: StokerPredict): Served = {
     val conf = session.sparkContext.getConf
-    val target = ServerTarget(conf.get("spark.stoker.server.address", ""),
-      conf.get("spark.stoker.server.token", ""))
+    val target = ServerTarget.fromConf(conf.get("spark.stoker.server.address", ""), Some(conf))
     val models = Servers.withClient(target) { client =>
       org.json4s.jackson.JsonMethods.parse(client.action("stats", "{}")) \ "models"
     }
