@@ -43,12 +43,17 @@ class Client:
     ...     client.health()["status"]
     'serving'
 
-    `address` is `grpc://host:port` (or `grpc+tls://...` with `ca_pem`); `token`
-    is the server's bearer token, if it wants one. Errors raise the
+    `address` is `grpc://host:port` or `grpc+tls://host:port`; `token` is the
+    server's bearer token, if it wants one. Over TLS the server's certificate
+    must be signed by `ca_pem` (the CA certificate's PEM, bytes or str), the
+    only CA trusted, or without it by one of the operating system's root
+    certificates (docs/security.md). Errors raise the
     `stoker.StokerError` subclass of their kind.
     """
 
-    def __init__(self, address: str, token: str | None = None, ca_pem: bytes | None = None):
+    def __init__(self, address: str, token: str | None = None, ca_pem: bytes | str | None = None):
+        if isinstance(ca_pem, str):
+            ca_pem = ca_pem.encode("ascii")
         self._native = _native.Client(address, token, ca_pem)
         self.address = address
 

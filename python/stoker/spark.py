@@ -65,15 +65,42 @@ DIRECT_RESULT_KEY = "spark.task.maxDirectResultSize"
 DIRECT_RESULT_SIZE = "128m"
 
 
+CA_CERT_KEY = "spark.stoker.server.caCert"
+
+
+def _ca_cert_setting(ca_cert: str | os.PathLike | bytes) -> str:
+    """The `spark.stoker.server.caCert` value for `ca_cert`: PEM text (str or
+    bytes) as it is, a `pathlib.Path` as a `file:` URI (a local file of the
+    driver), any other str as a path on the Hadoop file system (`hdfs://`,
+    `s3a://`, `file:`; no scheme: `fs.defaultFS`)."""
+    if isinstance(ca_cert, bytes):
+        return ca_cert.decode("ascii")
+    if isinstance(ca_cert, os.PathLike):
+        return Path(ca_cert).resolve().as_uri()
+    if isinstance(ca_cert, str):
+        return ca_cert
+    raise TypeError(f"ca_cert must be PEM text, a path or a URI; got {type(ca_cert).__name__}")
+
+
 def configure(
-    builder: SparkSession.Builder, *, server_bin: str | None = None, device: str | None = None
+    builder: SparkSession.Builder,
+    *,
+    server_bin: str | None = None,
+    device: str | None = None,
+    ca_cert: str | os.PathLike | bytes | None = None,
 ) -> SparkSession.Builder:
     """Adds stoker to a SparkSession builder and returns it: the bundled jar on
     `spark.jars` (driver and executors), the `stoker_predict` SQL extension, the
     server binary (and device) that each node's auto-started server uses, for
     executor JVMs and Python workers alike, and, unless the builder sets it,
     `spark.task.maxDirectResultSize` of 128m, so trained states come back with
-    their tasks' status instead of through the block manager."""
+    their tasks' status instead of through the block manager.
+
+    `ca_cert` sets `spark.stoker.server.caCert`, the CA certificate that
+    `grpc+tls://` servers at a fixed address are checked against (docs/security.md):
+    PEM text, a `pathlib.Path` on the driver, or a path or URI on the Hadoop file
+    system (`hdfs://`, `s3a://`, `file:`). Without it, the operating system's root
+    certificates."""
     options = getattr(builder, "_options", {})
 
     def append(key: str, value: str) -> str:
@@ -91,6 +118,8 @@ def configure(
     if device is not None:
         builder = builder.config("spark.stoker.server.device", device)
         builder = builder.config("spark.executorEnv.STOKER_DEVICE", device)
+    if ca_cert is not None:
+        builder = builder.config(CA_CERT_KEY, _ca_cert_setting(ca_cert))
     if DIRECT_RESULT_KEY not in options:
         builder = builder.config(DIRECT_RESULT_KEY, DIRECT_RESULT_SIZE)
     return builder

@@ -84,13 +84,15 @@ def predict_udf(
     probability: bool = False,
     server: str | None = None,
     token: str | None = None,
+    ca_pem: bytes | str | None = None,
 ):
     """A Spark UDF computing the model's prediction (a double) for its feature
     columns, in Arrow batches; with `probability=True`, the class
     probabilities (array<float>) instead.
 
-    `server` (with `token`) names a stoker server; by default each node uses
-    its shared, auto-started one (the same one the JVM side uses).
+    `server` (with `token`, and for `grpc+tls://` the CA certificate `ca_pem`,
+    as `stoker.Client` takes them) names a stoker server; by default each node
+    uses its shared, auto-started one (the same one the JVM side uses).
     """
     from pyspark.sql.functions import arrow_udf
 
@@ -99,13 +101,13 @@ def predict_udf(
         # A model named, not given: check now, on the driver's server, so a typo
         # fails here with NotFoundError instead of inside every task.
         address, key = (server, token) if server else local_server()
-        target.features = _feature_names(Client(address, token=key), target)
+        target.features = _feature_names(Client(address, token=key, ca_pem=ca_pem), target)
     column = "probability" if probability else "prediction"
     return_type = ArrayType(FloatType()) if probability else DoubleType()
 
     def predict(batches: Iterator[tuple[pa.Array, ...]]) -> Iterator[pa.Array]:
         address, key = (server, token) if server else local_server()
-        client = Client(address, token=key)
+        client = Client(address, token=key, ca_pem=ca_pem)
         names = target.features or []
         for arrays in batches:
             if not isinstance(arrays, tuple):  # one column arrives bare
