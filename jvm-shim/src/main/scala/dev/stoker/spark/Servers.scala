@@ -181,7 +181,7 @@ private[spark] object Servers {
           attempts += 1
           val visiting = missing.toSeq
           val results = sc.makeRDD(visiting.map(h => (h, Seq(h))))
-            .map(_ => (hostName, visit(None, action, bytes, what)))
+            .map(_ => (PartitionTask.executorHost, visit(None, action, bytes, what)))
             .collect()
           missing --= results.map(_._1)
           reached += results.filter(_._2).map(_._1).distinct.count(visiting.contains)
