@@ -117,8 +117,8 @@ fn check_pem(pem: &[u8]) -> Result<()> {
 
 /// The error and its sources, as one line (tonic's top-level text is
 /// "transport error"); an `io::Error`'s inner error is included, which
-/// `source()` skips.
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+/// `source()` skips. The server words its TLS setup errors with it too.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut parts = Vec::new();
     let mut next = Some(e);
     while let Some(e) = next {

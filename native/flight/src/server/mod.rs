@@ -176,7 +176,10 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
         let identity = tonic::transport::Identity::from_pem(cert, key);
         builder = builder
             .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
-            .map_err(|e| Error::invalid(format!("TLS certificate or key: {e}")))?;
+            .map_err(|e| {
+                let e = stoker_client::connect::chain(&e);
+                Error::invalid(format!("TLS certificate or key: {e}"))
+            })?;
     }
     let metrics_addr = match config.metrics_port {
         Some(port) => {
