@@ -115,7 +115,7 @@ impl Trainer {
         &self.optimizer
     }
 
-    /// Parameters and optimizer state, with metadata.
+    /// Parameters, buffers (BatchNorm statistics) and optimizer state, with metadata.
     pub fn state(&self, round: u64, samples: u64) -> Result<State> {
         let mut tensors = self.model.export_weights()?;
         tensors.extend(self.optimizer.export(self.model.network().parameters())?);
