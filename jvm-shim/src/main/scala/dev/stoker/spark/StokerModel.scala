@@ -26,7 +26,10 @@ class StokerModel private[spark] (
     private[spark] val history: Seq[RoundStats])
   extends Model[StokerModel] with StokerParams[StokerModel] with MLWritable {
 
-  /** The trained state as safetensors bytes (parameters, buffers such as BatchNorm statistics, and optimizer state). */
+  /**
+   * The trained state as safetensors bytes: parameters, buffers (BatchNorm statistics)
+   * and optimizer state.
+   */
   def getState: Array[Byte] = state.clone()
 
   /**
