@@ -20,7 +20,7 @@
 //! room fails with RESOURCE_EXHAUSTED naming `--host-model-mb`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -36,6 +36,9 @@ use tch::Tensor;
 
 use super::batcher::{BatchLimits, BatchStats, Batcher};
 use super::{lock, model_source};
+use files::{read_artifact, write_artifact};
+
+mod files;
 
 /// Where a model currently is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -558,50 +561,4 @@ impl Models {
         }
         Ok(())
     }
-}
-
-fn write_artifact(dir: &Path, artifact: &Artifact, manifest: &Manifest) -> Result<()> {
-    let io = |what: &str| {
-        let what = format!("{what} in {}", dir.display());
-        move |e| Error::io(what, e)
-    };
-    // A re-registered version must not keep files of the one it replaces.
-    if dir.exists() {
-        std::fs::remove_dir_all(dir).map_err(io("clearing the old version"))?;
-    }
-    std::fs::create_dir_all(dir).map_err(io("creating the model directory"))?;
-    match &artifact.source {
-        ModelSource::Spec(s) => {
-            std::fs::write(dir.join("model.json"), s.to_json()).map_err(io("writing model.json"))?
-        }
-        ModelSource::TorchScript(b) => {
-            std::fs::write(dir.join("model.pt"), b).map_err(io("writing model.pt"))?
-        }
-    }
-    if let Some(state) = &artifact.state {
-        std::fs::write(dir.join("state.safetensors"), state)
-            .map_err(io("writing state.safetensors"))?;
-    }
-    let text =
-        serde_json::to_string_pretty(manifest).map_err(|e| Error::internal(e.to_string()))?;
-    std::fs::write(dir.join("manifest.json"), text).map_err(io("writing manifest.json"))
-}
-
-fn read_artifact(dir: &Path) -> Result<Artifact> {
-    let json = dir.join("model.json");
-    let source = if json.exists() {
-        ModelSource::from_file(&json)?
-    } else {
-        ModelSource::from_file(&dir.join("model.pt"))?
-    };
-    let state_path = dir.join("state.safetensors");
-    let state = if state_path.exists() {
-        Some(
-            std::fs::read(&state_path)
-                .map_err(|e| Error::io(format!("reading {}", state_path.display()), e))?,
-        )
-    } else {
-        None
-    };
-    Ok(Artifact { source, state })
 }

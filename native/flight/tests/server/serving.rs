@@ -351,13 +351,7 @@ async fn without_a_model_dir_the_host_budget_holds_by_unloading_the_least_recent
         }
         let stats = client.stats().await.unwrap();
         if i == 3 {
-            let names: Vec<&str> = stats["models"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|m| m["name"].as_str().unwrap())
-                .collect();
-            assert_eq!(names, ["m1", "m3"], "{stats}");
+            assert_eq!(model_names(&stats), ["m1", "m3"], "{stats}");
         }
         let held = stats["tiers"]["host"]["bytes"].as_u64().unwrap() as usize;
         assert!(
@@ -367,13 +361,7 @@ async fn without_a_model_dir_the_host_budget_holds_by_unloading_the_least_recent
         assert_eq!(stats["tiers"]["host"]["budget_bytes"], budget);
     }
     let stats = client.stats().await.unwrap();
-    let names: Vec<&str> = stats["models"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["m6", "m7"], "{stats}");
+    assert_eq!(model_names(&stats), ["m6", "m7"], "{stats}");
     assert_eq!(stats["tiers"]["host"]["evictions"], 6);
     // An unloaded model is NOT_FOUND (what makes Spark register it again).
     let gone = client
@@ -412,4 +400,14 @@ async fn without_a_model_dir_the_host_budget_holds_by_unloading_the_least_recent
     assert_eq!(stats["tiers"]["host"]["bytes"], 0);
     client.health().await.unwrap();
     server.stop().await.unwrap();
+}
+
+/// The names in a `stats` answer's model list, in its order.
+fn model_names(stats: &serde_json::Value) -> Vec<&str> {
+    stats["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect()
 }

@@ -108,19 +108,27 @@ object ServerTarget {
   /** The address in `spec` for `host`: the spec itself, or its map's entry for the host. */
   def forHost(spec: String, host: String): String = {
     if (!spec.contains("=")) return spec
-    val entries = spec.split(",").map(_.trim).filter(_.nonEmpty).map { entry =>
-      entry.split("=", 2) match {
-        case Array(h, a) if h.trim.nonEmpty && a.trim.nonEmpty => h.trim -> a.trim
-        case _ => throw new InvalidInputException(
-          s"serverAddress entry '$entry' is not host=grpc://address:port")
-      }
-    }.toMap
+    val entries = hostMap(spec).toMap
     entries.get(host)
       .orElse(entries.get(host.takeWhile(_ != '.')))
       .orElse(entries.get("*"))
       .getOrElse(throw new InvalidInputException(
         s"serverAddress has no entry for host '$host' and no '*' entry"))
   }
+
+  /** Every address `spec` names: itself, or each entry of its per-host map. */
+  def addresses(spec: String): Seq[String] =
+    if (!spec.contains("=")) Seq(spec) else hostMap(spec).map(_._2).distinct
+
+  /** The (host, address) entries of a per-host map `h1=grpc://...,*=grpc://...`. */
+  private def hostMap(spec: String): Seq[(String, String)] =
+    spec.split(",").map(_.trim).filter(_.nonEmpty).toSeq.map { entry =>
+      entry.split("=", 2) match {
+        case Array(h, a) if h.trim.nonEmpty && a.trim.nonEmpty => h.trim -> a.trim
+        case _ => throw new InvalidInputException(
+          s"serverAddress entry '$entry' is not host=grpc://address:port")
+      }
+    }
 }
 
 private[spark] object Servers {
@@ -159,11 +167,8 @@ private[spark] object Servers {
     val bytes = body.encode()
     val trimmed = target.address.trim
     if (trimmed.nonEmpty) {
-      val addresses =
-        if (!trimmed.contains("=")) Seq(trimmed)
-        else trimmed.split(",").map(_.trim).filter(_.nonEmpty).map(_.split("=", 2).last.trim)
-          .distinct.toSeq
-      addresses.count(a => visit(Some(target.copy(address = a)), action, bytes, what))
+      ServerTarget.addresses(trimmed)
+        .count(a => visit(Some(target.copy(address = a)), action, bytes, what))
     } else {
       val driver = if (visit(None, action, bytes, what)) 1 else 0
       if (sc.isLocal) return driver
