@@ -202,7 +202,7 @@ def test_the_checker_finds_paths_links_and_targets():
     """The scan itself: what it reads as a path or a target, and what it leaves alone."""
     doc = ROOT / "docs" / "sample.md"
     text = (
-        "See `native/flight/src/server/handler.rs`, native/core/src/ and\n"
+        "See `native/server/src/handler.rs`, native/core/src/ and\n"
         "[the guide](../docs/spark.md#parameters), ![plot](bench/b1.png), [up](#top),\n"
         "https://example.com/native/x.rs, $PWD/target/release/stoker, `<dir>/tests/x`.\n"
         "To make sure, run `make test` or\n"
@@ -211,13 +211,13 @@ def test_the_checker_finds_paths_links_and_targets():
     assert paths_in(doc, text) == [
         (2, "docs/spark.md"),
         (2, "docs/bench/b1.png"),
-        (1, "native/flight/src/server/handler.rs"),
+        (1, "native/server/src/handler.rs"),
         (1, "native/core/src/"),
     ]
     assert make_targets_in(doc, text) == [(6, "demo"), (4, "test")]
-    assert exists("native/flight/src/server/handler.rs")
+    assert exists("native/server/src/handler.rs")
     assert exists("native/*/Cargo.toml")
-    assert not exists("native/flight/src/status.rs")
+    assert not exists("native/server/src/status.rs")
     assert exists("examples/out/quickstart_loss.png")
     assert {"demo", "test", "test-python", "example-java"} <= makefile_targets()
     assert expand_braces("native/{core,engine}/Cargo.toml") == [

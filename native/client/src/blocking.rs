@@ -15,7 +15,7 @@ use stoker_core::{Error, Result};
 use tokio::runtime::Runtime;
 
 use crate::client::{Client, ClientOptions};
-use crate::status::from_flight;
+use stoker_wire::status::from_flight;
 
 /// The runtime shared by all blocking clients of the process, started on
 /// first use with two worker threads (I/O only; no compute runs here).

@@ -3,10 +3,10 @@
 //! tonic's client encodes every request message into its own send buffer: a
 //! copy of each partition, state and feature batch, into fresh memory,
 //! before the kernel copies it again. [`Calls`] sends the messages'
-//! buffers as HTTP/2 body chunks instead ([`crate::wire`], the same writer
+//! buffers as HTTP/2 body chunks instead ([`stoker_wire::outgoing`], the same writer
 //! the server answers with) over the same tonic `Channel`, and hands the
 //! response's body to a reader that suits it: tonic's decoder for small
-//! answers and action results, [`crate::inbound`] for Arrow data.
+//! answers and action results, [`stoker_wire::inbound`] for Arrow data.
 
 use std::future::poll_fn;
 use std::sync::{Arc, Mutex};
@@ -17,17 +17,10 @@ use tonic::codegen::{http, Service};
 use tonic::transport::Channel;
 use tonic::Status;
 
-use crate::body::{Ending, GrpcBody, GrpcMessage};
 use crate::connect::{explain_plain_text, Target};
-use crate::inbound::Side;
-use crate::status::from_status;
-
-/// The Flight methods that carry data, by gRPC path (the server routes
-/// these same paths to its own reader and writer).
-pub const DO_PUT: &str = "/arrow.flight.protocol.FlightService/DoPut";
-pub const DO_EXCHANGE: &str = "/arrow.flight.protocol.FlightService/DoExchange";
-pub const DO_ACTION: &str = "/arrow.flight.protocol.FlightService/DoAction";
-pub const DO_GET: &str = "/arrow.flight.protocol.FlightService/DoGet";
+use stoker_wire::body::{Ending, GrpcBody, GrpcMessage};
+use stoker_wire::inbound::Side;
+use stoker_wire::status::from_status;
 
 /// The connection, where it goes, and the headers every call carries (the
 /// token).
@@ -199,7 +192,7 @@ impl Answer {
         max_message_bytes: usize,
     ) -> BoxStream<'static, Result<arrow_flight::FlightData>> {
         let input_error = self.input_error;
-        crate::inbound::flight_data(self.body, max_message_bytes, Side::Client)
+        stoker_wire::inbound::flight_data(self.body, max_message_bytes, Side::Client)
             .map(move |m| m.map_err(|status| input_error.or_status(&status)))
             .boxed()
     }

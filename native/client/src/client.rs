@@ -18,11 +18,15 @@ use stoker_core::protocol::{
 use stoker_core::{Error, Result};
 use tonic::transport::Endpoint;
 
-use crate::body::Prost;
-use crate::call::{Calls, DO_ACTION, DO_EXCHANGE, DO_GET, DO_PUT};
+use crate::call::Calls;
 use crate::connect::{connect_error, with_tls, Target, CONNECT_TIMEOUT};
-use crate::status::from_flight;
-use crate::wire::{encode_batches, ActionRequest, Outgoing};
+use stoker_wire::body::Prost;
+use stoker_wire::http2::{
+    CONNECTION_WINDOW_BYTES, DO_ACTION, DO_EXCHANGE, DO_GET, DO_PUT, MAX_FRAME_BYTES,
+    STREAM_WINDOW_BYTES,
+};
+use stoker_wire::outgoing::{encode_batches, ActionRequest, Outgoing};
+use stoker_wire::status::from_flight;
 
 /// How to reach a server.
 #[derive(Debug, Clone)]
@@ -80,9 +84,9 @@ impl Client {
             .keep_alive_timeout(std::time::Duration::from_secs(20))
             .keep_alive_while_idle(true)
             .tcp_nodelay(true)
-            .initial_stream_window_size(Some(16 << 20))
-            .initial_connection_window_size(Some(32 << 20))
-            .max_frame_size(Some(crate::wire::MAX_FRAME_BYTES));
+            .initial_stream_window_size(Some(STREAM_WINDOW_BYTES))
+            .initial_connection_window_size(Some(CONNECTION_WINDOW_BYTES))
+            .max_frame_size(Some(MAX_FRAME_BYTES));
         if target.tls {
             endpoint = with_tls(endpoint, &target, options.ca_pem.as_deref())?;
         }

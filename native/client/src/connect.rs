@@ -15,6 +15,7 @@ use std::time::Duration;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use stoker_core::{Error, ErrorKind, Result};
+use stoker_wire::status::chain;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
@@ -113,28 +114,6 @@ fn check_pem(pem: &[u8]) -> Result<()> {
         ));
     }
     Ok(())
-}
-
-/// The error and its sources, as one line (tonic's top-level text is
-/// "transport error"); an `io::Error`'s inner error is included, which
-/// `source()` skips. The server words its TLS setup errors with it too.
-pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = Vec::new();
-    let mut next = Some(e);
-    while let Some(e) = next {
-        let text = e.to_string();
-        if parts.last() != Some(&text) {
-            parts.push(text);
-        }
-        next = match e
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-        {
-            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
-            None => e.source(),
-        };
-    }
-    parts.join(": ")
 }
 
 /// What went wrong, read from an error's sources.

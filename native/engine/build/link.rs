@@ -1,7 +1,7 @@
 // Linking every binary that loads libtorch needs (the engine's tests and
-// benches, the `stoker` binary): link arguments from a dependency's build
-// script do not reach dependents, so native/flight's build.rs includes this
-// file too.
+// benches, the server's tests, the `stoker` binary): link arguments from a
+// dependency's build script do not reach dependents, so native/server's and
+// native/cli's build.rs include this file too.
 //
 // torch-sys tells its direct dependents where libtorch lives
 // (DEP_TCH_LIBTORCH_LIB); without an rpath the binaries fail with

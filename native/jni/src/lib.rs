@@ -1,5 +1,5 @@
 //! libstoker_jni: the JVM's entry points into stoker. Each export converts
-//! its Java arguments, calls native/core (or native/flight), and converts
+//! its Java arguments, calls native/core (or native/client), and converts
 //! the result back; errors and panics become Java exceptions in
 //! [`errors`]. This crate does not link libtorch, so a CUDA fault in the
 //! server can never take an executor JVM down.

@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, AsArray, Float32Array, Int64Array, RecordBatch};
 use arrow::datatypes::{Float64Type, Int64Type};
+use stoker_client::{Client, ClientOptions};
 use stoker_core::protocol::{CreateJob, PartitionKey, RegisterModel, TrainRound};
 use stoker_core::WeightedSum;
 use stoker_engine::DeviceSpec;
-use stoker_flight::client::{Client, ClientOptions};
-use stoker_flight::server::{RunningServer, ServerConfig};
+use stoker_server::{RunningServer, ServerConfig};
 
 pub fn config() -> ServerConfig {
     ServerConfig {

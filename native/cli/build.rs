@@ -1,5 +1,5 @@
 // The same linking as the engine's test binaries (rpath to libtorch, and
-// libtorch_cuda kept NEEDED), for the `stoker` binary and this crate's tests.
+// libtorch_cuda kept NEEDED), for the `stoker` binary and its tests.
 include!("../engine/build/link.rs");
 
 fn main() {

@@ -7,9 +7,9 @@
 use std::time::{Duration, Instant};
 
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use stoker_client::{Client, ClientOptions};
 use stoker_core::{Error, ErrorKind};
-use stoker_flight::client::{Client, ClientOptions};
-use stoker_flight::server::{start, RunningServer, ServerConfig};
+use stoker_server::{start, RunningServer, ServerConfig};
 
 use crate::common::*;
 

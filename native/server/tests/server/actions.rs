@@ -3,10 +3,10 @@ use std::time::Duration;
 
 use arrow::array::{ArrayRef, AsArray, Float32Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::Int64Type;
+use stoker_client::{Client, ClientOptions};
 use stoker_core::protocol::{CreateJob, ModelKey, RegisterModel};
 use stoker_core::{ErrorKind, State};
-use stoker_flight::client::{Client, ClientOptions};
-use stoker_flight::server::{start, ServerConfig};
+use stoker_server::{start, ServerConfig};
 
 use crate::common::*;
 
@@ -449,7 +449,7 @@ async fn a_request_whose_batches_fail_midway_is_aborted_and_keeps_its_error() {
         let stream = client.predict_stream(&model, &[], input).await?;
         futures::TryStreamExt::try_collect::<Vec<_>>(stream)
             .await
-            .map_err(stoker_flight::status::from_flight)
+            .map_err(stoker_wire::status::from_flight)
     }
     .await;
     let e = outcome.unwrap_err();
@@ -567,7 +567,7 @@ async fn every_rpc_refuses_a_missing_or_wrong_token() {
         Rpc::DoExchange,
         Rpc::ListActions,
     ];
-    let actions = stoker_flight::server::handler::action_types();
+    let actions = stoker_server::handler::action_types();
     assert!(actions.len() >= 8, "{actions:?}");
     rpcs.extend(actions.into_iter().map(|a| Rpc::DoAction(a.r#type)));
     for rpc in &rpcs {

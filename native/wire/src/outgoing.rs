@@ -10,7 +10,7 @@
 //! buffers as separate chunks of the HTTP/2 body (h2 writes them with
 //! `writev`). The server answers DoGet, DoExchange and DoAction with it, and
 //! stoker's own client sends DoPut, DoExchange and DoAction requests with it
-//! ([`crate::call`]).
+//! (native/client's `call` module).
 
 use std::collections::VecDeque;
 
@@ -22,15 +22,6 @@ use arrow_flight::{Action, FlightData, FlightDescriptor};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::stream::{self, BoxStream, Stream, StreamExt, TryStreamExt};
 use prost::Message;
-
-/// The largest HTTP/2 frame either side of stoker accepts (advertised in its
-/// SETTINGS). The protocol's default, 16 KiB, cuts an 8 MiB Arrow batch into
-/// 512 DATA frames, each with its own header, wakeup and flow-control work in
-/// h2; 1 MiB frames took DoPut from a gRPC C++ client from 0.84x to 1.3-1.7x
-/// the GB/s of Arrow C++'s own Flight server, and DoExchange from 0.75x to
-/// 1.0-1.1x (docs/benchmarks.md, benchmark 3). Both the server and stoker's
-/// client advertise it, so requests and answers both travel in large frames.
-pub const MAX_FRAME_BYTES: u32 = 1 << 20;
 
 /// One Flight message ready to send: `FlightData` with its body as a list
 /// of chunks that are concatenated only by the receiver.

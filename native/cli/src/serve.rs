@@ -5,7 +5,7 @@ use clap::Args;
 use stoker_core::{Error, Result};
 use stoker_engine::DeviceSpec;
 
-use crate::server::{start, ServerConfig};
+use stoker_server::{start, ServerConfig};
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -92,7 +92,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         model_dir: a.model_dir.clone(),
         device_model_bytes: a.device_model_mb << 20,
         host_model_bytes: a.host_model_mb << 20,
-        batch: crate::server::batcher::BatchLimits {
+        batch: stoker_server::batcher::BatchLimits {
             max_rows: a.max_batch_rows.max(1),
             max_wait: std::time::Duration::from_millis(a.max_wait_ms),
         },

@@ -2,6 +2,7 @@
 //! run the engine on local files; `serve` runs the Flight server.
 
 mod average;
+mod datafile;
 mod export;
 mod predict;
 mod serve;
@@ -50,7 +51,7 @@ pub fn exit_code(kind: ErrorKind) -> u8 {
 
 /// Parses the process arguments, runs the command, prints any error as
 /// `error: ...` on stderr and returns the exit code.
-pub fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

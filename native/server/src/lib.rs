@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use stoker_core::{Error, ErrorKind, Result};
 use stoker_engine::DeviceSpec;
+use stoker_wire::http2;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -164,20 +165,18 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
     });
     let flight =
         fastpath::FlightRoutes::new(handler::Handler(service.clone()), config.max_message_bytes);
-    // Large HTTP/2 flow-control windows: with the 64 KiB defaults a stream of
-    // multi-megabyte Arrow batches stalls on window updates. Large frames: see
-    // MAX_FRAME_BYTES.
+    // The same frame and window sizes as stoker's client (stoker_wire::http2).
     let mut builder = tonic::transport::Server::builder()
-        .initial_stream_window_size(Some(16 << 20))
-        .initial_connection_window_size(Some(32 << 20))
-        .max_frame_size(Some(stoker_client::wire::MAX_FRAME_BYTES));
+        .initial_stream_window_size(Some(http2::STREAM_WINDOW_BYTES))
+        .initial_connection_window_size(Some(http2::CONNECTION_WINDOW_BYTES))
+        .max_frame_size(Some(http2::MAX_FRAME_BYTES));
     let tls = config.tls.is_some();
     if let Some((cert, key)) = &config.tls {
         let identity = tonic::transport::Identity::from_pem(cert, key);
         builder = builder
             .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
             .map_err(|e| {
-                let e = stoker_client::connect::chain(&e);
+                let e = stoker_wire::status::chain(&e);
                 Error::invalid(format!("TLS certificate or key: {e}"))
             })?;
     }

@@ -16,7 +16,7 @@ use stoker_core::{Error, ErrorKind};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::service::{blocking, constant_time_eq, flight_error, keep_columns, Service, Stream};
-use stoker_client::wire::{encode_batches, ActionResult, Outgoing};
+use stoker_wire::outgoing::{encode_batches, ActionResult, Outgoing};
 
 /// The actions ListActions describes.
 pub fn action_types() -> Vec<ActionType> {
@@ -180,7 +180,7 @@ impl FlightService for Handler {
 }
 
 /// DoGet, DoPut and DoExchange as [`super::fastpath::FlightRoutes`] calls
-/// them: requests as streams decoded by [`stoker_client::inbound`], answers as
+/// them: requests as streams decoded by [`stoker_wire::inbound`], answers as
 /// [`Outgoing`] messages written without copying (the trait methods above
 /// adapt tonic's types to these).
 impl Handler {

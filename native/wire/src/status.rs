@@ -54,6 +54,28 @@ pub fn from_flight(e: arrow_flight::error::FlightError) -> Error {
     }
 }
 
+/// The error and its sources, as one line (tonic's top-level text is
+/// "transport error"); an `io::Error`'s inner error is included, which
+/// `source()` skips. The server words its TLS setup errors with it too.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = Vec::new();
+    let mut next = Some(e);
+    while let Some(e) = next {
+        let text = e.to_string();
+        if parts.last() != Some(&text) {
+            parts.push(text);
+        }
+        next = match e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
+    }
+    parts.join(": ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

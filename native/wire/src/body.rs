@@ -1,5 +1,5 @@
 //! A stream of gRPC messages as an HTTP/2 body whose chunks are the
-//! messages' own buffers ([`crate::wire`]): the server's answers and the
+//! messages' own buffers ([`crate::outgoing`]): the server's answers and the
 //! client's requests, without tonic's codec copying them into one buffer.
 
 use std::collections::VecDeque;
@@ -13,7 +13,7 @@ use prost::Message;
 use tonic::codegen::http;
 use tonic::Status;
 
-use crate::wire::{put_grpc_prefix, ActionRequest, ActionResult, Outgoing};
+use crate::outgoing::{put_grpc_prefix, ActionRequest, ActionResult, Outgoing};
 
 /// A message that can write itself as gRPC body chunks.
 pub trait GrpcMessage: Send + 'static {

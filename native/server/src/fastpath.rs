@@ -5,10 +5,10 @@
 //! every response message into another: a copy of every Arrow body each way.
 //! [`FlightRoutes`] sits where tonic's generated `FlightServiceServer` would:
 //! it takes the four data-carrying methods itself, reads their requests
-//! with [`stoker_client::inbound`] (Arrow bodies land aligned, copied once) or, for
+//! with [`stoker_wire::inbound`] (Arrow bodies land aligned, copied once) or, for
 //! DoAction's one message, tonic's decoder (which reads a message into a
 //! buffer of its exact size), runs the same [`Handler`] code, and writes
-//! answers as [`stoker_client::wire`] chunks with gRPC's trailers: a trained state
+//! answers as [`stoker_wire::outgoing`] chunks with gRPC's trailers: a trained state
 //! leaves as the tensors the engine exported. Every other method goes to the
 //! generated server.
 
@@ -19,9 +19,9 @@ use arrow_flight::flight_service_server::FlightServiceServer;
 use arrow_flight::{Action, Ticket};
 use futures::stream::{self, StreamExt};
 use prost::Message;
-use stoker_client::body::{Ending, GrpcBody, GrpcMessage, Prost};
-use stoker_client::call::{DO_ACTION, DO_EXCHANGE, DO_GET, DO_PUT};
-use stoker_client::inbound::{self, Side};
+use stoker_wire::body::{Ending, GrpcBody, GrpcMessage, Prost};
+use stoker_wire::http2::{DO_ACTION, DO_EXCHANGE, DO_GET, DO_PUT};
+use stoker_wire::inbound::{self, Side};
 use tonic::codegen::{http, BoxFuture, Service};
 use tonic::metadata::MetadataMap;
 use tonic::server::NamedService;

@@ -13,20 +13,20 @@ use arrow_flight::{FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, Put
 use bytes::Bytes;
 use futures::stream::{self, BoxStream};
 use futures::{StreamExt, TryStreamExt};
-use stoker_client::wire::{encode_batches, ActionResult, Outgoing};
 use stoker_core::protocol::{
     action, CreateJob, Envelope, ExportModel, ModelKey, Named, PartitionKey, RegisterModel,
     TrainRound, TrainRoundResult, JOBS_PATH, MODELS_PATH,
 };
 use stoker_core::{Error, ErrorKind, Result, State};
 use stoker_engine::DeviceSpec;
+use stoker_wire::outgoing::{encode_batches, ActionResult, Outgoing};
 use tonic::{Request, Status};
 
 use super::jobs::{Job, Jobs};
 use super::metrics::{Histogram, LATENCY_BOUNDS};
 use super::models::{Models, ServedModel};
-use crate::status::to_status;
 use stoker_core::predictions::{append, OutputColumns};
+use stoker_wire::status::to_status;
 
 /// Shared server state.
 pub struct Service {
@@ -76,7 +76,7 @@ pub(super) async fn blocking<T: Send + 'static>(
 }
 
 pub(super) fn flight_error(e: FlightError) -> Error {
-    crate::status::from_flight(e)
+    stoker_wire::status::from_flight(e)
 }
 
 /// The flight data of a DoPut or DoExchange: the first message's
@@ -90,7 +90,7 @@ async fn split_descriptor(
         .next()
         .await
         .transpose()
-        .map_err(|s| crate::status::from_status(&s))?;
+        .map_err(|s| stoker_wire::status::from_status(&s))?;
     let rest = input.map_err(FlightError::from);
     Ok(match first {
         // Some clients (pyarrow's DoExchange) open with a message that

@@ -2,11 +2,11 @@ use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use futures::StreamExt;
+use stoker_client::{Client, ClientOptions};
 use stoker_core::protocol::{CreateJob, ModelKey, TrainRound};
 use stoker_core::{ErrorKind, State};
-use stoker_flight::client::{Client, ClientOptions};
-use stoker_flight::server::batcher::BatchLimits;
-use stoker_flight::server::{start, ServerConfig};
+use stoker_server::batcher::BatchLimits;
+use stoker_server::{start, ServerConfig};
 
 use crate::common::*;
 

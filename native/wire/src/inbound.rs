@@ -19,7 +19,7 @@ use http_body_util::BodyExt;
 use prost::Message;
 use tonic::Status;
 
-use crate::wire::DATA_BODY_KEY;
+use crate::outgoing::DATA_BODY_KEY;
 
 /// Which side is reading: it decides the wording of errors, and a
 /// response's trailers carry the call's status (a failed call ends the
