@@ -28,9 +28,7 @@ object ModelCatalog {
         throw new IllegalStateException("a StokerModel always carries its registration"))
       val body = Envelope(org.json4s.JObject(registration.json.obj.filterNot(_._1 == "version")),
         registration.body.blobs)
-      val answer = Envelope.parseObject(PartitionTask.utf8(
-        client.action("register_model", body.encode())))
-      answer \ "version" match {
+      Envelope.call(client, "register_model", body).json \ "version" match {
         case org.json4s.JInt(v) => v.toInt
         case other => throw new IllegalStateException(s"register_model answered version $other")
       }

@@ -1,7 +1,5 @@
 package dev.stoker.spark
 
-import java.nio.charset.StandardCharsets.UTF_8
-
 import dev.stoker.{CacheMissException, InvalidInputException, NotFoundException,
   ResourceExhaustedException, StokerException}
 import dev.stoker.jni.{IpcBuffer, NativeClient}
@@ -169,8 +167,8 @@ private[spark] object PartitionTask {
   }
 
   private def createJob(client: NativeClient, job: TrainJob): Unit = {
-    val request = Envelope(job.createJob, job.modelBlob.map("model" -> _).toSeq)
-    client.action("create_job", request.encode())
+    Envelope.call(client, "create_job",
+      Envelope(job.createJob, job.modelBlob.map("model" -> _).toSeq))
   }
 
   /** Sends the partition's Arrow stream to the server; false when it has no rows. */
@@ -187,6 +185,4 @@ private[spark] object PartitionTask {
   /** The host Spark knows this executor by (what preferred locations name). */
   def executorHost: String =
     Option(SparkEnv.get).map(_.blockManager.blockManagerId.host).getOrElse(Servers.hostName)
-
-  def utf8(bytes: Array[Byte]): String = new String(bytes, UTF_8)
 }

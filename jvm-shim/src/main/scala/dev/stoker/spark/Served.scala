@@ -1,5 +1,6 @@
 package dev.stoker.spark
 
+import java.nio.charset.StandardCharsets.UTF_8
 import java.security.MessageDigest
 
 import dev.stoker.NotFoundException
@@ -30,7 +31,7 @@ private[spark] final case class Served(
     catch {
       case e: NotFoundException if registration.isEmpty => throw e
       case _: NotFoundException =>
-        registration.foreach(r => client.action("register_model", r.body.encode()))
+        registration.foreach(r => Envelope.call(client, "register_model", r.body))
         call()
     }
   }
@@ -62,7 +63,7 @@ private[spark] object Served {
       val digest = MessageDigest.getInstance("SHA-256")
       digest.update(model.state)
       model.modelBlob.foreach(digest.update)
-      digest.update(Envelope(JObject(fields)).encode())
+      digest.update(Envelope.compact(JObject(fields)).getBytes(UTF_8))
       s"spark-${model.uid}-${digest.digest().take(8).map(b => f"$b%02x").mkString}"
     }
     val registration = Registration(JObject(("name" -> JString(resolved)) :: fields),

@@ -11,7 +11,6 @@ import org.apache.hadoop.fs.Path
 import org.apache.spark.{SparkConf, SparkContext, SparkEnv}
 import org.apache.spark.sql.SparkSession
 import org.apache.spark.stoker.LocalDirs
-import org.json4s.jackson.JsonMethods
 import org.slf4j.LoggerFactory
 
 /**
@@ -163,14 +162,13 @@ private[spark] object Servers {
    */
   def onEveryServer(sc: SparkContext, target: ServerTarget, action: String,
       body: Envelope): Int = {
-    val what = s"$action ${JsonMethods.compact(JsonMethods.render(body.json))}"
-    val bytes = body.encode()
+    val what = s"$action ${Envelope.compact(body.json)}"
     val trimmed = target.address.trim
     if (trimmed.nonEmpty) {
       ServerTarget.addresses(trimmed)
-        .count(a => visit(Some(target.copy(address = a)), action, bytes, what))
+        .count(a => visit(Some(target.copy(address = a)), action, body, what))
     } else {
-      val driver = if (visit(None, action, bytes, what)) 1 else 0
+      val driver = if (visit(None, action, body, what)) 1 else 0
       if (sc.isLocal) return driver
       // Executors on the driver's host usually share its server; visiting it again
       // is harmless and covers a run directory of their own.
@@ -186,7 +184,7 @@ private[spark] object Servers {
           attempts += 1
           val visiting = missing.toSeq
           val results = sc.makeRDD(visiting.map(h => (h, Seq(h))))
-            .map(_ => (PartitionTask.executorHost, visit(None, action, bytes, what)))
+            .map(_ => (PartitionTask.executorHost, visit(None, action, body, what)))
             .collect()
           missing --= results.map(_._1)
           reached += results.filter(_._2).map(_._1).distinct.count(visiting.contains)
@@ -203,7 +201,7 @@ private[spark] object Servers {
    * One server's part of [[onEveryServer]]: `target`, or this node's auto-started server
    * if it is running. True when the server was reached.
    */
-  private def visit(target: Option[ServerTarget], action: String, body: Array[Byte],
+  private def visit(target: Option[ServerTarget], action: String, body: Envelope,
       what: String): Boolean = {
     try {
       val client = target match {
@@ -213,7 +211,7 @@ private[spark] object Servers {
           LocalServer.running().map[Option[NativeClient]](a => Some(a.connect())).orElse(None)
       }
       client.foreach { c =>
-        try c.action(action, body)
+        try Envelope.call(c, action, body)
         catch { case _: NotFoundException => () }
         finally c.close()
       }

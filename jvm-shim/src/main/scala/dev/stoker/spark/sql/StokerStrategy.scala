@@ -1,7 +1,7 @@
 package dev.stoker.spark.sql
 
 import dev.stoker.{InvalidInputException, NotFoundException}
-import dev.stoker.spark.{ModelCatalog, Served, Servers, ServerTarget}
+import dev.stoker.spark.{Envelope, ModelCatalog, Served, Servers, ServerTarget}
 import org.apache.spark.sql.SparkSession
 import org.apache.spark.sql.catalyst.expressions.{Attribute, AttributeReference, AttributeSet, Expression, NamedExpression}
 import org.apache.spark.sql.catalyst.plans.logical.{Filter, LogicalPlan, Project, UnaryNode}
@@ -131,7 +131,7 @@ final class StokerStrategy(session: SparkSession) extends SparkStrategy {
     val conf = session.sparkContext.getConf
     val target = ServerTarget.fromConf(conf.get("spark.stoker.server.address", ""), Some(conf))
     val models = Servers.withClient(target) { client =>
-      org.json4s.jackson.JsonMethods.parse(client.action("stats", "{}")) \ "models"
+      Envelope.call(client, "stats", Envelope(JObject())).json \ "models"
     }
     val versions = models match {
       case JArray(items) => items.filter(m =>
