@@ -30,6 +30,28 @@ impl ModelSource {
         Self::from_bytes(bytes).map_err(|e| e.context(format!("model {}", path.display())))
     }
 
+    /// The model a request names (`create_job`, `register_model`,
+    /// `export_model`): exactly one of a built-in spec (JSON), a TorchScript
+    /// file on this machine, or a spec or TorchScript archive as bytes;
+    /// `what` names the request in the error.
+    pub fn one_of(
+        spec: Option<&serde_json::Value>,
+        path: Option<&str>,
+        bytes: Option<Vec<u8>>,
+        what: &str,
+    ) -> Result<ModelSource> {
+        match (spec, path, bytes) {
+            (Some(spec), None, None) => {
+                Ok(ModelSource::Spec(ModelSpec::from_json(&spec.to_string())?))
+            }
+            (None, Some(path), None) => ModelSource::from_file(std::path::Path::new(path)),
+            (None, None, Some(bytes)) => ModelSource::from_bytes(bytes),
+            _ => Err(Error::invalid(format!(
+                "{what} needs exactly one of 'spec', 'torchscript_path' or a 'model' blob"
+            ))),
+        }
+    }
+
     /// A JSON spec if the bytes look like JSON, else TorchScript.
     pub fn from_bytes(bytes: Vec<u8>) -> Result<ModelSource> {
         let text = std::str::from_utf8(&bytes).ok().map(str::trim_start);

@@ -23,6 +23,8 @@ use stoker_engine::Model;
 use tch::Tensor;
 use tokio::sync::oneshot;
 
+use crate::histogram::{Histogram, ROW_BOUNDS};
+
 /// Limits of one coalesced forward pass.
 #[derive(Debug, Clone, Copy)]
 pub struct BatchLimits {
@@ -42,7 +44,7 @@ impl Default for BatchLimits {
 /// Counters of a model's batching, for stats.
 pub struct BatchStats {
     /// Rows per forward pass.
-    pub pass_rows: super::metrics::Histogram,
+    pub pass_rows: Histogram,
     /// Requests queued (one per stream batch).
     pub requests: AtomicU64,
     /// Forward passes run.
@@ -57,7 +59,7 @@ pub struct BatchStats {
 impl Default for BatchStats {
     fn default() -> Self {
         BatchStats {
-            pass_rows: super::metrics::Histogram::new(super::metrics::ROW_BOUNDS),
+            pass_rows: Histogram::new(ROW_BOUNDS),
             requests: AtomicU64::new(0),
             forward_passes: AtomicU64::new(0),
             rows: AtomicU64::new(0),

@@ -29,7 +29,7 @@ use tonic::{Request, Status, Streaming};
 use tonic_prost::ProstDecoder;
 
 use super::handler::Handler;
-use super::service::Stream;
+use super::handler::Stream;
 
 /// The Flight service as the router sees it.
 #[derive(Clone)]

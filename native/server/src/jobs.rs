@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::{lock, model_source};
+use super::lock;
 use std::time::Instant;
 
 use arrow::array::RecordBatch;
@@ -73,7 +73,7 @@ impl Job {
                 req.job
             )));
         }
-        let source = model_source(
+        let source = ModelSource::one_of(
             req.spec.as_ref(),
             req.torchscript_path.as_deref(),
             model_blob,
@@ -320,6 +320,7 @@ impl Drop for Reservation {
 }
 
 /// Summary of a job for listings.
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct JobInfo {
     pub name: String,
     pub partitions: usize,

@@ -1,13 +1,25 @@
 //! `stoker serve`: the Arrow Flight server that owns a node's device.
 //! docs/protocol.md describes what it speaks.
+//!
+//! A request enters through [`fastpath`] (DoGet, DoPut, DoExchange and
+//! DoAction read and written without tonic's codec) or tonic's generated
+//! service (the rest), both into [`handler`], the only gRPC-facing layer:
+//! it authorizes, reads descriptors, tickets and headers, and maps errors
+//! to statuses. Behind it, [`service`] (partitions in, predictions out,
+//! states) and [`actions`] work on the registries: [`jobs`] (training jobs
+//! and their partition cache) and [`models`] (the served models and their
+//! tiers, each with its [`batcher`]). [`stats`] is what all of them count.
 
+pub mod actions;
 pub mod batcher;
 pub mod fastpath;
 pub mod handler;
+pub mod histogram;
 pub mod jobs;
 pub mod metrics;
 pub mod models;
 pub mod service;
+pub mod stats;
 pub mod transport;
 
 use std::net::{IpAddr, SocketAddr};
@@ -26,27 +38,6 @@ pub use service::Service;
 /// serving rather than failing every later request.
 pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// The model a `create_job` or `register_model` names: exactly one of a
-/// spec, a TorchScript path on the server, or a `model` blob.
-pub(crate) fn model_source(
-    spec: Option<&serde_json::Value>,
-    path: Option<&str>,
-    blob: Option<Vec<u8>>,
-    action: &str,
-) -> Result<stoker_engine::model::ModelSource> {
-    use stoker_engine::model::ModelSource;
-    match (spec, path, blob) {
-        (Some(spec), None, None) => Ok(ModelSource::Spec(stoker_engine::ModelSpec::from_json(
-            &spec.to_string(),
-        )?)),
-        (None, Some(path), None) => ModelSource::from_file(std::path::Path::new(path)),
-        (None, None, Some(bytes)) => ModelSource::from_bytes(bytes),
-        _ => Err(Error::invalid(format!(
-            "{action} needs exactly one of 'spec', 'torchscript_path' or a 'model' blob"
-        ))),
-    }
 }
 
 /// Everything `stoker serve` can be told.

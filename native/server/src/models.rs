@@ -35,7 +35,7 @@ use stoker_engine::{Device, Model};
 use tch::Tensor;
 
 use super::batcher::{BatchLimits, BatchStats, Batcher};
-use super::{lock, model_source};
+use super::lock;
 use files::{read_artifact, write_artifact};
 
 mod files;
@@ -218,7 +218,7 @@ impl Models {
     ) -> Result<Arc<ServedModel>> {
         valid_name(&req.name)?;
         let artifact = Arc::new(Artifact {
-            source: model_source(
+            source: ModelSource::one_of(
                 req.spec.as_ref(),
                 req.torchscript_path.as_deref(),
                 model_blob,

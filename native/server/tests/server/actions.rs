@@ -567,9 +567,9 @@ async fn every_rpc_refuses_a_missing_or_wrong_token() {
         Rpc::DoExchange,
         Rpc::ListActions,
     ];
-    let actions = stoker_server::handler::action_types();
+    let actions = stoker_core::protocol::ACTIONS;
     assert!(actions.len() >= 8, "{actions:?}");
-    rpcs.extend(actions.into_iter().map(|a| Rpc::DoAction(a.r#type)));
+    rpcs.extend(actions.iter().map(|(name, _)| Rpc::DoAction(name.to_string())));
     for rpc in &rpcs {
         for token in [None, Some("wrong")] {
             let status = call(&uri, rpc, token)

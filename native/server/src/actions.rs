@@ -1,0 +1,234 @@
+//! DoAction: each action of [`Action`] run against the registries. The
+//! request arrives parsed (handler.rs); a match on the enum, not on
+//! strings, so an action added to core's protocol is a compile error here
+//! until it is handled. Answers are envelopes written as buffers, so a
+//! trained state goes out as the tensors the engine exported.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use stoker_core::protocol::{
+    Action, CreateJob, Envelope, ExportModel, PartitionKey, RegisterModel, TrainRound,
+    TrainRoundResult,
+};
+use stoker_core::{Error, ErrorKind, Result, State};
+use stoker_engine::model::ModelSource;
+use stoker_wire::outgoing::ActionResult;
+
+use crate::jobs::Job;
+use crate::service::{blocking, Service};
+use crate::stats::Snapshot;
+
+/// The blobs of an action body, left where they arrived: a state can be
+/// hundreds of MB, so one is copied only where a handler needs it owned.
+pub struct Blobs {
+    body: Bytes,
+    ranges: Vec<(String, Range<usize>)>,
+}
+
+impl Blobs {
+    /// The blobs [`Envelope::split`] found in `body`.
+    pub fn new(body: Bytes, ranges: Vec<(String, Range<usize>)>) -> Blobs {
+        Blobs { body, ranges }
+    }
+
+    pub fn get(&self, name: &str) -> Option<Bytes> {
+        self.ranges
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, r)| self.body.slice(r.clone()))
+    }
+
+    fn owned(&self, name: &str) -> Option<Vec<u8>> {
+        self.get(name).map(|b| b.to_vec())
+    }
+}
+
+fn answer(json: serde_json::Value) -> Result<Vec<ActionResult>> {
+    Ok(vec![ActionResult::one(Envelope::new(json)?.encode()?)])
+}
+
+impl Service {
+    pub async fn action(
+        self: Arc<Self>,
+        action: Action,
+        blobs: Blobs,
+    ) -> Result<Vec<ActionResult>> {
+        match action {
+            Action::Health => answer(serde_json::json!({
+                "status": "serving",
+                "version": env!("CARGO_PKG_VERSION"),
+                "device": self.device.resolve().map(stoker_engine::device::name).unwrap_or_else(|e| e.to_string()),
+                "cuda_devices": stoker_engine::device::cuda_devices(),
+            })),
+            Action::Stats => answer(Snapshot::of(&self).to_json()),
+            Action::CreateJob(req) => self.create_job(req, blobs).await,
+            Action::TrainRound(req) => self.train_round(req, blobs).await,
+            Action::DropJob(req) => {
+                self.jobs.drop_job(&req.name)?;
+                answer(serde_json::json!({"dropped": req.name}))
+            }
+            Action::RegisterModel(req) => self.register_model(req, blobs).await,
+            Action::UnloadModel(req) => {
+                self.models.unload(&req.name, req.version)?;
+                answer(serde_json::json!({"unloaded": req.name, "version": req.version}))
+            }
+            Action::ExportModel(req) => export_model(req, blobs).await,
+        }
+    }
+
+    async fn create_job(&self, req: CreateJob, blobs: Blobs) -> Result<Vec<ActionResult>> {
+        let keep = req.keep_existing;
+        let model = blobs.owned("model");
+        let device = self.device;
+        let job = blocking(move || Job::new(req, model, device)).await?;
+        let name = job.name.clone();
+        let created = self.jobs.create(job, keep);
+        if created {
+            tracing::info!(job = %name, "created job");
+        }
+        answer(serde_json::json!({"job": name, "created": created}))
+    }
+
+    async fn train_round(
+        self: Arc<Self>,
+        req: TrainRound,
+        blobs: Blobs,
+    ) -> Result<Vec<ActionResult>> {
+        let job = self.jobs.get(&req.job)?;
+        let state = match (req.state_id.as_deref(), blobs.get("state")) {
+            (Some(id), Some(state)) => {
+                job.remember_input(id, &state);
+                Some(state)
+            }
+            (Some(id), None) => match job.input(id) {
+                Some(state) => Some(state),
+                None => {
+                    let json = serde_json::to_value(TrainRoundResult::needs_state(&req))
+                        .map_err(|e| Error::internal(format!("encoding JSON: {e}")))?;
+                    return answer(json);
+                }
+            },
+            (None, state) => state,
+        };
+        let key = PartitionKey {
+            job: req.job.clone(),
+            partition: req.partition,
+            version: req.version.clone(),
+        };
+        let part = self.jobs.partition(&key)?;
+        let release = req.release;
+        let started = std::time::Instant::now();
+        // If the client goes away, this future is dropped and the guard
+        // stops the round at its next step instead of letting it hold the
+        // partition (and the device) to the end.
+        let cancel = CancelOnDrop::new();
+        let flag = cancel.flag();
+        let me = self.clone();
+        let trained = blocking(move || {
+            // The input state is read where it arrived and the new one goes
+            // out as the tensors the engine exported: the reply is the
+            // envelope's head, then those buffers.
+            let r =
+                job.train_round(&part, &req, state.as_ref(), flag)
+                    .and_then(|(result, state)| {
+                        let json = serde_json::to_value(&result)
+                            .map_err(|e| Error::internal(format!("encoding JSON: {e}")))?;
+                        let (head, tensors) = state.to_chunks()?;
+                        let size = head.len() + tensors.iter().map(Bytes::len).sum::<usize>();
+                        let mut out = Envelope::prefix(&json, &[("state", size)])?;
+                        out.extend_from_slice(&head);
+                        let chunks = std::iter::once(Bytes::from(out)).chain(tensors);
+                        Ok((result, ActionResult(chunks.collect())))
+                    });
+            if r.as_ref()
+                .is_err_and(|e| e.kind() == ErrorKind::Unavailable)
+            {
+                me.counters
+                    .train_rounds_abandoned
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            r
+        })
+        .await;
+        // The round is over either way; only a dropped caller cancels.
+        cancel.disarm();
+        let (result, out) = trained?;
+        if release {
+            self.jobs.release(&key);
+        }
+        self.counters.train_rounds.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .train_latency
+            .observe(started.elapsed().as_secs_f64());
+        tracing::info!(job = %result.job, partition = result.partition, round = result.round,
+            samples = result.samples, loss = result.loss_last, seconds = result.seconds, "trained round");
+        Ok(vec![out])
+    }
+
+    async fn register_model(
+        self: Arc<Self>,
+        req: RegisterModel,
+        blobs: Blobs,
+    ) -> Result<Vec<ActionResult>> {
+        let (model, state) = (blobs.owned("model"), blobs.owned("state"));
+        let me = self.clone();
+        let served = blocking(move || me.models.register(req, model, state)).await?;
+        tracing::info!(model = %served.name, version = served.version, "registered model");
+        answer(serde_json::json!({
+            "name": served.name, "version": served.version, "task": served.task,
+            "features": served.features,
+        }))
+    }
+}
+
+async fn export_model(req: ExportModel, blobs: Blobs) -> Result<Vec<ActionResult>> {
+    let model = blobs.owned("model");
+    let state = blobs.get("state").ok_or_else(|| {
+        Error::invalid("export_model needs the trained state as its 'state' blob")
+    })?;
+    let archive = blocking(move || {
+        let source = ModelSource::one_of(req.spec.as_ref(), None, model, "export_model")?;
+        stoker_engine::model::export_torchscript(&source, &State::from_shared(&state)?)
+    })
+    .await?;
+    let bytes = archive.len();
+    let out =
+        Envelope::new(serde_json::json!({ "bytes": bytes }))?.with_blob("torchscript", archive);
+    Ok(vec![ActionResult::one(out.encode()?)])
+}
+
+/// Sets its flag when dropped unless disarmed: tells blocking work that the
+/// request it serves was abandoned.
+struct CancelOnDrop {
+    flag: Arc<AtomicBool>,
+    armed: bool,
+}
+
+impl CancelOnDrop {
+    fn new() -> Self {
+        CancelOnDrop {
+            flag: Arc::new(AtomicBool::new(false)),
+            armed: true,
+        }
+    }
+
+    fn flag(&self) -> Arc<AtomicBool> {
+        self.flag.clone()
+    }
+
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if self.armed {
+            self.flag.store(true, Ordering::Relaxed);
+            tracing::info!("a train_round's caller went away; stopping the round");
+        }
+    }
+}
