@@ -18,10 +18,10 @@ use stoker_core::{Error, State, WeightedSum};
 
 use errors::{BridgeResult, ThrowStoker};
 
-/// `NativeBridge.version()`: the native library's version, so the Java side
-/// can check it loaded the library it was built with.
+/// `NativeBridge.nativeVersion0()`: the native library's version, so the
+/// Java side can check it loaded the library it was built with.
 #[unsafe(no_mangle)]
-pub extern "system" fn Java_dev_stoker_jni_NativeBridge_version<'caller>(
+pub extern "system" fn Java_dev_stoker_jni_NativeBridge_nativeVersion0<'caller>(
     mut env: EnvUnowned<'caller>,
     _class: JClass<'caller>,
 ) -> JString<'caller> {
@@ -69,10 +69,10 @@ fn read_states(
     Ok(sum.average()?.to_bytes()?)
 }
 
-/// `NativeBridge.averageStates(byte[][] states, double[] weights)`: the
+/// `NativeBridge.average0(byte[][] states, double[] weights)`: the
 /// weighted average of serialized states, as serialized state bytes.
 #[unsafe(no_mangle)]
-pub extern "system" fn Java_dev_stoker_jni_NativeBridge_averageStates<'caller>(
+pub extern "system" fn Java_dev_stoker_jni_NativeBridge_average0<'caller>(
     mut env: EnvUnowned<'caller>,
     _class: JClass<'caller>,
     states: JObjectArray<'caller, JByteArray<'caller>>,
@@ -327,11 +327,11 @@ pub extern "system" fn Java_dev_stoker_jni_NativeBridge_predict<'caller>(
     .resolve::<ThrowStoker>()
 }
 
-/// `NativeBridge.mergeMeanInto(byte[] mean, double meanWeight, byte[] other,
+/// `NativeBridge.merge0(byte[] mean, double meanWeight, byte[] other,
 /// double otherWeight)`: merges `other` into `mean` in place (the combine
 /// step of a round's aggregation; docs/engine.md).
 #[unsafe(no_mangle)]
-pub extern "system" fn Java_dev_stoker_jni_NativeBridge_mergeMeanInto<'caller>(
+pub extern "system" fn Java_dev_stoker_jni_NativeBridge_merge0<'caller>(
     mut env: EnvUnowned<'caller>,
     _class: JClass<'caller>,
     mean: JByteArray<'caller>,
@@ -365,10 +365,10 @@ pub extern "system" fn Java_dev_stoker_jni_NativeBridge_mergeMeanInto<'caller>(
     .resolve::<ThrowStoker>()
 }
 
-/// `NativeBridge.meanWithSamples(byte[] mean, long samples)`: the merged
+/// `NativeBridge.withSamples0(byte[] mean, long samples)`: the merged
 /// mean as the round's state, its `samples` metadata set.
 #[unsafe(no_mangle)]
-pub extern "system" fn Java_dev_stoker_jni_NativeBridge_meanWithSamples<'caller>(
+pub extern "system" fn Java_dev_stoker_jni_NativeBridge_withSamples0<'caller>(
     mut env: EnvUnowned<'caller>,
     _class: JClass<'caller>,
     mean: JByteArray<'caller>,
@@ -389,10 +389,10 @@ pub extern "system" fn Java_dev_stoker_jni_NativeBridge_meanWithSamples<'caller>
     .resolve::<ThrowStoker>()
 }
 
-/// `NativeBridge.stripOptimizer(byte[] state)`: the state without its
+/// `NativeBridge.withoutOptimizer0(byte[] state)`: the state without its
 /// optimizer tensors (broadcast when optimizer state is not averaged).
 #[unsafe(no_mangle)]
-pub extern "system" fn Java_dev_stoker_jni_NativeBridge_stripOptimizer<'caller>(
+pub extern "system" fn Java_dev_stoker_jni_NativeBridge_withoutOptimizer0<'caller>(
     mut env: EnvUnowned<'caller>,
     _class: JClass<'caller>,
     state: JByteArray<'caller>,

@@ -24,11 +24,11 @@ const UNAVAILABLE: &str = "dev.stoker.ServerUnavailableException";
 
 /// A `NativeBridge` native: its name and JNI signature.
 type Native = &'static (&'static str, MethodSignature<'static, 'static>);
-const VERSION: Native = &("version", jni_sig!("()Ljava/lang/String;"));
-const AVERAGE: Native = &("averageStates", jni_sig!("([[B[D)[B"));
-const MERGE: Native = &("mergeMeanInto", jni_sig!("([BD[BD)V"));
-const WITH_SAMPLES: Native = &("meanWithSamples", jni_sig!("([BJ)[B"));
-const STRIP: Native = &("stripOptimizer", jni_sig!("([B)[B"));
+const VERSION: Native = &("nativeVersion0", jni_sig!("()Ljava/lang/String;"));
+const AVERAGE: Native = &("average0", jni_sig!("([[B[D)[B"));
+const MERGE: Native = &("merge0", jni_sig!("([BD[BD)V"));
+const WITH_SAMPLES: Native = &("withSamples0", jni_sig!("([BJ)[B"));
+const STRIP: Native = &("withoutOptimizer0", jni_sig!("([B)[B"));
 const CONNECT: Native = &(
     "connect",
     jni_sig!("(Ljava/lang/String;Ljava/lang/String;Ljava/lang/String;)J"),
@@ -399,7 +399,7 @@ fn states_round_trip_through_partial_sums() {
         assert_eq!(tensor("fc.bias"), [2.0, 1.0]);
         // The other state is read, never written.
         assert_eq!(env.convert_byte_array(&jb).expect("b bytes"), b_bytes);
-        // stripOptimizer drops optimizer/* and keeps the parameters.
+        // withoutOptimizer0 drops optimizer/* and keeps the parameters.
         let stripped =
             State::from_bytes(&call_bytes(env, STRIP, &[&a_bytes], None, None)).expect("a state");
         let names: Vec<&str> = stripped.tensors.iter().map(|t| t.name.as_str()).collect();

@@ -4,6 +4,11 @@ package dev.stoker.jni;
  * The JVM's calls into libstoker_jni. Errors arrive as {@link dev.stoker.StokerException}
  * subclasses chosen by the native error kind, with the native message. Partitions and
  * batches cross as one Arrow IPC stream buffer each, never row by row.
+ *
+ * <p>Each public method loads the library, then calls the native of its own name with a
+ * {@code 0} suffix; the state methods are named as the native/core functions they call
+ * ({@code averaging::average}, {@code running_mean::merge},
+ * {@code running_mean::with_samples}, {@code State::without_optimizer}).
  */
 public final class NativeBridge {
   private NativeBridge() {}
@@ -11,7 +16,7 @@ public final class NativeBridge {
   /** Version of the loaded native library. */
   public static String nativeVersion() {
     NativeLoader.ensureLoaded();
-    return version();
+    return nativeVersion0();
   }
 
   /**
@@ -23,7 +28,7 @@ public final class NativeBridge {
    */
   public static byte[] average(byte[][] states, double[] weights) {
     NativeLoader.ensureLoaded();
-    return averageStates(states, weights);
+    return average0(states, weights);
   }
 
   /**
@@ -36,16 +41,15 @@ public final class NativeBridge {
    *     positive, or the states are of different models or shapes ({@code mean} is then
    *     unchanged)
    */
-  public static void mergeMean(byte[] mean, double meanWeight, byte[] other,
-      double otherWeight) {
+  public static void merge(byte[] mean, double meanWeight, byte[] other, double otherWeight) {
     NativeLoader.ensureLoaded();
-    mergeMeanInto(mean, meanWeight, other, otherWeight);
+    merge0(mean, meanWeight, other, otherWeight);
   }
 
   /** The merged mean as a round's state: a copy with its {@code samples} metadata set. */
   public static byte[] withSamples(byte[] mean, long samples) {
     NativeLoader.ensureLoaded();
-    return meanWithSamples(mean, samples);
+    return withSamples0(mean, samples);
   }
 
   /**
@@ -54,19 +58,19 @@ public final class NativeBridge {
    */
   public static byte[] withoutOptimizer(byte[] state) {
     NativeLoader.ensureLoaded();
-    return stripOptimizer(state);
+    return withoutOptimizer0(state);
   }
 
-  private static native String version();
+  private static native String nativeVersion0();
 
-  private static native byte[] stripOptimizer(byte[] state);
+  private static native byte[] average0(byte[][] states, double[] weights);
 
-  private static native byte[] averageStates(byte[][] states, double[] weights);
-
-  private static native void mergeMeanInto(byte[] mean, double meanWeight, byte[] other,
+  private static native void merge0(byte[] mean, double meanWeight, byte[] other,
       double otherWeight);
 
-  private static native byte[] meanWithSamples(byte[] mean, long samples);
+  private static native byte[] withSamples0(byte[] mean, long samples);
+
+  private static native byte[] withoutOptimizer0(byte[] state);
 
   static native long connect(String uri, String token, String caPem);
 

@@ -145,7 +145,7 @@ private[spark] object RoundSum {
   def merge(a: RoundSum, b: RoundSum): RoundSum = RoundSum(
     sum = (a.sum, b.sum) match {
       case (Some(x), Some(y)) if a.samples > 0 && b.samples > 0 =>
-        NativeBridge.mergeMean(x, a.samples.toDouble, y, b.samples.toDouble)
+        NativeBridge.merge(x, a.samples.toDouble, y, b.samples.toDouble)
         Some(x)
       case (Some(x), Some(_)) if a.samples > 0 => Some(x)
       case (x, y) => y.orElse(x)

@@ -146,7 +146,7 @@ class NativeClientTest {
           if (mean == null) {
             mean = out;
           } else {
-            NativeBridge.mergeMean(mean, 1500 * p, out, 1500);
+            NativeBridge.merge(mean, 1500 * p, out, 1500);
           }
         }
         state = NativeBridge.withSamples(mean, 3000);
@@ -229,8 +229,8 @@ class NativeClientTest {
     assertThrows(InvalidInputException.class, () -> NativeClient.connect("not a uri", null));
     assertThrows(InvalidInputException.class, () -> NativeBridge.close(0));
     assertThrows(InvalidInputException.class,
-        () -> NativeBridge.mergeMean(new byte[0], 1, new byte[0], 1));
+        () -> NativeBridge.merge(new byte[0], 1, new byte[0], 1));
     assertThrows(InvalidInputException.class,
-        () -> NativeBridge.mergeMean(new byte[8], 1, null, 1));
+        () -> NativeBridge.merge(new byte[8], 1, null, 1));
   }
 }
