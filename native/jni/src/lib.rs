@@ -403,3 +403,33 @@ pub extern "system" fn Java_dev_stoker_jni_NativeBridge_withoutOptimizer0<'calle
     })
     .resolve::<ThrowStoker>()
 }
+
+/// `NativeBridge.meta0(byte[] state)`: the state's metadata
+/// (`State::meta`) as a JSON object of strings, as its safetensors header
+/// holds them: `model_id`, `round`, `samples` and the engine's others.
+#[unsafe(no_mangle)]
+pub extern "system" fn Java_dev_stoker_jni_NativeBridge_meta0<'caller>(
+    mut env: EnvUnowned<'caller>,
+    _class: JClass<'caller>,
+    state: JByteArray<'caller>,
+) -> JString<'caller> {
+    env.with_env(|env| -> BridgeResult<_> {
+        if state.is_null() {
+            return Err(Error::invalid("state is null").into());
+        }
+        let meta = {
+            // SAFETY: one shared guard on the array; nothing in this scope calls
+            // back into the JVM, and it lasts one read of the bytes.
+            let elements = unsafe { state.get_elements_critical(env, ReleaseMode::NoCopyBack)? };
+            State::from_bytes(as_bytes(&elements))?.meta
+        };
+        let mut fields: serde_json::Map<String, serde_json::Value> =
+            meta.extra.into_iter().map(|(k, v)| (k, v.into())).collect();
+        fields.insert("model_id".into(), meta.model_id.into());
+        fields.insert("round".into(), meta.round.to_string().into());
+        fields.insert("samples".into(), meta.samples.to_string().into());
+        let text = serde_json::Value::Object(fields).to_string();
+        Ok(JString::from_str(env, text)?)
+    })
+    .resolve::<ThrowStoker>()
+}

@@ -29,6 +29,7 @@ const AVERAGE: Native = &("average0", jni_sig!("([[B[D)[B"));
 const MERGE: Native = &("merge0", jni_sig!("([BD[BD)V"));
 const WITH_SAMPLES: Native = &("withSamples0", jni_sig!("([BJ)[B"));
 const STRIP: Native = &("withoutOptimizer0", jni_sig!("([B)[B"));
+const META: Native = &("meta0", jni_sig!("([B)Ljava/lang/String;"));
 const CONNECT: Native = &(
     "connect",
     jni_sig!("(Ljava/lang/String;Ljava/lang/String;Ljava/lang/String;)J"),
@@ -298,6 +299,7 @@ fn null_arguments_are_invalid_input() {
         let args = [(&null).into(), 1i64.into()];
         assert_throws(env, WITH_SAMPLES, &args, INVALID, "state is null");
         assert_throws(env, STRIP, &[(&null).into()], INVALID, "state is null");
+        assert_throws(env, META, &[(&null).into()], INVALID, "state is null");
         let args = [(&null).into(), 1.0.into(), (&null).into(), 1.0.into()];
         assert_throws(env, MERGE, &args, INVALID, "a state to average is null");
         let nulls = [(&null).into(), (&null).into(), (&null).into()];
@@ -405,5 +407,36 @@ fn states_round_trip_through_partial_sums() {
         let names: Vec<&str> = stripped.tensors.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(names, ["fc.bias", "fc.weight"]);
         assert_eq!(stripped, a.clone().without_optimizer());
+    });
+}
+
+#[test]
+fn metadata_comes_back_as_json_strings() {
+    let mut a = state([1.0; 4], [0.0; 2]);
+    a.meta.extra.insert("task".into(), "multiclass:2".into());
+    let a = a.to_bytes().expect("state bytes");
+    with_env(|env| {
+        let ja = java_bytes(env, &a);
+        let value = call(env, META, &[(&ja).into()])
+            .unwrap_or_else(|(c, m)| panic!("meta0 threw {c}: {m}"))
+            .l()
+            .expect("an object");
+        let text = env.cast_local::<JString>(value).expect("a String");
+        let json: serde_json::Value =
+            serde_json::from_str(&text.try_to_string(env).expect("text")).expect("JSON");
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "model_id": "jvm-test", "round": "1", "samples": "10", "task": "multiclass:2"
+            })
+        );
+        let junk = java_bytes(env, b"definitely not safetensors");
+        assert_throws(
+            env,
+            META,
+            &[(&junk).into()],
+            INVALID,
+            "not a valid stoker state",
+        );
     });
 }

@@ -8,7 +8,8 @@ package dev.stoker.jni;
  * <p>Each public method loads the library, then calls the native of its own name with a
  * {@code 0} suffix; the state methods are named as the native/core functions they call
  * ({@code averaging::average}, {@code running_mean::merge},
- * {@code running_mean::with_samples}, {@code State::without_optimizer}).
+ * {@code running_mean::with_samples}, {@code State::without_optimizer},
+ * {@code State::meta}).
  */
 public final class NativeBridge {
   private NativeBridge() {}
@@ -61,6 +62,17 @@ public final class NativeBridge {
     return withoutOptimizer0(state);
   }
 
+  /**
+   * The state's metadata as a JSON object of strings: {@code model_id}, {@code round},
+   * {@code samples}, and what the engine records ({@code task}, {@code loss}, ...).
+   *
+   * @throws dev.stoker.InvalidInputException if the bytes are not a stoker state
+   */
+  public static String meta(byte[] state) {
+    NativeLoader.ensureLoaded();
+    return meta0(state);
+  }
+
   private static native String nativeVersion0();
 
   private static native byte[] average0(byte[][] states, double[] weights);
@@ -71,6 +83,8 @@ public final class NativeBridge {
   private static native byte[] withSamples0(byte[] mean, long samples);
 
   private static native byte[] withoutOptimizer0(byte[] state);
+
+  private static native String meta0(byte[] state);
 
   static native long connect(String uri, String token, String caPem);
 

@@ -1,11 +1,9 @@
 package dev.stoker.spark
 
-import java.nio.{ByteBuffer, ByteOrder}
-import java.nio.charset.StandardCharsets.UTF_8
-
+import dev.stoker.jni.NativeBridge
 import org.json4s._
 
-/** The metadata in a stoker state's safetensors header (docs/engine.md). */
+/** The metadata of a stoker state (docs/engine.md), as native/core reads it. */
 final case class StateInfo(metadata: Map[String, String]) {
   def task: String = metadata.getOrElse("task", "regression")
   def isClassifier: Boolean = task != "regression"
@@ -14,13 +12,8 @@ final case class StateInfo(metadata: Map[String, String]) {
 }
 
 object StateInfo {
-  def of(state: Array[Byte]): StateInfo = {
-    val length = ByteBuffer.wrap(state, 0, 8).order(ByteOrder.LITTLE_ENDIAN).getLong
-    val header = Envelope.parseObject(new String(state, 8, length.toInt, UTF_8))
-    val meta = (header \ "__metadata__") match {
-      case JObject(fields) => fields.collect { case (k, JString(v)) => k -> v }.toMap
-      case _ => Map.empty[String, String]
-    }
-    StateInfo(meta)
-  }
+  /** @throws dev.stoker.InvalidInputException if `state` is not a stoker state */
+  def of(state: Array[Byte]): StateInfo =
+    StateInfo(Envelope.parseObject(NativeBridge.meta(state)).obj
+      .collect { case (k, JString(v)) => k -> v }.toMap)
 }

@@ -67,10 +67,13 @@ class StokerModel private[spark] (
   /** The history as a JSON array (what model.save writes to data/history.json). */
   def historyJson: String = RoundStats.toJson(history)
 
-  /** regression, binary or multiclass:N (from the state's metadata). */
-  def task: String = StateInfo.of(state).task
+  // Read once per model: the state never changes, and native/core reads all of it.
+  @transient private lazy val info = StateInfo.of(state)
 
-  def isClassifier: Boolean = StateInfo.of(state).isClassifier
+  /** regression, binary or multiclass:N (from the state's metadata). */
+  def task: String = info.task
+
+  def isClassifier: Boolean = info.isClassifier
 
   override def transformSchema(schema: StructType): StructType = {
     Features.columns(schema, getFeatureCols, getFeaturesCol)
