@@ -72,15 +72,6 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// Splits `a,b,c` into column names.
-fn split_columns(list: &str) -> Vec<String> {
-    list.split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(String::from)
-        .collect()
-}
-
 fn read_state(path: &PathBuf) -> Result<stoker_core::State> {
     let bytes = std::fs::read(path)
         .map_err(|e| Error::io(format!("reading state {}", path.display()), e))?;

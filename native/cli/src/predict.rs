@@ -2,6 +2,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use stoker_core::predictions::{append, OutputColumns};
+use stoker_core::protocol::column_list;
 use stoker_core::{Error, FeatureLayout, Result};
 use stoker_engine::model::ModelSource;
 use stoker_engine::{DeviceSpec, Model};
@@ -50,15 +51,15 @@ pub fn run(a: PredictArgs) -> Result<()> {
         ))
     })?;
     let features = match (&a.features, state.meta.extra.get("features")) {
-        (Some(f), _) => super::split_columns(f),
-        (None, Some(f)) => super::split_columns(f),
+        (Some(f), _) => column_list(f),
+        (None, Some(f)) => column_list(f),
         (None, None) => {
             return Err(Error::invalid(
                 "--features is required: the state does not record its feature columns",
             ))
         }
     };
-    let keep = a.keep.as_deref().map(super::split_columns);
+    let keep = a.keep.as_deref().map(column_list);
     let names = OutputColumns {
         prediction: a.prediction_col.clone(),
         probability: Some(a.probability_col.clone()).filter(|p| !p.is_empty()),

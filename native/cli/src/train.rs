@@ -2,12 +2,10 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use clap::Args;
-use stoker_core::labels::label_is_integer;
-use stoker_core::{Error, FeatureLayout, Loss, Result, Task};
+use stoker_core::protocol::column_list;
+use stoker_core::{Error, Result};
 use stoker_engine::model::ModelSource;
-use stoker_engine::{
-    Dataset, DeviceSpec, Model, OptimizerConfig, OptimizerKind, TrainOptions, Trainer,
-};
+use stoker_engine::{DeviceSpec, OptimizerConfig, OptimizerKind, Rows, Setup, TrainOptions};
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
@@ -71,22 +69,6 @@ pub struct TrainArgs {
     quiet: bool,
 }
 
-/// For a spec without num_classes trained with cross-entropy, the classes
-/// are 0..=max label.
-fn infer_classes(batches: &[arrow::array::RecordBatch], label: &str) -> Result<usize> {
-    let labels = stoker_core::labels::read_labels(batches, label, Task::Regression)?;
-    let stoker_core::Labels::Values(v) = labels else {
-        return Err(Error::internal("expected label values"));
-    };
-    let max = v.iter().cloned().fold(f32::MIN, f32::max);
-    if max < 1.0 || v.iter().any(|x| x.fract() != 0.0 || *x < 0.0) {
-        return Err(Error::invalid(format!(
-            "label column '{label}' must hold class indices 0, 1, 2... for cross-entropy"
-        )));
-    }
-    Ok(max as usize + 1)
-}
-
 pub fn run(a: TrainArgs) -> Result<()> {
     // Flags first: a typo should fail before any data is read.
     let device = a.device.parse::<DeviceSpec>()?.resolve()?;
@@ -98,33 +80,26 @@ pub fn run(a: TrainArgs) -> Result<()> {
         ..Default::default()
     };
     optimizer.validate()?;
-    let requested_loss: Option<Loss> = a.loss.as_deref().map(str::parse).transpose()?;
-    let mut source = ModelSource::from_file(&a.model)?;
-    let (schema, batches) = crate::datafile::read_all(&a.data)?;
-    let features = super::split_columns(&a.features);
-    let layout = FeatureLayout::resolve(
-        &schema,
-        &features,
-        batches.iter().find(|b| b.num_rows() > 0),
-    )?;
-    let integer_label = label_is_integer(&schema, &a.label)?;
-    let loss = requested_loss.unwrap_or_else(|| source.default_loss(integer_label));
-    if let ModelSource::Spec(spec) = &mut source {
-        if loss == Loss::CrossEntropy && spec.num_classes.is_none() {
-            let classes = infer_classes(&batches, &a.label)?;
-            if !a.quiet {
-                eprintln!(
-                    "num_classes not in the spec: using {classes} (labels 0..{})",
-                    classes - 1
-                );
-            }
-            spec.num_classes = Some(classes);
-        }
+    let setup = Setup {
+        source: ModelSource::from_file(&a.model)?,
+        features: column_list(&a.features),
+        label: a.label.clone(),
+        loss: a.loss.as_deref().map(str::parse).transpose()?,
+        optimizer,
+        device,
+        seed: a.seed,
+    };
+    let (_, batches) = crate::datafile::read_all(&a.data)?;
+    let fixed = setup.fix(&batches, Rows::All)?;
+    if let (Some(classes), false) = (fixed.inferred_classes, a.quiet) {
+        eprintln!(
+            "num_classes not in the spec: using {classes} (labels 0..{})",
+            classes - 1
+        );
     }
-    let model = Model::build(&source, loss, layout.width(), device, a.seed)?;
-    let data = Dataset::from_batches(&batches, &layout, &a.label, model.task(), device)?;
+    let mut trainer = setup.trainer(&fixed)?;
+    let data = setup.dataset(&fixed, &batches, trainer.model().task())?;
     drop(batches);
-    let mut trainer = Trainer::new(model, optimizer)?;
     let mut round = 0;
     if let Some(init) = &a.init_state {
         let state = super::read_state(init)?;
@@ -139,7 +114,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
             trainer.model().network().kind(),
             trainer.model().parameter_count(),
             trainer.model().task().encode(),
-            loss,
+            fixed.loss,
             data.rows(),
             data.width(),
             stoker_engine::device::name(device)
@@ -174,12 +149,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
             }
         }
     })?;
-    let mut state = trainer.state(round, report.samples as u64)?;
-    state
-        .meta
-        .extra
-        .insert("features".into(), layout.names().join(","));
-    state.meta.extra.insert("label".into(), a.label.clone());
+    let state = setup.state(&trainer, &fixed, round, report.samples as u64)?;
     super::write_state(&a.out, &state)?;
     if let Some(path) = &a.history {
         let history: Vec<_> = report
@@ -197,7 +167,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
             .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
     }
     if let Some(path) = &a.export_torchscript {
-        let bytes = stoker_engine::model::export_torchscript(&source, &state)?;
+        let bytes = stoker_engine::model::export_torchscript(&setup.source(&fixed), &state)?;
         std::fs::write(path, bytes)
             .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
     }

@@ -296,17 +296,27 @@ fn add_scaled(sum: &mut [f64], dtype: DType, data: &[u8], w: f64) {
 }
 
 /// Weighted average of states given as bytes, streaming: one state is
-/// decoded at a time.
-pub fn average<'a>(states: impl IntoIterator<Item = (&'a [u8], f64)>) -> Result<State> {
-    let mut iter = states.into_iter();
-    let (first, w) = iter
-        .next()
-        .ok_or_else(|| Error::invalid("no states to average"))?;
-    let mut sum = WeightedSum::from_bytes(first, w)?;
-    for (bytes, w) in iter {
-        sum.add_bytes(bytes, w)?;
+/// decoded at a time, so a caller that produces each state's bytes only
+/// when asked (the JVM bridge copies them out of a Java array one by one)
+/// holds the running sum and one state. Every bridge averages with this;
+/// `E` is the caller's error type, so producing a state may fail its own way.
+pub fn average<B, E>(
+    states: impl IntoIterator<Item = std::result::Result<(B, f64), E>>,
+) -> std::result::Result<State, E>
+where
+    B: AsRef<[u8]>,
+    E: From<Error>,
+{
+    let mut sum: Option<WeightedSum> = None;
+    for item in states {
+        let (bytes, w) = item?;
+        match &mut sum {
+            None => sum = Some(WeightedSum::from_bytes(bytes.as_ref(), w)?),
+            Some(s) => s.add_bytes(bytes.as_ref(), w)?,
+        }
     }
-    sum.average()
+    let sum = sum.ok_or_else(|| Error::invalid("no states to average"))?;
+    Ok(sum.average()?)
 }
 
 #[cfg(test)]
@@ -319,7 +329,7 @@ mod tests {
     fn weighted_average() {
         let a = state(&[1.0, 2.0], 1.0, 10).to_bytes().unwrap();
         let b = state(&[3.0, 6.0], 0.0, 30).to_bytes().unwrap();
-        let avg = average([(a.as_slice(), 10.0), (b.as_slice(), 30.0)]).unwrap();
+        let avg = average::<_, Error>([Ok((&a, 10.0)), Ok((&b, 30.0))]).unwrap();
         assert_eq!(avg.tensor("fc.weight").unwrap().to_f32(), vec![2.5, 5.0]);
         assert_eq!(avg.tensor("fc.bias").unwrap().to_f32(), vec![0.25]);
         assert_eq!(avg.tensor("optimizer/step").unwrap().to_f64(), vec![10.0]);
@@ -330,7 +340,7 @@ mod tests {
     fn identical_states_average_to_themselves() {
         let s = state(&[0.1, -7.25, 3.3], 0.7, 5);
         let bytes = s.to_bytes().unwrap();
-        let avg = average([(bytes.as_slice(), 2.0), (bytes.as_slice(), 5.0)]).unwrap();
+        let avg = average::<_, Error>([Ok((&bytes, 2.0)), Ok((&bytes, 5.0))]).unwrap();
         for t in &s.tensors {
             assert_eq!(avg.tensor(&t.name).unwrap().data, t.data, "{}", t.name);
         }
@@ -340,7 +350,7 @@ mod tests {
     fn shape_mismatch_names_the_tensor() {
         let a = state(&[1.0, 2.0], 1.0, 1).to_bytes().unwrap();
         let b = state(&[1.0, 2.0, 3.0], 1.0, 1).to_bytes().unwrap();
-        let e = average([(a.as_slice(), 1.0), (b.as_slice(), 1.0)]).unwrap_err();
+        let e = average::<_, Error>([Ok((&a, 1.0)), Ok((&b, 1.0))]).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidInput);
         assert!(e.message().contains("tensor 'fc.weight'"), "{e}");
     }

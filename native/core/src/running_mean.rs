@@ -201,7 +201,7 @@ mod tests {
             (state(&[5.0, -2.0, 0.5, 8.0], 12, 300), 300.0),
             (state(&[0.0, 1.0, 1.0, -4.0], 14, 50), 50.0),
         ];
-        let expected = average(states.iter().map(|(b, w)| (b.as_slice(), *w))).unwrap();
+        let expected = average::<_, crate::Error>(states.iter().map(|(b, w)| Ok((b, *w)))).unwrap();
         // ((a + b) + c) and (a + (c + b)): tree aggregation merges in any shape.
         let mut left = states[0].0.clone();
         merge(&mut left, 100.0, &states[1].0, 300.0).unwrap();

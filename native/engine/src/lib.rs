@@ -10,6 +10,7 @@ pub mod model;
 pub mod network;
 pub mod optim;
 mod rng;
+pub mod setup;
 pub mod spec;
 pub mod torch;
 pub mod train;
@@ -18,6 +19,7 @@ pub use data::Dataset;
 pub use device::DeviceSpec;
 pub use model::{Model, ModelSource};
 pub use optim::{OptimizerConfig, OptimizerKind};
+pub use setup::{Fixed, Rows, Setup};
 pub use spec::ModelSpec;
 /// The libtorch device type, so users of the engine need not depend on tch.
 pub use tch::Device;

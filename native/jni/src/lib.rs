@@ -12,9 +12,9 @@ use jni::objects::ReleaseMode;
 use jni::objects::{JByteArray, JClass, JDoubleArray, JObjectArray, JString};
 use jni::sys::{jdouble, jint, jlong};
 use jni::{Env, EnvUnowned};
-use stoker_core::protocol::{Envelope, ModelKey, PartitionKey};
+use stoker_core::protocol::{column_list, Envelope, ModelKey, PartitionKey};
 use stoker_core::running_mean;
-use stoker_core::{Error, State, WeightedSum};
+use stoker_core::{averaging, Error, State};
 
 use errors::{BridgeResult, ThrowStoker};
 
@@ -51,22 +51,16 @@ fn read_states(
     }
     let mut w = vec![0f64; n];
     weights.get_region(env, 0, &mut w)?;
-    let mut sum: Option<WeightedSum> = None;
     // One state's bytes are copied out of the JVM at a time, so the native
     // side holds at most the running sum and one state.
-    for (i, &weight) in w.iter().enumerate() {
+    let each = w.iter().enumerate().map(|(i, &weight)| -> BridgeResult<_> {
         let element = states.get_element(env, i)?;
         if element.is_null() {
             return Err(Error::invalid(format!("state {} is null", i + 1)).into());
         }
-        let bytes = env.convert_byte_array(&element)?;
-        match &mut sum {
-            None => sum = Some(WeightedSum::from_bytes(&bytes, weight)?),
-            Some(s) => s.add_bytes(&bytes, weight)?,
-        }
-    }
-    let sum = sum.ok_or_else(|| Error::invalid("no states to average"))?;
-    Ok(sum.average()?.to_bytes()?)
+        Ok((env.convert_byte_array(&element)?, weight))
+    });
+    Ok(averaging::average(each)?.to_bytes()?)
 }
 
 /// `NativeBridge.average0(byte[][] states, double[] weights)`: the
@@ -313,13 +307,7 @@ pub extern "system" fn Java_dev_stoker_jni_NativeBridge_predict<'caller>(
             name: string(env, &model, "model name")?,
             version: u32::try_from(version).ok(),
         };
-        let keep: Vec<String> = optional_string(env, &keep)?
-            .unwrap_or_default()
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(String::from)
-            .collect();
+        let keep = column_list(&optional_string(env, &keep)?.unwrap_or_default());
         let data = bytes_prefix(env, &ipc, length, "feature batch")?;
         let out = client::predict(handle, key, keep, data)?;
         Ok(env.byte_array_from_slice(&out)?)

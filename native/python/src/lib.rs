@@ -8,7 +8,7 @@ mod errors;
 
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
-use stoker_core::{Error, WeightedSum};
+use stoker_core::{averaging, Error};
 
 /// Weighted average of serialized states (safetensors bytes), returned as
 /// state bytes. Runs without the GIL.
@@ -27,16 +27,7 @@ fn average_states<'py>(
                     weights.len()
                 )));
             }
-            let mut sum: Option<WeightedSum> = None;
-            for (bytes, w) in states.iter().zip(weights) {
-                match &mut sum {
-                    None => sum = Some(WeightedSum::from_bytes(bytes, w)?),
-                    Some(s) => s.add_bytes(bytes, w)?,
-                }
-            }
-            sum.ok_or_else(|| Error::invalid("no states to average"))?
-                .average()?
-                .to_bytes()
+            averaging::average::<_, Error>(states.iter().zip(weights).map(Ok))?.to_bytes()
         })
         .map_err(errors::to_py)?;
     Ok(PyBytes::new(py, &out))

@@ -411,13 +411,7 @@ fn keep_columns(headers: &tonic::metadata::MetadataMap) -> Vec<String> {
     headers
         .get("x-stoker-keep")
         .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(String::from)
-                .collect()
-        })
+        .map(protocol::column_list)
         .unwrap_or_default()
 }
 

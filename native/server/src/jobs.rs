@@ -15,26 +15,22 @@ use std::time::Instant;
 
 use arrow::array::RecordBatch;
 use bytes::Bytes;
-use stoker_core::labels::label_is_integer;
 use stoker_core::protocol::{CreateJob, PartitionKey, TrainRound, TrainRoundResult};
-use stoker_core::{Error, ErrorKind, FeatureLayout, Loss, Result, State};
+use stoker_core::{Error, ErrorKind, Result, State};
 use stoker_engine::model::ModelSource;
-use stoker_engine::Device;
-use stoker_engine::{Dataset, DeviceSpec, Model, OptimizerConfig, TrainOptions, Trainer};
+use stoker_engine::{
+    Dataset, DeviceSpec, Fixed, OptimizerConfig, Rows, Setup, TrainOptions, Trainer,
+};
 
 /// What `create_job` asked for, checked.
 pub struct Job {
     pub name: String,
-    source: ModelSource,
-    requested_loss: Option<Loss>,
-    optimizer: OptimizerConfig,
-    pub features: Vec<String>,
-    pub label: String,
-    pub device: Device,
-    seed: u64,
+    /// The model, columns, loss, optimizer, device and seed (the same
+    /// setup `stoker train` uses).
+    setup: Setup,
     batch_size: usize,
     /// Fixed by the first partition: the feature layout and the loss.
-    resolved: Mutex<Option<(FeatureLayout, Loss)>>,
+    resolved: Mutex<Option<Fixed>>,
     /// Trainers between rounds, reused by the next `train_round` that loads a
     /// state: building a model draws random weights and zero-fills the
     /// optimizer, and every buffer of a new model is first-touched memory,
@@ -101,13 +97,15 @@ impl Job {
         }
         Ok(Job {
             name: req.job,
-            source,
-            requested_loss: req.loss.as_deref().map(str::parse).transpose()?,
-            optimizer,
-            features: req.features,
-            label: req.label,
-            device,
-            seed: req.seed,
+            setup: Setup {
+                source,
+                features: req.features,
+                label: req.label,
+                loss: req.loss.as_deref().map(str::parse).transpose()?,
+                optimizer,
+                device,
+                seed: req.seed,
+            },
             batch_size: req.batch_size,
             resolved: Mutex::new(None),
             idle: Mutex::new(Vec::new()),
@@ -125,41 +123,34 @@ impl Job {
                 key.partition, self.name
             ))
         })?;
-        let schema = first.schema();
-        let layout = FeatureLayout::resolve(&schema, &self.features, Some(first))?;
-        let integer_label = label_is_integer(&schema, &self.label)?;
+        let mine = self
+            .setup
+            .fix(std::slice::from_ref(first), Rows::Partition)?;
         // The first partition fixes the job's layout and loss, but only once
         // it has converted cleanly: a rejected put must not fix them.
-        let fixed = lock(&self.resolved).clone();
-        let (layout, loss) = match fixed {
-            Some((l, loss)) => {
-                if l.width() != layout.width() {
+        let fixed = match lock(&self.resolved).clone() {
+            Some(fixed) => {
+                if fixed.layout.width() != mine.layout.width() {
                     return Err(Error::invalid(format!(
                         "partition {} has {} features per row, earlier partitions of job '{}' had {}",
                         key.partition,
-                        layout.width(),
+                        mine.layout.width(),
                         self.name,
-                        l.width()
+                        fixed.layout.width()
                     )));
                 }
-                (l, loss)
+                fixed
             }
-            None => {
-                let loss = self
-                    .requested_loss
-                    .unwrap_or_else(|| self.source.default_loss(integer_label));
-                (layout, loss)
-            }
+            None => mine,
         };
-        let task = self.build_model(&layout, loss)?.task();
-        let data = Dataset::from_batches(batches, &layout, &self.label, task, self.device)
-            .map_err(|e| {
-                e.context(format!(
-                    "partition {} of job '{}'",
-                    key.partition, self.name
-                ))
-            })?;
-        lock(&self.resolved).get_or_insert_with(|| (layout.clone(), loss));
+        let task = self.setup.model(&fixed)?.task();
+        let data = self.setup.dataset(&fixed, batches, task).map_err(|e| {
+            e.context(format!(
+                "partition {} of job '{}'",
+                key.partition, self.name
+            ))
+        })?;
+        lock(&self.resolved).get_or_insert(fixed);
         Ok(Partition {
             rows: data.rows(),
             bytes: data.bytes(),
@@ -167,10 +158,6 @@ impl Job {
             data: Mutex::new(data),
             last_used: Mutex::new(Instant::now()),
         })
-    }
-
-    fn build_model(&self, layout: &FeatureLayout, loss: Loss) -> Result<Model> {
-        Model::build(&self.source, loss, layout.width(), self.device, self.seed)
     }
 
     /// Keeps `state` as the input state named `id`, replacing the last one.
@@ -196,7 +183,7 @@ impl Job {
         input: Option<&Bytes>,
         cancel: Arc<std::sync::atomic::AtomicBool>,
     ) -> Result<(TrainRoundResult, State)> {
-        let (layout, loss) = lock(&self.resolved)
+        let fixed = lock(&self.resolved)
             .clone()
             .ok_or_else(|| Error::new(ErrorKind::CacheMiss, "job has no partitions yet"))?;
         let mut trainer = match input {
@@ -204,7 +191,7 @@ impl Job {
                 let state = State::from_shared(bytes)?;
                 let mut trainer = match self.reusable() {
                     Some(t) => t,
-                    None => Trainer::new(self.build_model(&layout, loss)?, self.optimizer.clone())?,
+                    None => self.setup.trainer(&fixed)?,
                 };
                 trainer
                     .load_state(&state)
@@ -212,14 +199,14 @@ impl Job {
                 trainer
             }
             // Round 0 starts from the job's seeded initial weights.
-            None => Trainer::new(self.build_model(&layout, loss)?, self.optimizer.clone())?,
+            None => self.setup.trainer(&fixed)?,
         };
         let opts = TrainOptions {
             epochs: req.epochs,
             max_steps: req.steps,
             batch_size: self.batch_size,
             shuffle: true,
-            seed: self.seed,
+            seed: self.setup.seed,
             round: req.round,
             partition: req.partition as u64,
             cancel: Some(cancel),
@@ -228,12 +215,9 @@ impl Job {
         let data = lock(&partition.data);
         let report = trainer.train(&data, &opts, &mut |_| {})?;
         drop(data);
-        let mut state = trainer.state(req.round, report.samples as u64)?;
-        state
-            .meta
-            .extra
-            .insert("features".into(), layout.names().join(","));
-        state.meta.extra.insert("label".into(), self.label.clone());
+        let state = self
+            .setup
+            .state(&trainer, &fixed, req.round, report.samples as u64)?;
         self.keep(trainer);
         let result = TrainRoundResult {
             job: self.name.clone(),
@@ -269,14 +253,13 @@ impl Job {
     /// The job's initial state (round 0 weights from its seed), once its
     /// layout is known.
     pub fn initial_state(&self) -> Result<Vec<u8>> {
-        let (layout, loss) = lock(&self.resolved).clone().ok_or_else(|| {
+        let fixed = lock(&self.resolved).clone().ok_or_else(|| {
             Error::not_found(format!(
                 "job '{}' has no state before its first partition",
                 self.name
             ))
         })?;
-        let trainer = Trainer::new(self.build_model(&layout, loss)?, self.optimizer.clone())?;
-        trainer.state(0, 0)?.to_bytes()
+        self.setup.trainer(&fixed)?.state(0, 0)?.to_bytes()
     }
 }
 

@@ -233,7 +233,7 @@ impl Models {
         };
         let features = match (req.features.clone(), recorded) {
             (Some(f), _) => f,
-            (None, Some(f)) => f.split(',').map(String::from).collect(),
+            (None, Some(f)) => stoker_core::protocol::column_list(&f),
             (None, None) => return Err(Error::invalid(
                 "register_model needs 'features' (the state does not record its feature columns)",
             )),

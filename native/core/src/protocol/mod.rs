@@ -29,6 +29,17 @@ mod envelope;
 pub use actions::*;
 pub use envelope::{Envelope, ENVELOPE_MAGIC};
 
+/// Column names from a comma-separated list, as the `x-stoker-keep` header,
+/// a state's `features` metadata and the command line's flags carry them:
+/// names are trimmed, and empty ones dropped.
+pub fn column_list(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
 /// First element of a descriptor path naming a training partition:
 /// `["partition", JOB, PARTITION, VERSION]`.
 pub const PARTITION_PATH: &str = "partition";
@@ -154,6 +165,12 @@ mod tests {
             .unwrap_err();
         assert!(e.message().contains("'x'"));
         assert!(PartitionKey::from_path(&["models".into()]).is_err());
+    }
+
+    #[test]
+    fn column_lists_are_trimmed_and_skip_empty_names() {
+        assert_eq!(column_list(" a, b,,c ,"), ["a", "b", "c"]);
+        assert!(column_list("").is_empty());
     }
 
     #[test]

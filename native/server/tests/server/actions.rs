@@ -569,7 +569,11 @@ async fn every_rpc_refuses_a_missing_or_wrong_token() {
     ];
     let actions = stoker_core::protocol::ACTIONS;
     assert!(actions.len() >= 8, "{actions:?}");
-    rpcs.extend(actions.iter().map(|(name, _)| Rpc::DoAction(name.to_string())));
+    rpcs.extend(
+        actions
+            .iter()
+            .map(|(name, _)| Rpc::DoAction(name.to_string())),
+    );
     for rpc in &rpcs {
         for token in [None, Some("wrong")] {
             let status = call(&uri, rpc, token)
