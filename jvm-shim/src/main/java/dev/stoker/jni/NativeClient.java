@@ -53,7 +53,10 @@ public final class NativeClient implements AutoCloseable {
     return h;
   }
 
-  /** Runs an action with an encoded body (JSON or an envelope); returns the encoded result. */
+  /**
+   * Runs an action with an encoded body (JSON, or an envelope framed as docs/protocol.md
+   * describes); returns the encoded result. {@link #actionParts} frames blobs itself.
+   */
   public byte[] action(String type, byte[] body) {
     return NativeBridge.action(handle(), type, body);
   }

@@ -18,7 +18,7 @@ private[spark] final case class Trained(
     history: Seq[RoundStats])
 
 /**
- * The driver's round loop (docs/spark.md, ../DESIGN.md section 3): broadcast the state,
+ * The driver's round loop (docs/spark.md, How `fit` works): broadcast the state,
  * one task per partition trains on its node's server, the driver merges the states into
  * their sample-weighted mean with native code as they arrive (or, for many partitions,
  * treeAggregate merges them on executors first), checkpoints and records the round.

@@ -15,11 +15,12 @@ import org.apache.spark.sql.vectorized.{ColumnarBatch, ColumnVector}
 import org.apache.spark.unsafe.Platform
 
 /**
- * The columnar fast path for training data: when a DataFrame's plan is a columnar scan
- * turned into rows (a cached DataFrame's in-memory scan, a Parquet or ORC scan), its
- * column vectors are copied into Arrow a column at a time instead of row by row through
- * Spark's Arrow writer, which was most of a partition's feeding time (docs/benchmarks.md,
- * benchmark 1). Only flat numeric columns qualify; anything else takes the row path.
+ * The columnar fast path for training and inference: when a DataFrame's plan is a
+ * columnar scan turned into rows (a cached DataFrame's in-memory scan, a Parquet or ORC
+ * scan), its column vectors are copied into Arrow a column at a time instead of row by
+ * row through Spark's Arrow writer, which was most of a partition's feeding time
+ * (docs/benchmarks.md, benchmark 1). Only flat numeric columns qualify; anything else
+ * takes the row path.
  */
 object ColumnarBatches {
 
