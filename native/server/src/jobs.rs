@@ -22,6 +22,9 @@ use stoker_engine::{
     Dataset, DeviceSpec, Fixed, OptimizerConfig, Rows, Setup, TrainOptions, Trainer,
 };
 
+#[cfg(test)]
+mod tests;
+
 /// What `create_job` asked for, checked.
 pub struct Job {
     pub name: String,

@@ -39,6 +39,8 @@ use super::lock;
 use files::{read_artifact, write_artifact};
 
 mod files;
+#[cfg(test)]
+mod tests;
 
 /// Where a model currently is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

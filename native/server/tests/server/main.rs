@@ -1,9 +1,11 @@
 //! The server in-process on 127.0.0.1:0, driven by the Rust client:
-//! `actions` covers every action, bad input, auth, TLS and metrics;
+//! `actions` covers every action, bad input, TLS and metrics; `auth`
+//! covers tokens on every RPC;
 //! `serving` covers concurrent streams, model tiers and callers that leave;
 //! `tls` covers certificates and the errors of a TLS misconfiguration.
 
 mod actions;
+mod auth;
 mod common;
 mod serving;
 mod tls;
