@@ -271,8 +271,31 @@ impl State {
     }
 
     fn parse(bytes: &[u8], keep: impl Fn(&[u8]) -> Bytes) -> Result<State> {
-        let (_, header) = SafeTensors::read_metadata(bytes).map_err(corrupt)?;
+        let meta = StateMeta::read(bytes)?;
         let st = SafeTensors::deserialize(bytes).map_err(corrupt)?;
+        let mut tensors = Vec::new();
+        for (name, view) in st.tensors() {
+            let dtype = DType::from_safetensors(view.dtype(), &name)?;
+            tensors.push(TensorData {
+                dtype,
+                shape: view.shape().to_vec(),
+                data: keep(view.data()),
+                name,
+            });
+        }
+        // safetensors orders tensors by dtype and name on disk; keep a
+        // canonical order so equal states compare equal.
+        tensors.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(State { meta, tensors })
+    }
+}
+
+impl StateMeta {
+    /// A serialized state's metadata, from its safetensors header alone:
+    /// the tensors' data is neither copied nor decoded (the header's
+    /// offsets are checked against the length).
+    pub fn read(bytes: &[u8]) -> Result<StateMeta> {
+        let (_, header) = SafeTensors::read_metadata(bytes).map_err(corrupt)?;
         let mut extra: BTreeMap<String, String> = header
             .metadata()
             .clone()
@@ -302,27 +325,11 @@ impl State {
         let round = number(&mut extra, "round")?;
         let samples = number(&mut extra, "samples")?;
         let model_id = extra.remove("model_id").unwrap_or_default();
-        let mut tensors = Vec::new();
-        for (name, view) in st.tensors() {
-            let dtype = DType::from_safetensors(view.dtype(), &name)?;
-            tensors.push(TensorData {
-                dtype,
-                shape: view.shape().to_vec(),
-                data: keep(view.data()),
-                name,
-            });
-        }
-        // safetensors orders tensors by dtype and name on disk; keep a
-        // canonical order so equal states compare equal.
-        tensors.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(State {
-            meta: StateMeta {
-                model_id,
-                round,
-                samples,
-                extra,
-            },
-            tensors,
+        Ok(StateMeta {
+            model_id,
+            round,
+            samples,
+            extra,
         })
     }
 }
@@ -351,6 +358,17 @@ pub(crate) mod tests {
                 },
             ],
         }
+    }
+
+    #[test]
+    fn metadata_reads_from_the_header_alone() {
+        let s = state(&[1.0, 2.0], 0.5, 40);
+        let bytes = s.to_bytes().unwrap();
+        assert_eq!(StateMeta::read(&bytes).unwrap(), s.meta);
+        // A truncated file is refused (the header's offsets must cover it).
+        assert!(StateMeta::read(&bytes[..bytes.len() - 4]).is_err());
+        let e = StateMeta::read(b"junk").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use jni::sys::{jdouble, jint, jlong};
 use jni::{Env, EnvUnowned};
 use stoker_core::protocol::{column_list, Envelope, ModelKey, PartitionKey};
 use stoker_core::running_mean;
-use stoker_core::{averaging, Error, State};
+use stoker_core::{averaging, Error, State, StateMeta};
 
 use errors::{BridgeResult, ThrowStoker};
 
@@ -392,9 +392,10 @@ pub extern "system" fn Java_dev_stoker_jni_NativeBridge_withoutOptimizer0<'calle
     .resolve::<ThrowStoker>()
 }
 
-/// `NativeBridge.meta0(byte[] state)`: the state's metadata
-/// (`State::meta`) as a JSON object of strings, as its safetensors header
-/// holds them: `model_id`, `round`, `samples` and the engine's others.
+/// `NativeBridge.meta0(byte[] state)`: the state's metadata, read from its
+/// header alone (`StateMeta::read`), as a JSON object of strings as the
+/// safetensors header holds them: `model_id`, `round`, `samples` and the
+/// engine's others.
 #[unsafe(no_mangle)]
 pub extern "system" fn Java_dev_stoker_jni_NativeBridge_meta0<'caller>(
     mut env: EnvUnowned<'caller>,
@@ -409,7 +410,7 @@ pub extern "system" fn Java_dev_stoker_jni_NativeBridge_meta0<'caller>(
             // SAFETY: one shared guard on the array; nothing in this scope calls
             // back into the JVM, and it lasts one read of the bytes.
             let elements = unsafe { state.get_elements_critical(env, ReleaseMode::NoCopyBack)? };
-            State::from_bytes(as_bytes(&elements))?.meta
+            StateMeta::read(as_bytes(&elements))?
         };
         let mut fields: serde_json::Map<String, serde_json::Value> =
             meta.extra.into_iter().map(|(k, v)| (k, v.into())).collect();
