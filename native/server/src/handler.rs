@@ -299,10 +299,7 @@ impl FlightService for Handler {
         &self,
         request: Request<Ticket>,
     ) -> std::result::Result<Response<Self::DoGetStream>, Status> {
-        let messages = self.get(request).await?;
-        Ok(Response::new(
-            messages.map_ok(Outgoing::into_flight_data).boxed(),
-        ))
+        Ok(flight_data(self.get(request).await?))
     }
 
     /// Shadowed by [`super::fastpath`] (same [`Handler::put`]).
@@ -319,9 +316,8 @@ impl FlightService for Handler {
         &self,
         request: Request<Streaming<FlightData>>,
     ) -> std::result::Result<Response<Self::DoExchangeStream>, Status> {
-        let messages = self.exchange(request.map(StreamExt::boxed)).await?;
-        Ok(Response::new(
-            messages.map_ok(Outgoing::into_flight_data).boxed(),
+        Ok(flight_data(
+            self.exchange(request.map(StreamExt::boxed)).await?,
         ))
     }
 
@@ -353,6 +349,11 @@ impl FlightService for Handler {
         });
         Ok(Response::new(stream::iter(types).boxed()))
     }
+}
+
+/// Outgoing messages as tonic's generated service sends them.
+fn flight_data(messages: Stream<Outgoing>) -> Response<Stream<FlightData>> {
+    Response::new(messages.map_ok(Outgoing::into_flight_data).boxed())
 }
 
 /// The path of a DoPut's or DoExchange's descriptor (on its first message),

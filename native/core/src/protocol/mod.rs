@@ -92,6 +92,14 @@ pub struct ModelKey {
 }
 
 impl ModelKey {
+    /// The latest version of the model `name`.
+    pub fn latest(name: impl Into<String>) -> ModelKey {
+        ModelKey {
+            name: name.into(),
+            version: None,
+        }
+    }
+
     pub fn from_path(path: &[String]) -> Result<ModelKey> {
         match path {
             [head, name] if head == MODELS_PATH => Ok(ModelKey {

@@ -36,12 +36,18 @@ fn register(models: &Models, name: &str) -> Result<Arc<ServedModel>> {
     models.register(req, None, Some(state()))
 }
 
-fn tiers(models: &Models) -> Vec<(String, Tier)> {
-    models
+/// Each model's name and tier, as `"a:device b:host"`.
+fn tiers(models: &Models) -> String {
+    let each: Vec<String> = models
         .list()
         .iter()
-        .map(|m| (m.name.clone(), m.tier()))
-        .collect()
+        .map(|m| format!("{}:{}", m.name, m.tier().as_str()))
+        .collect();
+    each.join(" ")
+}
+
+fn names(models: &Models) -> Vec<String> {
+    models.list().iter().map(|m| m.name.clone()).collect()
 }
 
 #[test]
@@ -51,42 +57,18 @@ fn the_least_recently_used_model_leaves_the_device_first() {
         assert_eq!(register(&models, name).unwrap().param_bytes, 196);
     }
     // Using `a` makes `b` the least recently used of the two.
-    let a = models
-        .get(&ModelKey {
-            name: "a".into(),
-            version: None,
-        })
-        .unwrap();
+    let a = models.get(&ModelKey::latest("a")).unwrap();
     models.batcher(&a).unwrap();
     register(&models, "c").unwrap();
-    assert_eq!(
-        tiers(&models),
-        [
-            ("a".into(), Tier::Device),
-            ("b".into(), Tier::Host),
-            ("c".into(), Tier::Device)
-        ]
-    );
+    assert_eq!(tiers(&models), "a:device b:host c:device");
     assert_eq!(models.device_tier.evictions.load(Ordering::Relaxed), 1);
     // `b` comes back from host memory on its next use, and `a` (now the
     // least recently used) makes room.
-    let b = models
-        .get(&ModelKey {
-            name: "b".into(),
-            version: None,
-        })
-        .unwrap();
+    let b = models.get(&ModelKey::latest("b")).unwrap();
     models.batcher(&b).unwrap();
     assert_eq!(models.device_tier.misses.load(Ordering::Relaxed), 1);
     assert_eq!(models.host_tier.hits.load(Ordering::Relaxed), 1);
-    assert_eq!(
-        tiers(&models),
-        [
-            ("a".into(), Tier::Host),
-            ("b".into(), Tier::Device),
-            ("c".into(), Tier::Device)
-        ]
-    );
+    assert_eq!(tiers(&models), "a:host b:device c:device");
 }
 
 #[test]
@@ -99,14 +81,12 @@ fn without_a_model_dir_the_host_budget_unloads_the_oldest_unused_model() {
     register(&models, "b").unwrap();
     register(&models, "c").unwrap();
     // `a` is held (a stream using it), so `b` goes instead.
-    let names: Vec<_> = tiers(&models).into_iter().map(|(n, _)| n).collect();
-    assert_eq!(names, ["a", "c"]);
+    assert_eq!(names(&models), ["a", "c"]);
     assert_eq!(models.host_tier.evictions.load(Ordering::Relaxed), 1);
     assert_eq!(models.host_bytes(), (2 * one, 2 * one + one / 2));
     drop(a);
     register(&models, "d").unwrap();
-    let names: Vec<_> = tiers(&models).into_iter().map(|(n, _)| n).collect();
-    assert_eq!(names, ["c", "d"]);
+    assert_eq!(names(&models), ["c", "d"]);
 }
 
 #[test]
@@ -120,6 +100,6 @@ fn a_registration_that_cannot_fit_is_undone() {
         .expect("no room for a second model");
     assert_eq!(e.kind(), ErrorKind::ResourceExhausted);
     assert!(e.message().contains("--host-model-mb"), "{e}");
-    assert_eq!(tiers(&models), [("a".into(), Tier::Device)]);
+    assert_eq!(tiers(&models), "a:device");
     drop(a);
 }

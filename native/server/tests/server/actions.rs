@@ -24,10 +24,7 @@ async fn every_action_end_to_end() {
     // Exchange: order, row counts and pass-through columns.
     let test = rings(5000, 9);
     let batches: Vec<RecordBatch> = (0..5).map(|i| test.slice(i * 1000, 1000)).collect();
-    let model = ModelKey {
-        name: "rings".into(),
-        version: None,
-    };
+    let model = ModelKey::latest("rings");
     let out = client
         .predict(&model, &["id".into()], batches)
         .await
@@ -264,14 +261,7 @@ async fn prometheus_metrics_page() {
     let mut client = connect(&server, None).await;
     trained_model(&mut client, "metered").await;
     client
-        .predict(
-            &ModelKey {
-                name: "metered".into(),
-                version: None,
-            },
-            &[],
-            vec![rings(100, 1)],
-        )
+        .predict(&ModelKey::latest("metered"), &[], vec![rings(100, 1)])
         .await
         .unwrap();
     let addr = server.metrics_addr.unwrap();
@@ -334,10 +324,7 @@ async fn an_ipc_stream_is_put_and_predicted_as_is_or_split_when_its_messages_are
     // Features as an IPC stream predict the same as the decoded batches,
     // whether passed through or split, with pass-through columns.
     trained_model(&mut client, "m").await;
-    let model = ModelKey {
-        name: "m".into(),
-        version: None,
-    };
+    let model = ModelKey::latest("m");
     let keep = vec!["id".to_string()];
     let want = client
         .predict(&model, &keep, vec![batch.clone()])
@@ -398,10 +385,7 @@ async fn a_request_whose_batches_fail_midway_is_aborted_and_keeps_its_error() {
     assert_eq!(e.kind(), ErrorKind::CacheMiss, "{e}");
 
     trained_model(&mut client, "m").await;
-    let model = ModelKey {
-        name: "m".into(),
-        version: None,
-    };
+    let model = ModelKey::latest("m");
     let features = || rings(300, 3);
     let input = futures::stream::iter([
         Ok(features()),

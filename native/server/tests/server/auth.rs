@@ -8,14 +8,18 @@ use stoker_server::{start, ServerConfig};
 
 use crate::common::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn tokens_are_required_and_checked() {
-    let server = start(ServerConfig {
+/// A server that wants the token `s3cret`.
+async fn token_server() -> stoker_server::RunningServer {
+    let config = ServerConfig {
         token: Some("s3cret".into()),
         ..config()
-    })
-    .await
-    .unwrap();
+    };
+    start(config).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tokens_are_required_and_checked() {
+    let server = token_server().await;
     let e = connect(&server, None).await.health().await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unauthenticated);
     let e = connect(&server, Some("wrong"))
@@ -133,12 +137,7 @@ async fn call(uri: &str, rpc: &Rpc, token: Option<&str>) -> Result<(), tonic::St
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_rpc_refuses_a_missing_or_wrong_token() {
-    let server = start(ServerConfig {
-        token: Some("s3cret".into()),
-        ..config()
-    })
-    .await
-    .unwrap();
+    let server = token_server().await;
     let uri = format!("http://{}", server.addr);
     let mut rpcs = vec![
         Rpc::Handshake,

@@ -25,10 +25,7 @@ async fn concurrent_streams_are_coalesced_and_stay_in_order() {
     trained_model(&mut client, "shared").await;
     let reference = client
         .predict(
-            &ModelKey {
-                name: "shared".into(),
-                version: None,
-            },
+            &ModelKey::latest("shared"),
             &["id".into()],
             vec![rings(400, 77)],
         )
@@ -45,10 +42,7 @@ async fn concurrent_streams_are_coalesced_and_stay_in_order() {
                 .unwrap();
             let data = rings(400, 77);
             let input = futures::stream::iter((0..4).map(move |i| Ok(data.slice(i * 100, 100))));
-            let model = ModelKey {
-                name: "shared".into(),
-                version: None,
-            };
+            let model = ModelKey::latest("shared");
             let out = c
                 .predict_stream(&model, &["id".into()], input)
                 .await
@@ -102,10 +96,7 @@ async fn models_move_between_tiers_and_survive_a_restart() {
 
     // Asking for the evicted model loads it back, transparently.
     let test = rings(200, 3);
-    let first = ModelKey {
-        name: "first".into(),
-        version: None,
-    };
+    let first = ModelKey::latest("first");
     let a = client
         .predict(&first, &[], vec![test.clone()])
         .await
@@ -139,10 +130,7 @@ async fn a_client_that_leaves_mid_exchange_harms_nobody() {
     let server = start(config()).await.unwrap();
     let mut client = connect(&server, None).await;
     trained_model(&mut client, "steady").await;
-    let model = ModelKey {
-        name: "steady".into(),
-        version: None,
-    };
+    let model = ModelKey::latest("steady");
     for _ in 0..3 {
         let (tx, rx) = futures::channel::mpsc::unbounded::<stoker_core::Result<RecordBatch>>();
         tx.unbounded_send(Ok(rings(100, 1))).unwrap();
@@ -336,10 +324,7 @@ async fn without_a_model_dir_the_host_budget_holds_by_unloading_the_least_recent
     .await
     .unwrap();
     let mut client = connect(&server, None).await;
-    let model = |name: &str| ModelKey {
-        name: name.into(),
-        version: None,
-    };
+    let model = |name: &str| ModelKey::latest(name);
     for i in 0..8 {
         register(&mut client, &format!("m{i}"), &state).await;
         if i == 2 {
