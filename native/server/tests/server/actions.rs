@@ -120,11 +120,7 @@ async fn bad_inputs_get_their_kinds_and_the_server_keeps_serving() {
     assert!(e.message().contains("no job named 'ghost'"), "{e}");
 
     client.create_job(&job("j"), None).await.unwrap();
-    let e = client
-        .train_round(&round("j", 0, 0), None)
-        .await
-        .unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::CacheMiss, "{e}");
+    assert_cache_miss(&mut client, "j").await;
 
     // A string where a feature should be.
     let bad = RecordBatch::try_from_iter(vec![
@@ -378,11 +374,7 @@ async fn a_request_whose_batches_fail_midway_is_aborted_and_keeps_its_error() {
     assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
     assert!(e.message().contains("the source broke at row 200"), "{e}");
     // Nothing was stored: training the partition is a cache miss.
-    let e = client
-        .train_round(&round("j", 0, 0), None)
-        .await
-        .unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::CacheMiss, "{e}");
+    assert_cache_miss(&mut client, "j").await;
 
     trained_model(&mut client, "m").await;
     let model = ModelKey::latest("m");

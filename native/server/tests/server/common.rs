@@ -116,6 +116,24 @@ pub fn floats(batches: &[RecordBatch], index: usize) -> Vec<f64> {
         .collect()
 }
 
+/// Creates the job `name` with its partition 0 (version v1) of `rows` rings.
+pub async fn job_with_partition(client: &mut Client, name: &str, rows: usize) {
+    client.create_job(&job(name), None).await.unwrap();
+    client
+        .put_partition(&key(name, 0, "v1"), one(rings(rows, 1)))
+        .await
+        .unwrap();
+}
+
+/// Training partition 0 of `name` is a cache miss (nothing cached for it).
+pub async fn assert_cache_miss(client: &mut Client, name: &str) {
+    let e = client
+        .train_round(&round(name, 0, 0), None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), stoker_core::ErrorKind::CacheMiss, "{e}");
+}
+
 /// Trains a model over two partitions for a few rounds and registers it.
 pub async fn trained_model(client: &mut Client, name: &str) -> Vec<u8> {
     client.create_job(&job(name), None).await.unwrap();

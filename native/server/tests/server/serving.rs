@@ -161,11 +161,7 @@ async fn a_client_that_leaves_mid_exchange_harms_nobody() {
 async fn a_round_whose_caller_leaves_stops_early() {
     let server = start(config()).await.unwrap();
     let mut client = connect(&server, None).await;
-    client.create_job(&job("long"), None).await.unwrap();
-    client
-        .put_partition(&key("long", 0, "v1"), one(rings(20_000, 1)))
-        .await
-        .unwrap();
+    job_with_partition(&mut client, "long", 20_000).await;
     let mut leaver = connect(&server, None).await;
     let endless = TrainRound {
         epochs: 100_000,
@@ -202,11 +198,7 @@ async fn a_round_whose_caller_leaves_stops_early() {
 async fn tasks_share_a_job_and_release_partitions() {
     let server = start(config()).await.unwrap();
     let mut client = connect(&server, None).await;
-    client.create_job(&job("shared"), None).await.unwrap();
-    client
-        .put_partition(&key("shared", 0, "v1"), one(rings(500, 1)))
-        .await
-        .unwrap();
+    job_with_partition(&mut client, "shared", 500).await;
     let again = CreateJob {
         keep_existing: true,
         ..job("shared")
@@ -229,17 +221,9 @@ async fn tasks_share_a_job_and_release_partitions() {
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
     // Without keep_existing, create_job starts the job anew.
+    job_with_partition(&mut client, "shared", 500).await;
     client.create_job(&job("shared"), None).await.unwrap();
-    client
-        .put_partition(&key("shared", 0, "v1"), one(rings(500, 1)))
-        .await
-        .unwrap();
-    client.create_job(&job("shared"), None).await.unwrap();
-    let e = client
-        .train_round(&round("shared", 0, 0), None)
-        .await
-        .unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::CacheMiss, "{e}");
+    assert_cache_miss(&mut client, "shared").await;
 }
 
 /// A round's partitions on one server share one upload of its input state:
