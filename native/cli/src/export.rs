@@ -23,7 +23,7 @@ pub struct ExportArgs {
 pub fn run(a: ExportArgs) -> Result<()> {
     let source = ModelSource::from_file(&a.model)?;
     let state = super::read_state(&a.state)?;
-    let bytes = export_torchscript(&source, &state).map_err(|e| {
+    let bytes = export_torchscript(&source, &state, None).map_err(|e| {
         e.context(format!(
             "exporting {} with {}",
             a.model.display(),

@@ -43,7 +43,7 @@ pub fn run(a: PredictArgs) -> Result<()> {
     let device = a.device.parse::<DeviceSpec>()?.resolve()?;
     let source = ModelSource::from_file(&a.model)?;
     let state = super::read_state(&a.state)?;
-    let mut model = Model::from_state(&source, &state, device).map_err(|e| {
+    let mut model = Model::from_state(&source, &state, device, None).map_err(|e| {
         e.context(format!(
             "loading {} into {}",
             a.state.display(),

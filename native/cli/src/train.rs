@@ -88,6 +88,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         optimizer,
         device,
         seed: a.seed,
+        budget: None,
     };
     let (_, batches) = crate::datafile::read_all(&a.data)?;
     let fixed = setup.fix(&batches, Rows::All)?;
@@ -167,7 +168,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
             .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
     }
     if let Some(path) = &a.export_torchscript {
-        let bytes = stoker_engine::model::export_torchscript(&setup.source(&fixed), &state)?;
+        let bytes = stoker_engine::model::export_torchscript(&setup.source(&fixed), &state, None)?;
         std::fs::write(path, bytes)
             .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
     }

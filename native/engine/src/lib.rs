@@ -3,6 +3,7 @@
 //! can be averaged, and runs batched inference. It knows nothing about
 //! networks or Spark: the server and the command line drive it.
 
+pub mod budget;
 mod buffers;
 pub mod data;
 pub mod device;
@@ -15,6 +16,7 @@ pub mod spec;
 pub mod torch;
 pub mod train;
 
+pub use budget::Budget;
 pub use data::Dataset;
 pub use device::DeviceSpec;
 pub use model::{Model, ModelSource};

@@ -8,6 +8,7 @@ use stoker_core::{
 };
 use tch::{Device, Kind, Tensor};
 
+use crate::budget::Budget;
 use crate::network::{Mlp, Network, Script};
 use crate::optim::copy_into;
 use crate::spec::{ModelSpec, ModelType};
@@ -107,6 +108,22 @@ impl Model {
         device: Device,
         seed: u64,
     ) -> Result<Model> {
+        Model::build_within(source, loss, input_width, device, seed, None)
+    }
+
+    /// [`Model::build`], refused before anything is allocated when the
+    /// model would not fit `budget` (a server's; see [`Budget`]).
+    pub fn build_within(
+        source: &ModelSource,
+        loss: Loss,
+        input_width: usize,
+        device: Device,
+        seed: u64,
+        budget: Option<&Budget>,
+    ) -> Result<Model> {
+        if let Some(b) = budget {
+            b.check_before_build(source, loss, input_width)?;
+        }
         let (network, task) = match source {
             ModelSource::Spec(spec) => {
                 let task = spec.task(loss)?;
@@ -115,6 +132,10 @@ impl Model {
             }
             ModelSource::TorchScript(bytes) => {
                 let mut script = Network::Script(Script::load(bytes, device)?);
+                if let Some(b) = budget {
+                    let parameters = script.parameters().iter().map(|(_, t)| t.numel()).sum();
+                    b.check_parameters(parameters, input_width)?;
+                }
                 let probe = Tensor::f_zeros([1, input_width as i64], (Kind::Float, device))
                     .map_err(internal("probe input"))?;
                 let out = tch::no_grad(|| script.forward(&probe, false))
@@ -142,8 +163,15 @@ impl Model {
         })
     }
 
-    /// Builds the model a state was written for and loads its parameters.
-    pub fn from_state(source: &ModelSource, state: &State, device: Device) -> Result<Model> {
+    /// Builds the model a state was written for and loads its parameters;
+    /// the state's widths are checked against `budget` first (a state from
+    /// a client is untrusted input).
+    pub fn from_state(
+        source: &ModelSource,
+        state: &State,
+        device: Device,
+        budget: Option<&Budget>,
+    ) -> Result<Model> {
         let meta = &state.meta.extra;
         let loss: Loss = meta
             .get("loss")
@@ -155,7 +183,7 @@ impl Model {
             .get("input_width")
             .and_then(|w| w.parse().ok())
             .ok_or_else(|| Error::invalid("state has no 'input_width' metadata"))?;
-        let mut model = Model::build(source, loss, width, device, 0)?;
+        let mut model = Model::build_within(source, loss, width, device, 0, budget)?;
         model.load_weights(state)?;
         Ok(model)
     }
@@ -373,6 +401,10 @@ impl Model {
 /// ([`Model::to_torchscript`]), built on the CPU so it loads on any machine:
 /// what `stoker export`, the server's `export_model` action and
 /// `StokerModel.exportTorchScript` return.
-pub fn export_torchscript(source: &ModelSource, state: &State) -> Result<Vec<u8>> {
-    Model::from_state(source, state, Device::Cpu)?.to_torchscript()
+pub fn export_torchscript(
+    source: &ModelSource,
+    state: &State,
+    budget: Option<&Budget>,
+) -> Result<Vec<u8>> {
+    Model::from_state(source, state, Device::Cpu, budget)?.to_torchscript()
 }

@@ -18,7 +18,7 @@ use stoker_core::labels::{label_is_integer, read_labels};
 use stoker_core::{Error, FeatureLayout, Labels, Loss, Result, State, Task};
 
 use crate::model::{Model, ModelSource};
-use crate::{Dataset, Device, OptimizerConfig, Trainer};
+use crate::{Budget, Dataset, Device, OptimizerConfig, Trainer};
 
 /// What a training run is asked to do, before any data is seen.
 pub struct Setup {
@@ -30,6 +30,9 @@ pub struct Setup {
     pub optimizer: OptimizerConfig,
     pub device: Device,
     pub seed: u64,
+    /// What one model may take of the device (a server's budget); `None`:
+    /// no check (`stoker train` on the user's own machine).
+    pub budget: Option<Budget>,
 }
 
 /// Which rows [`Setup::fix`] sees.
@@ -96,12 +99,13 @@ impl Setup {
 
     /// A fresh model: seeded initial weights.
     pub fn model(&self, fixed: &Fixed) -> Result<Model> {
-        Model::build(
+        Model::build_within(
             &self.source(fixed),
             fixed.loss,
             fixed.layout.width(),
             self.device,
             self.seed,
+            self.budget.as_ref(),
         )
     }
 
@@ -164,6 +168,7 @@ mod tests {
             optimizer: OptimizerConfig::default(),
             device: Device::Cpu,
             seed: 7,
+            budget: None,
         }
     }
 

@@ -160,7 +160,7 @@ fn state_round_trip_restores_predictions_and_optimizer() {
         .unwrap();
     assert_eq!(a, b);
 
-    let mut loaded = Model::from_state(&mlp(0.0), &state, Device::Cpu).unwrap();
+    let mut loaded = Model::from_state(&mlp(0.0), &state, Device::Cpu, None).unwrap();
     assert_eq!(
         loaded
             .predict_batches(std::slice::from_ref(&train), &layout, 0)

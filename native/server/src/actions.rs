@@ -15,6 +15,7 @@ use stoker_core::protocol::{
 };
 use stoker_core::{Error, ErrorKind, Result, State};
 use stoker_engine::model::ModelSource;
+use stoker_engine::Budget;
 use stoker_wire::outgoing::ActionResult;
 
 use crate::jobs::Job;
@@ -75,15 +76,15 @@ impl Service {
                 self.models.unload(&req.name, req.version)?;
                 answer(serde_json::json!({"unloaded": req.name, "version": req.version}))
             }
-            Action::ExportModel(req) => export_model(req, blobs).await,
+            Action::ExportModel(req) => export_model(req, blobs, self.models.budget()).await,
         }
     }
 
     async fn create_job(&self, req: CreateJob, blobs: Blobs) -> Result<Vec<ActionResult>> {
         let keep = req.keep_existing;
         let model = blobs.owned("model");
-        let device = self.device;
-        let job = blocking(move || Job::new(req, model, device)).await?;
+        let (device, budget) = (self.device, self.models.device_bytes());
+        let job = blocking(move || Job::new(req, model, device, budget)).await?;
         let name = job.name.clone();
         let created = self.jobs.create(job, keep);
         if created {
@@ -184,14 +185,18 @@ impl Service {
     }
 }
 
-async fn export_model(req: ExportModel, blobs: Blobs) -> Result<Vec<ActionResult>> {
+async fn export_model(req: ExportModel, blobs: Blobs, budget: Budget) -> Result<Vec<ActionResult>> {
     let model = blobs.owned("model");
     let state = blobs.get("state").ok_or_else(|| {
         Error::invalid("export_model needs the trained state as its 'state' blob")
     })?;
     let archive = blocking(move || {
         let source = ModelSource::one_of(req.spec.as_ref(), None, model, "export_model")?;
-        stoker_engine::model::export_torchscript(&source, &State::from_shared(&state)?)
+        stoker_engine::model::export_torchscript(
+            &source,
+            &State::from_shared(&state)?,
+            Some(&budget),
+        )
     })
     .await?;
     let bytes = archive.len();

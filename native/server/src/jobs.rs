@@ -19,7 +19,7 @@ use stoker_core::protocol::{CreateJob, PartitionKey, TrainRound, TrainRoundResul
 use stoker_core::{Error, ErrorKind, Result, State};
 use stoker_engine::model::ModelSource;
 use stoker_engine::{
-    Dataset, DeviceSpec, Fixed, OptimizerConfig, Rows, Setup, TrainOptions, Trainer,
+    Budget, Dataset, DeviceSpec, Fixed, OptimizerConfig, Rows, Setup, TrainOptions, Trainer,
 };
 
 #[cfg(test)]
@@ -61,10 +61,13 @@ pub struct Partition {
 }
 
 impl Job {
+    /// A job as `req` asks, its models held to `device_bytes` (the
+    /// server's `--device-model-mb`) with its batches' activations.
     pub fn new(
         req: CreateJob,
         model_blob: Option<Vec<u8>>,
         default_device: DeviceSpec,
+        device_bytes: usize,
     ) -> Result<Job> {
         if req.job.is_empty() || req.job.contains('/') {
             return Err(Error::invalid(format!(
@@ -108,6 +111,11 @@ impl Job {
                 optimizer,
                 device,
                 seed: req.seed,
+                budget: Some(Budget::training(
+                    device_bytes,
+                    req.batch_size,
+                    "--device-model-mb",
+                )),
             },
             batch_size: req.batch_size,
             resolved: Mutex::new(None),

@@ -31,7 +31,7 @@ use stoker_core::protocol::{ModelKey, RegisterModel};
 use stoker_core::{Error, ErrorKind, FeatureLayout, Loss, Result, State};
 use stoker_engine::model::ModelSource;
 use stoker_engine::torch::filled_matrix;
-use stoker_engine::{Device, Model};
+use stoker_engine::{Budget, Device, Model};
 use tch::Tensor;
 
 use super::batcher::{BatchLimits, BatchStats, Batcher};
@@ -184,6 +184,17 @@ impl Models {
         Ok(models)
     }
 
+    /// Bytes of the device tier (`--device-model-mb`): what one model may
+    /// take, at most.
+    pub fn device_bytes(&self) -> usize {
+        self.config.device_bytes
+    }
+
+    /// The budget a served model is built within.
+    pub fn budget(&self) -> Budget {
+        Budget::serving(self.config.device_bytes, "--device-model-mb")
+    }
+
     fn build(
         &self,
         artifact: &Artifact,
@@ -195,6 +206,7 @@ impl Models {
                 &artifact.source,
                 &State::from_bytes(bytes)?,
                 self.config.device,
+                Some(&self.budget()),
             ),
             None => {
                 if let ModelSource::Spec(_) = artifact.source {
@@ -206,7 +218,14 @@ impl Models {
                     Error::invalid("a TorchScript model without a state needs 'input_width'")
                 })?;
                 let loss: Loss = loss.unwrap_or("mse").parse()?;
-                Model::build(&artifact.source, loss, width, self.config.device, 0)
+                Model::build_within(
+                    &artifact.source,
+                    loss,
+                    width,
+                    self.config.device,
+                    0,
+                    Some(&self.budget()),
+                )
             }
         }
     }

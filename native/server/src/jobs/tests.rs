@@ -16,7 +16,7 @@ fn job(name: &str) -> Job {
         "label": "y",
     }))
     .unwrap();
-    Job::new(req, None, DeviceSpec::Cpu).unwrap()
+    Job::new(req, None, DeviceSpec::Cpu, 1 << 30).unwrap()
 }
 
 fn partition(job: &Job, partition: u32) -> Partition {

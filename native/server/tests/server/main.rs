@@ -2,10 +2,12 @@
 //! `actions` covers every action, bad input, TLS and metrics; `auth`
 //! covers tokens on every RPC;
 //! `serving` covers concurrent streams, model tiers and callers that leave;
-//! `tls` covers certificates and the errors of a TLS misconfiguration.
+//! `tls` covers certificates and the errors of a TLS misconfiguration;
+//! `limits` covers sizes a client asks for that do not fit the server.
 
 mod actions;
 mod auth;
 mod common;
+mod limits;
 mod serving;
 mod tls;

@@ -1,0 +1,96 @@
+//! Sizes a hostile or mistaken client asks for are refused before anything
+//! is allocated, with RESOURCE_EXHAUSTED naming the budget, and the server
+//! keeps serving. Before these checks, `hidden: [1000000000]` aborted the
+//! server process while it drew the weights.
+
+use stoker_core::protocol::{CreateJob, RegisterModel};
+use stoker_core::{ErrorKind, State};
+use stoker_engine::model::{export_torchscript, ModelSource};
+use stoker_engine::ModelSpec;
+use stoker_server::{start, ServerConfig};
+
+use crate::common::*;
+
+fn huge_job(name: &str) -> CreateJob {
+    CreateJob {
+        spec: Some(serde_json::json!({"type": "mlp", "hidden": [1_000_000_000], "num_classes": 2})),
+        ..job(name)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_model_too_large_for_the_device_budget_is_refused_before_it_is_built() {
+    let server = start(ServerConfig {
+        device_model_bytes: 256 << 20,
+        ..config()
+    })
+    .await
+    .unwrap();
+    let mut client = connect(&server, None).await;
+    client.create_job(&huge_job("huge"), None).await.unwrap();
+    let e = client
+        .put_partition(&key("huge", 0, "v1"), one(rings(50, 1)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ResourceExhausted, "{e}");
+    assert!(e.message().contains("--device-model-mb"), "{e}");
+    assert!(e.message().contains("5000000002 parameters"), "{e}");
+
+    // A state that claims a billion inputs, for a spec that is small.
+    let state = trained_model(&mut client, "small").await;
+    let mut claimed = State::from_bytes(&state).unwrap();
+    claimed
+        .meta
+        .extra
+        .insert("input_width".into(), "1000000000".into());
+    let req = RegisterModel {
+        name: "wide".into(),
+        version: None,
+        spec: Some(serde_json::json!({"type": "mlp", "hidden": [16, 16], "num_classes": 2})),
+        torchscript_path: None,
+        features: Some(vec!["a".into()]),
+        loss: None,
+        input_width: None,
+    };
+    let e = client
+        .register_model(&req, None, Some(claimed.to_bytes().unwrap()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ResourceExhausted, "{e}");
+
+    // A TorchScript model probed with a billion inputs.
+    let spec = ModelSpec::from_json(r#"{"type":"mlp","hidden":[16,16],"num_classes":2}"#).unwrap();
+    let script = export_torchscript(
+        &ModelSource::Spec(spec),
+        &State::from_bytes(&state).unwrap(),
+        None,
+    )
+    .unwrap();
+    let req = RegisterModel {
+        name: "probe".into(),
+        loss: Some("mse".into()),
+        input_width: Some(1_000_000_000),
+        spec: None,
+        ..req
+    };
+    let e = client
+        .register_model(&req, Some(script), None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ResourceExhausted, "{e}");
+    assert!(e.message().contains("1000000000 inputs"), "{e}");
+
+    // Nothing was lost: the trained model still serves, and the refused
+    // ones left nothing behind.
+    let health = client.health().await.unwrap();
+    assert_eq!(health["status"], "serving");
+    let stats = client.stats().await.unwrap();
+    let names: Vec<_> = stats["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["small"]);
+    server.stop().await.unwrap();
+}
