@@ -39,6 +39,10 @@ pub struct ServeArgs {
     /// Byte budget of models loaded on the device, in MiB.
     #[arg(long, default_value_t = 4096)]
     device_model_mb: usize,
+    /// What one training job's model may take of the device (weights,
+    /// gradients, optimizer state and one batch of activations), in MiB.
+    #[arg(long, default_value_t = 4096)]
+    job_model_mb: usize,
     /// Byte budget of model artifacts kept in host memory, in MiB.
     #[arg(long, default_value_t = 8192)]
     host_model_mb: usize,
@@ -91,6 +95,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         cache_bytes: a.cache_mb << 20,
         model_dir: a.model_dir.clone(),
         device_model_bytes: a.device_model_mb << 20,
+        job_model_bytes: a.job_model_mb << 20,
         host_model_bytes: a.host_model_mb << 20,
         batch: stoker_server::batcher::BatchLimits {
             max_rows: a.max_batch_rows.max(1),

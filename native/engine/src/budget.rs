@@ -69,6 +69,10 @@ impl Budget {
                 let units = sizes
                     .iter()
                     .fold(0u128, |sum, &s| sum.saturating_add(s as u128));
+                // Served, a spec is held to its weights, as the device tier
+                // counts them: its layers' widths are all parameters too, so
+                // no activation can be large without weights to show for it.
+                let units = if self.is_training() { units } else { 0 };
                 self.check(
                     parameters,
                     units,
@@ -93,11 +97,15 @@ impl Budget {
         )
     }
 
+    fn is_training(&self) -> bool {
+        self.bytes_per_parameter > 4
+    }
+
     /// `parameters` held at `bytes_per_parameter`, and one pass's
     /// activations: `units` values per row, kept for the backward pass
     /// when training.
     fn check(&self, parameters: u128, units: u128, what: &str) -> Result<()> {
-        let passes = if self.bytes_per_parameter > 4 { 2 } else { 1 };
+        let passes = if self.is_training() { 2 } else { 1 };
         let needed = parameters
             .saturating_mul(self.bytes_per_parameter as u128)
             .saturating_add(units.saturating_mul(self.rows as u128 * F32 * passes));

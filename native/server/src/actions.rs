@@ -83,7 +83,7 @@ impl Service {
     async fn create_job(&self, req: CreateJob, blobs: Blobs) -> Result<Vec<ActionResult>> {
         let keep = req.keep_existing;
         let model = blobs.owned("model");
-        let (device, budget) = (self.device, self.models.device_bytes());
+        let (device, budget) = (self.device, self.jobs.model_bytes());
         let job = blocking(move || Job::new(req, model, device, budget)).await?;
         let name = job.name.clone();
         let created = self.jobs.create(job, keep);

@@ -61,13 +61,13 @@ pub struct Partition {
 }
 
 impl Job {
-    /// A job as `req` asks, its models held to `device_bytes` (the
-    /// server's `--device-model-mb`) with its batches' activations.
+    /// A job as `req` asks, its models held to `model_bytes` (the server's
+    /// `--job-model-mb`) with their training state and a batch's activations.
     pub fn new(
         req: CreateJob,
         model_blob: Option<Vec<u8>>,
         default_device: DeviceSpec,
-        device_bytes: usize,
+        model_bytes: usize,
     ) -> Result<Job> {
         if req.job.is_empty() || req.job.contains('/') {
             return Err(Error::invalid(format!(
@@ -112,9 +112,9 @@ impl Job {
                 device,
                 seed: req.seed,
                 budget: Some(Budget::training(
-                    device_bytes,
+                    model_bytes,
                     req.batch_size,
-                    "--device-model-mb",
+                    "--job-model-mb",
                 )),
             },
             batch_size: req.batch_size,
@@ -279,6 +279,8 @@ pub struct Jobs {
     jobs: Mutex<HashMap<String, Arc<Job>>>,
     partitions: Mutex<HashMap<(String, u32), Arc<Partition>>>,
     budget: usize,
+    /// What one job's model may take (`--job-model-mb`).
+    model_bytes: usize,
     /// Bytes of partitions still streaming in.
     incoming: Arc<std::sync::atomic::AtomicUsize>,
     pub evictions: std::sync::atomic::AtomicU64,
@@ -323,11 +325,12 @@ pub struct JobInfo {
 }
 
 impl Jobs {
-    pub fn new(budget_bytes: usize) -> Jobs {
+    pub fn new(budget_bytes: usize, model_bytes: usize) -> Jobs {
         Jobs {
             jobs: Mutex::new(HashMap::new()),
             partitions: Mutex::new(HashMap::new()),
             budget: budget_bytes,
+            model_bytes,
             incoming: Default::default(),
             evictions: Default::default(),
         }
@@ -477,5 +480,10 @@ impl Jobs {
 
     pub fn budget(&self) -> usize {
         self.budget
+    }
+
+    /// What one job's model may take of the device (`--job-model-mb`).
+    pub fn model_bytes(&self) -> usize {
+        self.model_bytes
     }
 }

@@ -58,6 +58,9 @@ pub struct ServerConfig {
     pub model_dir: Option<std::path::PathBuf>,
     /// Byte budgets of the device and host model tiers.
     pub device_model_bytes: usize,
+    /// What one training job's model may take of the device: weights,
+    /// gradients, optimizer slots and one batch of activations.
+    pub job_model_bytes: usize,
     pub host_model_bytes: usize,
     /// Dynamic batching of concurrent inference streams.
     pub batch: batcher::BatchLimits,
@@ -77,6 +80,7 @@ impl Default for ServerConfig {
             cache_bytes: 4 << 30,
             model_dir: None,
             device_model_bytes: 4 << 30,
+            job_model_bytes: 4 << 30,
             host_model_bytes: 8 << 30,
             batch: batcher::BatchLimits::default(),
             metrics_port: None,
@@ -141,7 +145,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
         .local_addr()
         .map_err(|e| Error::io("reading the bound address", e))?;
     let service = Arc::new(Service {
-        jobs: jobs::Jobs::new(config.cache_bytes),
+        jobs: jobs::Jobs::new(config.cache_bytes, config.job_model_bytes),
         models: models::Models::new(models::RegistryConfig {
             device: config.device.resolve()?,
             device_bytes: config.device_model_bytes,

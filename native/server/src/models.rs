@@ -184,12 +184,6 @@ impl Models {
         Ok(models)
     }
 
-    /// Bytes of the device tier (`--device-model-mb`): what one model may
-    /// take, at most.
-    pub fn device_bytes(&self) -> usize {
-        self.config.device_bytes
-    }
-
     /// The budget a served model is built within.
     pub fn budget(&self) -> Budget {
         Budget::serving(self.config.device_bytes, "--device-model-mb")

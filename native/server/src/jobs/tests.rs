@@ -50,7 +50,7 @@ fn cached(jobs: &Jobs, job: &str) -> Vec<u32> {
 fn the_least_recently_used_partition_is_evicted_to_fit() {
     let probe = job("probe");
     let size = partition(&probe, 0).bytes;
-    let jobs = Jobs::new(2 * size + size / 2);
+    let jobs = Jobs::new(2 * size + size / 2, 1 << 30);
     jobs.create(job("j"), false);
     let j = jobs.get("j").unwrap();
     for p in [0, 1] {
@@ -74,14 +74,14 @@ fn the_least_recently_used_partition_is_evicted_to_fit() {
 fn a_partition_over_the_whole_budget_or_for_a_replaced_job_is_refused() {
     let probe = job("probe");
     let size = partition(&probe, 0).bytes;
-    let jobs = Jobs::new(size / 2);
+    let jobs = Jobs::new(size / 2, 1 << 30);
     jobs.create(job("j"), false);
     let j = jobs.get("j").unwrap();
     let e = jobs.insert(&j, partition(&j, 0)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::ResourceExhausted);
     assert!(e.message().contains("--cache-mb"), "{e}");
 
-    let jobs = Jobs::new(4 * size);
+    let jobs = Jobs::new(4 * size, 1 << 30);
     jobs.create(job("j"), false);
     let old = jobs.get("j").unwrap();
     let sent = partition(&old, 0);
@@ -99,7 +99,7 @@ fn a_partition_over_the_whole_budget_or_for_a_replaced_job_is_refused() {
 
 #[test]
 fn uploads_in_flight_share_the_budget_and_give_it_back() {
-    let jobs = Jobs::new(100);
+    let jobs = Jobs::new(100, 1 << 30);
     let mut first = jobs.reserve_incoming();
     let mut second = jobs.reserve_incoming();
     assert!(first.add(60));
@@ -115,7 +115,7 @@ fn uploads_in_flight_share_the_budget_and_give_it_back() {
 
 #[test]
 fn releasing_the_last_partition_drops_the_job() {
-    let jobs = Jobs::new(usize::MAX);
+    let jobs = Jobs::new(usize::MAX, 1 << 30);
     jobs.create(job("j"), false);
     let j = jobs.get("j").unwrap();
     for p in [0, 1] {

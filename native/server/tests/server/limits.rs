@@ -21,6 +21,7 @@ fn huge_job(name: &str) -> CreateJob {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_model_too_large_for_the_device_budget_is_refused_before_it_is_built() {
     let server = start(ServerConfig {
+        job_model_bytes: 256 << 20,
         device_model_bytes: 256 << 20,
         ..config()
     })
@@ -33,7 +34,7 @@ async fn a_model_too_large_for_the_device_budget_is_refused_before_it_is_built()
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::ResourceExhausted, "{e}");
-    assert!(e.message().contains("--device-model-mb"), "{e}");
+    assert!(e.message().contains("--job-model-mb"), "{e}");
     assert!(e.message().contains("5000000002 parameters"), "{e}");
 
     // A state that claims a billion inputs, for a spec that is small.
