@@ -21,15 +21,7 @@ import uuid
 
 import pyarrow as pa
 
-from bench.common import (
-    Context,
-    Result,
-    float_table,
-    side_by_side,
-    spark_session,
-    summarize,
-    timed,
-)
+from bench.common import Context, Result, scaled_float_table, side_by_side, summarize, timed
 
 FEATURES = 32
 BENCH = "1 Feeding training data"
@@ -41,10 +33,8 @@ def run(ctx: Context) -> list[Result]:
     from stoker.server import local_server
     from stoker.spark import StokerEstimator
 
-    spark = spark_session()
-    rows = ctx.size(1_000_000, 4_000_000)
     partitions = 4
-    table = float_table(spark, rows, FEATURES, partitions)
+    rows, table = scaled_float_table(ctx, 1_000_000, 4_000_000, FEATURES, partitions)
     names = [f"f{i}" for i in range(FEATURES)]
     estimator = StokerEstimator(
         featureCols=names, labelCol="label", model={"type": "mlp", "hidden": [64], "num_classes": 2}

@@ -20,8 +20,8 @@ from bench.common import (
     Context,
     Result,
     RssSampler,
-    float_table,
     mlp,
+    scaled_float_table,
     side_by_side,
     spark_session,
     summarize,
@@ -35,9 +35,8 @@ BENCH = "2 Batch inference"
 def run(ctx: Context) -> list[Result]:
     from pyspark.sql import functions as F
 
+    rows, table = scaled_float_table(ctx, 500_000, 2_000_000, FEATURES, partitions=4, seed=5)
     spark = spark_session()
-    rows = ctx.size(500_000, 2_000_000)
-    table = float_table(spark, rows, FEATURES, partitions=4, seed=5)
     sample = table.limit(20_000).withColumn("target", F.col("f0") * F.col("f1")).cache()
     results: list[Result] = []
     for label, hidden in (("MLP 32-64-1", [64]), ("MLP 32-256-256-1", [256, 256])):

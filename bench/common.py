@@ -216,6 +216,15 @@ def float_table(spark, rows: int, features: int, partitions: int, seed: int = 1)
     return table
 
 
+def scaled_float_table(
+    ctx: Context, quick: int, full: int, features: int, partitions: int, seed: int = 1
+):
+    """`float_table` in the benchmarks' Spark session with `ctx.size(quick, full)` rows:
+    (rows, table)."""
+    rows = ctx.size(quick, full)
+    return rows, float_table(spark_session(), rows, features, partitions, seed)
+
+
 class RssSampler:
     """Peak resident memory of the processes whose command line matches, sampled
     every 50 ms while a `with` block runs."""

@@ -70,9 +70,13 @@ def auc(y: np.ndarray, p: np.ndarray) -> float:
     return (ranks[pos].sum() - pos.sum() * (pos.sum() + 1) / 2) / (pos.sum() * (~pos).sum())
 
 
-def stoker(*args: str) -> float:
+def stoker(command: str, data: str, name: str, *args: str) -> float:
+    """Seconds `stoker <command>` takes on examples/out/<data> with the model <name>.json."""
     start = time.perf_counter()
-    subprocess.run([STOKER, *args], check=True)
+    model = str(OUT / f"{name}.json")
+    subprocess.run(
+        [STOKER, command, "--data", str(OUT / data), "--model", model, *args], check=True
+    )
     return time.perf_counter() - start
 
 
@@ -96,10 +100,8 @@ def main() -> int:
         print(f"\n== {name}: {json.dumps(spec)}")
         train_s = stoker(
             "train",
-            "--data",
-            str(OUT / "train.parquet"),
-            "--model",
-            str(OUT / f"{name}.json"),
+            "train.parquet",
+            name,
             "--features",
             ",".join(FEATURES),
             "--label",
@@ -117,10 +119,8 @@ def main() -> int:
         )
         predict_s = stoker(
             "predict",
-            "--data",
-            str(OUT / "test.parquet"),
-            "--model",
-            str(OUT / f"{name}.json"),
+            "test.parquet",
+            name,
             "--state",
             str(OUT / f"{name}.safetensors"),
             "--out",

@@ -37,8 +37,46 @@ class Cli:
             timeout=600,
         )
         if ok and proc.returncode != 0:
-            raise AssertionError(f"stoker {' '.join(args)} failed:\n{proc.stderr}")
+            raise AssertionError(f"stoker {' '.join(map(str, args))} failed:\n{proc.stderr}")
         return proc
+
+    def train(
+        self, data, model, features, epochs, *extra, label="y", ok: bool = True
+    ) -> subprocess.CompletedProcess:
+        """`stoker train` with the flags every training run names, then `extra`."""
+        return self.run(
+            "train",
+            "--data",
+            data,
+            "--model",
+            model,
+            "--features",
+            features,
+            "--label",
+            label,
+            "--epochs",
+            epochs,
+            *extra,
+            ok=ok,
+        )
+
+    def predict(
+        self, data, model, state, out, *extra, ok: bool = True
+    ) -> subprocess.CompletedProcess:
+        """`stoker predict` of `data` with `model` and `state` into `out`, then `extra`."""
+        return self.run(
+            "predict",
+            "--data",
+            data,
+            "--model",
+            model,
+            "--state",
+            state,
+            "--out",
+            out,
+            *extra,
+            ok=ok,
+        )
 
 
 @pytest.fixture

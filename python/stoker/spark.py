@@ -149,81 +149,49 @@ def _model_converter(value: Any) -> str:
     return TypeConverters.toString(value)
 
 
-class _StokerParams(Params):
-    featuresCol = _param("featuresCol", "features column: a Vector or an array of numbers", _S)
-    featureCols = _param(
-        "featureCols",
+# Every param once: name -> (doc, type converter, default). The class attributes,
+# `_NAMES`, the defaults and getX / setX all come from here.
+_PARAMS: dict[str, tuple[str, Any, Any]] = {
+    "featuresCol": ("features column: a Vector or an array of numbers", _S, "features"),
+    "featureCols": (
         "numeric feature columns (instead of featuresCol)",
         TypeConverters.toListString,
-    )
-    labelCol = _param("labelCol", "label column", _S)
-    predictionCol = _param("predictionCol", "prediction column", _S)
-    probabilityCol = _param("probabilityCol", "class probability column; empty for none", _S)
-    model = _param("model", "built-in spec (dict or JSON) or TorchScript path", _model_converter)
-    loss = _param("loss", "mse, cross_entropy or bce; empty: from the model", _S)
-    optimizer = _param("optimizer", "sgd, adam or adamw", _S)
-    learningRate = _param("learningRate", "learning rate", _F)
-    momentum = _param("momentum", "sgd momentum", _F)
-    weightDecay = _param("weightDecay", "weight decay", _F)
-    batchSize = _param("batchSize", "training mini-batch size", _I)
-    localEpochs = _param("localEpochs", "epochs per partition per round", _I)
-    rounds = _param("rounds", "averaging rounds", _I)
-    averageOptimizerState = _param(
-        "averageOptimizerState", "average optimizer state with the weights", _B
-    )
-    seed = _param("seed", "seed of weights, shuffling and dropout", _I)
-    checkpointDir = _param("checkpointDir", "per-round checkpoints; fit resumes there", _S)
-    serverAddress = _param("serverAddress", "empty: auto-started server per node", _S)
-    device = _param("device", "auto, cpu, cuda or cuda:N", _S)
-    inferenceBatchRows = _param("inferenceBatchRows", "rows per Arrow batch in transform", _I)
+        [],
+    ),
+    "labelCol": ("label column", _S, "label"),
+    "predictionCol": ("prediction column", _S, "prediction"),
+    "probabilityCol": ("class probability column; empty for none", _S, "probability"),
+    "model": (
+        "built-in spec (dict or JSON) or TorchScript path",
+        _model_converter,
+        '{"type": "mlp", "hidden": [64, 64], "num_classes": 2}',
+    ),
+    "loss": ("mse, cross_entropy or bce; empty: from the model", _S, ""),
+    "optimizer": ("sgd, adam or adamw", _S, "adam"),
+    "learningRate": ("learning rate", _F, 0.001),
+    "momentum": ("sgd momentum", _F, 0.0),
+    "weightDecay": ("weight decay", _F, 0.0),
+    "batchSize": ("training mini-batch size", _I, 256),
+    "localEpochs": ("epochs per partition per round", _I, 1),
+    "rounds": ("averaging rounds", _I, 10),
+    "averageOptimizerState": ("average optimizer state with the weights", _B, True),
+    "seed": ("seed of weights, shuffling and dropout", _I, 42),
+    "checkpointDir": ("per-round checkpoints; fit resumes there", _S, ""),
+    "serverAddress": ("empty: auto-started server per node", _S, ""),
+    "device": ("auto, cpu, cuda or cuda:N", _S, "auto"),
+    "inferenceBatchRows": ("rows per Arrow batch in transform", _I, 65536),
+}
 
-    _NAMES = (
-        "featuresCol",
-        "featureCols",
-        "labelCol",
-        "predictionCol",
-        "probabilityCol",
-        "model",
-        "loss",
-        "optimizer",
-        "learningRate",
-        "momentum",
-        "weightDecay",
-        "batchSize",
-        "localEpochs",
-        "rounds",
-        "averageOptimizerState",
-        "seed",
-        "checkpointDir",
-        "serverAddress",
-        "device",
-        "inferenceBatchRows",
-    )
+
+class _StokerParams(Params):
+    """The JVM's StokerParams, by name; the Param attributes are set from `_PARAMS`
+    below the class."""
+
+    _NAMES = tuple(_PARAMS)
 
     def __init__(self) -> None:
         super().__init__()
-        self._setDefault(
-            featuresCol="features",
-            featureCols=[],
-            labelCol="label",
-            predictionCol="prediction",
-            probabilityCol="probability",
-            model='{"type": "mlp", "hidden": [64, 64], "num_classes": 2}',
-            loss="",
-            optimizer="adam",
-            learningRate=0.001,
-            momentum=0.0,
-            weightDecay=0.0,
-            batchSize=256,
-            localEpochs=1,
-            rounds=10,
-            averageOptimizerState=True,
-            seed=42,
-            checkpointDir="",
-            serverAddress="",
-            device="auto",
-            inferenceBatchRows=65536,
-        )
+        self._setDefault(**{name: default for name, (_, _, default) in _PARAMS.items()})
 
     def _set_params(self, **kwargs: Any) -> Any:
         unknown = set(kwargs) - set(self._NAMES)
@@ -244,8 +212,9 @@ def _accessors(name: str) -> tuple[Any, Any]:
     return getter, setter
 
 
-# getX / setX for every param, as Spark's own Python stages have.
-for _name in _StokerParams._NAMES:
+# Each param as a class attribute, with getX / setX as Spark's own Python stages have.
+for _name, (_doc, _converter, _) in _PARAMS.items():
+    setattr(_StokerParams, _name, _param(_name, _doc, _converter))
     _get, _set = _accessors(_name)
     _cap = _name[0].upper() + _name[1:]
     setattr(_StokerParams, f"get{_cap}", _get)

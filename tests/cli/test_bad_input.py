@@ -19,22 +19,8 @@ def spec(tmp_path):
 
 
 def train(cli, data, spec, features="x1,x2", label="y", *extra):
-    return cli.run(
-        "train",
-        "--data",
-        data,
-        "--model",
-        spec,
-        "--features",
-        features,
-        "--label",
-        label,
-        "--epochs",
-        "1",
-        "--out",
-        "s.safetensors",
-        *extra,
-        ok=False,
+    return cli.train(
+        data, spec, features, 1, "--out", "s.safetensors", *extra, label=label, ok=False
     )
 
 

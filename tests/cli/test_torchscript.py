@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import torch
 from conftest import read_state, rings
 from torch import nn
+from torch_nets import NormNet
 
 
 class Net(nn.Module):
@@ -36,6 +37,26 @@ def weights_only(tensors: dict) -> dict:
     }
 
 
+def features(cols: dict) -> torch.Tensor:
+    return torch.from_numpy(np.stack([cols["a"], cols["b"], cols["noise"]], 1).astype(np.float32))
+
+
+def train_rings(cli, model: str, epochs: int, *extra) -> None:
+    """Trains `model` on d.parquet's rings (a, b, noise -> y) into s.safetensors."""
+    cli.train("d.parquet", model, "a,b,noise", epochs, *extra, "--out", "s.safetensors", "--quiet")
+
+
+def predicted(cli, tmp_path, model: str, state: str) -> np.ndarray:
+    cli.predict("d.parquet", model, state, "p.parquet", "--quiet")
+    return np.stack(pq.read_table(tmp_path / "p.parquet")["probability"].to_numpy(False))
+
+
+def exported_probabilities(path, x: torch.Tensor) -> np.ndarray:
+    # No .eval(): the export is already in eval mode, as transform predicts.
+    with torch.no_grad():
+        return torch.softmax(torch.jit.load(path)(x), dim=1).numpy()
+
+
 def test_scripted_classifier_round_trip(cli, tmp_path):
     torch.manual_seed(0)
     original = Net(3, 2)
@@ -43,39 +64,8 @@ def test_scripted_classifier_round_trip(cli, tmp_path):
     cols = rings(3000, 11)
     pq.write_table(pa.table(cols), tmp_path / "d.parquet")
 
-    cli.run(
-        "train",
-        "--data",
-        "d.parquet",
-        "--model",
-        "net.pt",
-        "--features",
-        "a,b,noise",
-        "--label",
-        "y",
-        "--epochs",
-        "10",
-        "--lr",
-        "0.01",
-        "--out",
-        "s.safetensors",
-        "--export-torchscript",
-        "trained.pt",
-        "--quiet",
-    )
-    cli.run(
-        "predict",
-        "--data",
-        "d.parquet",
-        "--model",
-        "net.pt",
-        "--state",
-        "s.safetensors",
-        "--out",
-        "p.parquet",
-        "--quiet",
-    )
-    stoker_probs = np.stack(pq.read_table(tmp_path / "p.parquet")["probability"].to_numpy(False))
+    train_rings(cli, "net.pt", 10, "--lr", "0.01", "--export-torchscript", "trained.pt")
+    stoker_probs = predicted(cli, tmp_path, "net.pt", "s.safetensors")
 
     meta, tensors = read_state(tmp_path / "s.safetensors")
     assert meta["task"] == "multiclass:2" and meta["model"] == "torchscript"
@@ -83,7 +73,7 @@ def test_scripted_classifier_round_trip(cli, tmp_path):
     trained.load_state_dict(weights_only(tensors))
     assert not torch.equal(trained.head.weight, original.head.weight), "weights did not change"
     trained.eval()
-    x = torch.from_numpy(np.stack([cols["a"], cols["b"], cols["noise"]], 1).astype(np.float32))
+    x = features(cols)
     with torch.no_grad():
         torch_probs = torch.softmax(trained(x), dim=1).numpy()
         exported = torch.jit.load(tmp_path / "trained.pt").eval()
@@ -99,95 +89,23 @@ def test_scripted_regressor_with_one_dimensional_output(cli, tmp_path):
     x = rng.normal(size=(2000, 2)).astype(np.float32)
     y = (x @ np.array([1.5, -2.0], dtype=np.float32) + 0.5).astype(np.float32)
     pq.write_table(pa.table({"x1": x[:, 0], "x2": x[:, 1], "y": y}), tmp_path / "r.parquet")
-    cli.run(
-        "train",
-        "--data",
-        "r.parquet",
-        "--model",
-        "reg.pt",
-        "--features",
-        "x1,x2",
-        "--label",
-        "y",
-        "--epochs",
-        "20",
-        "--lr",
-        "0.05",
-        "--out",
-        "s.safetensors",
-        "--quiet",
+    cli.train(
+        "r.parquet", "reg.pt", "x1,x2", 20, "--lr", "0.05", "--out", "s.safetensors", "--quiet"
     )
     _, tensors = read_state(tmp_path / "s.safetensors")
     np.testing.assert_allclose(tensors["fc.weight"].ravel(), [1.5, -2.0], atol=0.02)
     np.testing.assert_allclose(tensors["fc.bias"], [0.5], atol=0.02)
 
 
-class NormNet(nn.Module):
-    """BatchNorm's running statistics are buffers, not parameters."""
-
-    def __init__(self):
-        super().__init__()
-        self.body = nn.Sequential(nn.Linear(3, 16), nn.BatchNorm1d(16), nn.ReLU())
-        self.head = nn.Linear(16, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x))
-
-
-def features(cols: dict) -> torch.Tensor:
-    return torch.from_numpy(np.stack([cols["a"], cols["b"], cols["noise"]], 1).astype(np.float32))
-
-
-def predicted(cli, tmp_path, model: str, state: str) -> np.ndarray:
-    cli.run(
-        "predict",
-        "--data",
-        "d.parquet",
-        "--model",
-        model,
-        "--state",
-        state,
-        "--out",
-        "p.parquet",
-        "--quiet",
-    )
-    return np.stack(pq.read_table(tmp_path / "p.parquet")["probability"].to_numpy(False))
-
-
-def exported_probabilities(path, x: torch.Tensor) -> np.ndarray:
-    # No .eval(): the export is already in eval mode, as transform predicts.
-    with torch.no_grad():
-        return torch.softmax(torch.jit.load(path)(x), dim=1).numpy()
-
-
 def test_batchnorm_statistics_are_trained_saved_and_exported(cli, tmp_path):
     torch.manual_seed(0)
-    original = NormNet()
+    original = NormNet(3)
     torch.jit.save(torch.jit.script(original), tmp_path / "bn.pt")
     cols = rings(3000, 5)
     # Shifted and scaled, so the learned statistics are far from (0, 1).
     cols["noise"] = cols["noise"] * 4 + 3
     pq.write_table(pa.table(cols), tmp_path / "d.parquet")
-    cli.run(
-        "train",
-        "--data",
-        "d.parquet",
-        "--model",
-        "bn.pt",
-        "--features",
-        "a,b,noise",
-        "--label",
-        "y",
-        "--epochs",
-        "3",
-        "--lr",
-        "0.01",
-        "--out",
-        "s.safetensors",
-        "--export-torchscript",
-        "trained.pt",
-        "--quiet",
-    )
+    train_rings(cli, "bn.pt", 3, "--lr", "0.01", "--export-torchscript", "trained.pt")
 
     _, tensors = read_state(tmp_path / "s.safetensors")
     for name in ("running_mean", "running_var", "num_batches_tracked"):
@@ -200,7 +118,7 @@ def test_batchnorm_statistics_are_trained_saved_and_exported(cli, tmp_path):
     stoker_probs = predicted(cli, tmp_path, "bn.pt", "s.safetensors")
     x = features(cols)
     # Plain PyTorch with the saved state predicts what stoker predicts...
-    trained = NormNet()
+    trained = NormNet(3)
     trained.load_state_dict(weights_only(tensors))
     trained.eval()
     with torch.no_grad():
@@ -233,22 +151,7 @@ def test_builtin_model_exports_as_torchscript(cli, tmp_path):
     )
     cols = rings(2000, 9)
     pq.write_table(pa.table(cols), tmp_path / "d.parquet")
-    cli.run(
-        "train",
-        "--data",
-        "d.parquet",
-        "--model",
-        "mlp.json",
-        "--features",
-        "a,b,noise",
-        "--label",
-        "y",
-        "--epochs",
-        "3",
-        "--out",
-        "s.safetensors",
-        "--quiet",
-    )
+    train_rings(cli, "mlp.json", 3)
     stoker_probs = predicted(cli, tmp_path, "mlp.json", "s.safetensors")
     cli.run("export", "--model", "mlp.json", "--state", "s.safetensors", "--out", "mlp.pt")
     np.testing.assert_allclose(

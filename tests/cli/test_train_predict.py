@@ -37,18 +37,11 @@ def test_mlp_train_then_predict_reaches_accuracy(cli, tmp_path):
     write_rings(tmp_path / "train.parquet", 6000, 1)
     test = write_rings(tmp_path / "test.parquet", 2000, 2)
     (tmp_path / "mlp.json").write_text(json.dumps(MLP))
-    train = cli.run(
-        "train",
-        "--data",
+    train = cli.train(
         "train.parquet",
-        "--model",
         "mlp.json",
-        "--features",
         "a,b,noise",
-        "--label",
-        "y",
-        "--epochs",
-        "15",
+        15,
         "--lr",
         "0.01",
         "--out",
@@ -60,17 +53,7 @@ def test_mlp_train_then_predict_reaches_accuracy(cli, tmp_path):
     history = json.loads((tmp_path / "history.json").read_text())
     assert len(history) == 15 and history[-1]["loss"] < history[0]["loss"]
 
-    cli.run(
-        "predict",
-        "--data",
-        "test.parquet",
-        "--model",
-        "mlp.json",
-        "--state",
-        "state.safetensors",
-        "--out",
-        "pred.parquet",
-    )
+    cli.predict("test.parquet", "mlp.json", "state.safetensors", "pred.parquet")
     pred = pq.read_table(tmp_path / "pred.parquet")
     assert pred.num_rows == test.num_rows
     assert pred.column_names == ["a", "b", "noise", "y", "prediction", "probability"]
@@ -83,31 +66,11 @@ def test_mlp_train_then_predict_reaches_accuracy(cli, tmp_path):
 def test_vector_column_and_arrow_ipc(cli, tmp_path):
     write_rings(tmp_path / "train.arrow", 3000, 3, vector=True)
     (tmp_path / "mlp.json").write_text(json.dumps(MLP))
-    cli.run(
-        "train",
-        "--data",
+    cli.train("train.arrow", "mlp.json", "features", 3, "--out", "s.safetensors", "--quiet")
+    cli.predict(
         "train.arrow",
-        "--model",
         "mlp.json",
-        "--features",
-        "features",
-        "--label",
-        "y",
-        "--epochs",
-        "3",
-        "--out",
         "s.safetensors",
-        "--quiet",
-    )
-    cli.run(
-        "predict",
-        "--data",
-        "train.arrow",
-        "--model",
-        "mlp.json",
-        "--state",
-        "s.safetensors",
-        "--out",
         "p.parquet",
         "--keep",
         "y",
@@ -124,37 +87,9 @@ def test_defaults_pick_the_loss_from_the_label_type(cli, tmp_path):
         pa.table({"x": x, "yf": 2 * x + 1, "yi": (x > 0).astype(np.int32)}), tmp_path / "d.parquet"
     )
     (tmp_path / "mlp.json").write_text(json.dumps({"type": "mlp", "hidden": [8]}))
-    out = cli.run(
-        "train",
-        "--data",
-        "d.parquet",
-        "--model",
-        "mlp.json",
-        "--features",
-        "x",
-        "--label",
-        "yf",
-        "--epochs",
-        "1",
-        "--out",
-        "reg.safetensors",
-    )
+    out = cli.train("d.parquet", "mlp.json", "x", 1, "--out", "reg.safetensors", label="yf")
     assert "loss mse" in out.stderr and "task regression" in out.stderr
-    out = cli.run(
-        "train",
-        "--data",
-        "d.parquet",
-        "--model",
-        "mlp.json",
-        "--features",
-        "x",
-        "--label",
-        "yi",
-        "--epochs",
-        "1",
-        "--out",
-        "cls.safetensors",
-    )
+    out = cli.train("d.parquet", "mlp.json", "x", 1, "--out", "cls.safetensors", label="yi")
     assert "loss cross_entropy" in out.stderr and "using 2" in out.stderr
     meta, _ = read_state(tmp_path / "cls.safetensors")
     assert meta["task"] == "multiclass:2" and meta["features"] == "x" and meta["label"] == "yi"
@@ -167,23 +102,10 @@ def test_same_seed_same_state_bytes(cli, tmp_path):
     write_rings(tmp_path / "d.parquet", 1000, 4)
     spec = dict(MLP, dropout=0.3)
     (tmp_path / "mlp.json").write_text(json.dumps(spec))
-    common = [
-        "train",
-        "--data",
-        "d.parquet",
-        "--model",
-        "mlp.json",
-        "--features",
-        "a,b",
-        "--label",
-        "y",
-        "--epochs",
-        "2",
-        "--quiet",
-    ]
-    cli.run(*common, "--seed", "5", "--out", "one.safetensors")
-    cli.run(*common, "--seed", "5", "--out", "two.safetensors")
-    cli.run(*common, "--seed", "6", "--out", "three.safetensors")
+    common = ("d.parquet", "mlp.json", "a,b", 2, "--quiet")
+    cli.train(*common, "--seed", "5", "--out", "one.safetensors")
+    cli.train(*common, "--seed", "5", "--out", "two.safetensors")
+    cli.train(*common, "--seed", "6", "--out", "three.safetensors")
     one = (tmp_path / "one.safetensors").read_bytes()
     assert one == (tmp_path / "two.safetensors").read_bytes()
     assert one != (tmp_path / "three.safetensors").read_bytes()
@@ -194,21 +116,8 @@ def test_average_of_two_states_matches_numpy(cli, tmp_path):
     write_rings(tmp_path / "p1.parquet", 500, 6)
     (tmp_path / "mlp.json").write_text(json.dumps(MLP))
     for p in ("p0", "p1"):
-        cli.run(
-            "train",
-            "--data",
-            f"{p}.parquet",
-            "--model",
-            "mlp.json",
-            "--features",
-            "a,b,noise",
-            "--label",
-            "y",
-            "--epochs",
-            "2",
-            "--quiet",
-            "--out",
-            f"{p}.safetensors",
+        cli.train(
+            f"{p}.parquet", "mlp.json", "a,b,noise", 2, "--quiet", "--out", f"{p}.safetensors"
         )
     cli.run("average", "p0.safetensors", "p1.safetensors", "--out", "avg.safetensors")
     _, s0 = read_state(tmp_path / "p0.safetensors")
@@ -232,22 +141,9 @@ def test_average_of_two_states_matches_numpy(cli, tmp_path):
 def test_resume_from_a_state_continues_rounds(cli, tmp_path):
     write_rings(tmp_path / "d.parquet", 1000, 7)
     (tmp_path / "mlp.json").write_text(json.dumps(MLP))
-    base = [
-        "train",
-        "--data",
-        "d.parquet",
-        "--model",
-        "mlp.json",
-        "--features",
-        "a,b",
-        "--label",
-        "y",
-        "--epochs",
-        "1",
-        "--quiet",
-    ]
-    cli.run(*base, "--out", "r0.safetensors")
-    cli.run(*base, "--init-state", "r0.safetensors", "--out", "r1.safetensors")
+    base = ("d.parquet", "mlp.json", "a,b", 1, "--quiet")
+    cli.train(*base, "--out", "r0.safetensors")
+    cli.train(*base, "--init-state", "r0.safetensors", "--out", "r1.safetensors")
     m0, s0 = read_state(tmp_path / "r0.safetensors")
     m1, s1 = read_state(tmp_path / "r1.safetensors")
     assert (m0["round"], m1["round"]) == ("0", "1")

@@ -112,18 +112,7 @@ def test_train_rounds_register_and_predict(server, cli, tmp_path):
     (tmp_path / "mlp.json").write_text(json.dumps(MLP))
     (tmp_path / "state.safetensors").write_bytes(state)
     pq.write_table(test, tmp_path / "test.parquet")
-    cli.run(
-        "predict",
-        "--data",
-        "test.parquet",
-        "--model",
-        "mlp.json",
-        "--state",
-        "state.safetensors",
-        "--out",
-        "p.parquet",
-        "--quiet",
-    )
+    cli.predict("test.parquet", "mlp.json", "state.safetensors", "p.parquet", "--quiet")
     direct = pq.read_table(tmp_path / "p.parquet")
     np.testing.assert_array_equal(direct["prediction"].to_numpy(), pred["prediction"].to_numpy())
     np.testing.assert_allclose(

@@ -9,26 +9,16 @@ import pytest
 import torch
 from conftest import parse_state
 from stoker.spark import StokerEstimator
-from torch import nn
+from torch_nets import NormNet
 
 from sparkml.tables import customers
-
-
-class NormNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.body = nn.Sequential(nn.Linear(2, 16), nn.BatchNorm1d(16), nn.ReLU())
-        self.head = nn.Linear(16, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x))
 
 
 @pytest.fixture(scope="module")
 def setup(spark, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bn")
     torch.manual_seed(0)
-    initial = NormNet()
+    initial = NormNet(2)
     torch.jit.save(torch.jit.script(initial), tmp / "bn.pt")
     table = customers(spark, 4000, 21)
     train = table.repartition(4, "id").sortWithinPartitions("id").cache()
