@@ -36,6 +36,10 @@ pub struct ServeArgs {
     /// Model directory (the registry's disk tier; models there are served after a restart).
     #[arg(long)]
     model_dir: Option<PathBuf>,
+    /// The directory model files named by clients (`torchscript_path`) are
+    /// read from; without it the server reads no file a client names.
+    #[arg(long)]
+    model_root: Option<PathBuf>,
     /// Byte budget of models loaded on the device, in MiB.
     #[arg(long, default_value_t = 4096)]
     device_model_mb: usize,
@@ -94,6 +98,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         max_message_bytes: a.max_message_mb.max(1) << 20,
         cache_bytes: a.cache_mb << 20,
         model_dir: a.model_dir.clone(),
+        model_root: a.model_root.clone(),
         device_model_bytes: a.device_model_mb << 20,
         job_model_bytes: a.job_model_mb << 20,
         host_model_bytes: a.host_model_mb << 20,

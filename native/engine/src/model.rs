@@ -32,20 +32,24 @@ impl ModelSource {
     }
 
     /// The model a request names (`create_job`, `register_model`,
-    /// `export_model`): exactly one of a built-in spec (JSON), a TorchScript
-    /// file on this machine, or a spec or TorchScript archive as bytes;
-    /// `what` names the request in the error.
+    /// `export_model`): exactly one of a built-in spec (JSON), a path to a
+    /// TorchScript file (read by `read`, which decides which paths may be
+    /// read), or a spec or TorchScript archive as bytes; `what` names the
+    /// request in the error.
     pub fn one_of(
         spec: Option<&serde_json::Value>,
         path: Option<&str>,
         bytes: Option<Vec<u8>>,
         what: &str,
+        read: impl FnOnce(&str) -> Result<Vec<u8>>,
     ) -> Result<ModelSource> {
         match (spec, path, bytes) {
             (Some(spec), None, None) => {
                 Ok(ModelSource::Spec(ModelSpec::from_json(&spec.to_string())?))
             }
-            (None, Some(path), None) => ModelSource::from_file(std::path::Path::new(path)),
+            (None, Some(path), None) => {
+                ModelSource::from_bytes(read(path)?).map_err(|e| e.context(format!("model {path}")))
+            }
             (None, None, Some(bytes)) => ModelSource::from_bytes(bytes),
             _ => Err(Error::invalid(format!(
                 "{what} needs exactly one of 'spec', 'torchscript_path' or a 'model' blob"

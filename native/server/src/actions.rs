@@ -84,7 +84,8 @@ impl Service {
         let keep = req.keep_existing;
         let model = blobs.owned("model");
         let (device, budget) = (self.device, self.jobs.model_bytes());
-        let job = blocking(move || Job::new(req, model, device, budget)).await?;
+        let root = self.model_root.clone();
+        let job = blocking(move || Job::new(req, model, device, budget, &root)).await?;
         let name = job.name.clone();
         let created = self.jobs.create(job, keep);
         if created {
@@ -176,7 +177,8 @@ impl Service {
     ) -> Result<Vec<ActionResult>> {
         let (model, state) = (blobs.owned("model"), blobs.owned("state"));
         let me = self.clone();
-        let served = blocking(move || me.models.register(req, model, state)).await?;
+        let served =
+            blocking(move || me.models.register(req, model, state, &me.model_root)).await?;
         tracing::info!(model = %served.name, version = served.version, "registered model");
         answer(serde_json::json!({
             "name": served.name, "version": served.version, "task": served.task,
@@ -191,7 +193,11 @@ async fn export_model(req: ExportModel, blobs: Blobs, budget: Budget) -> Result<
         Error::invalid("export_model needs the trained state as its 'state' blob")
     })?;
     let archive = blocking(move || {
-        let source = ModelSource::one_of(req.spec.as_ref(), None, model, "export_model")?;
+        let source = ModelSource::one_of(req.spec.as_ref(), None, model, "export_model", |_| {
+            Err(Error::invalid(
+                "export_model takes the model as 'spec' or a 'model' blob",
+            ))
+        })?;
         stoker_engine::model::export_torchscript(
             &source,
             &State::from_shared(&state)?,

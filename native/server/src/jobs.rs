@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::lock;
+use crate::model_root::ModelRoot;
 use std::time::Instant;
 
 use arrow::array::RecordBatch;
@@ -68,6 +69,7 @@ impl Job {
         model_blob: Option<Vec<u8>>,
         default_device: DeviceSpec,
         model_bytes: usize,
+        root: &ModelRoot,
     ) -> Result<Job> {
         if req.job.is_empty() || req.job.contains('/') {
             return Err(Error::invalid(format!(
@@ -80,6 +82,7 @@ impl Job {
             req.torchscript_path.as_deref(),
             model_blob,
             "create_job",
+            |path| root.read(path),
         )?;
         let optimizer: OptimizerConfig = match req.optimizer {
             Some(v) => {

@@ -17,6 +17,7 @@ pub mod handler;
 pub mod histogram;
 pub mod jobs;
 pub mod metrics;
+pub mod model_root;
 pub mod models;
 pub mod service;
 pub mod stats;
@@ -56,6 +57,9 @@ pub struct ServerConfig {
     pub cache_bytes: usize,
     /// Model directory: the registry's disk tier (models survive restarts).
     pub model_dir: Option<std::path::PathBuf>,
+    /// The directory `torchscript_path` in requests is confined to; `None`:
+    /// the server reads no file a client names.
+    pub model_root: Option<std::path::PathBuf>,
     /// Byte budgets of the device and host model tiers.
     pub device_model_bytes: usize,
     /// What one training job's model may take of the device: weights,
@@ -79,6 +83,7 @@ impl Default for ServerConfig {
             max_message_bytes: stoker_core::protocol::MAX_MESSAGE_BYTES,
             cache_bytes: 4 << 30,
             model_dir: None,
+            model_root: None,
             device_model_bytes: 4 << 30,
             job_model_bytes: 4 << 30,
             host_model_bytes: 8 << 30,
@@ -156,6 +161,10 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
         device: config.device,
         token: config.token.clone(),
         max_message_bytes: config.max_message_bytes,
+        model_root: model_root::ModelRoot::new(
+            config.model_root.as_deref(),
+            config.max_message_bytes,
+        )?,
         counters: Default::default(),
     });
     let flight =

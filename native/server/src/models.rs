@@ -36,6 +36,7 @@ use tch::Tensor;
 
 use super::batcher::{BatchLimits, BatchStats, Batcher};
 use super::lock;
+use crate::model_root::ModelRoot;
 use files::{read_artifact, write_artifact};
 
 mod files;
@@ -230,6 +231,7 @@ impl Models {
         req: RegisterModel,
         model_blob: Option<Vec<u8>>,
         state_blob: Option<Vec<u8>>,
+        root: &ModelRoot,
     ) -> Result<Arc<ServedModel>> {
         valid_name(&req.name)?;
         let artifact = Arc::new(Artifact {
@@ -238,6 +240,7 @@ impl Models {
                 req.torchscript_path.as_deref(),
                 model_blob,
                 "register_model",
+                |path| root.read(path),
             )?,
             state: state_blob,
         });

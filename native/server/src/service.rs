@@ -17,6 +17,7 @@ use stoker_core::{Error, ErrorKind, Result};
 use stoker_engine::DeviceSpec;
 
 use crate::jobs::Jobs;
+use crate::model_root::ModelRoot;
 use crate::models::{Models, ServedModel};
 use crate::stats::Counters;
 
@@ -27,6 +28,8 @@ pub struct Service {
     pub device: DeviceSpec,
     pub token: Option<String>,
     pub max_message_bytes: usize,
+    /// Where the model files clients name may be read from.
+    pub model_root: ModelRoot,
     pub counters: Counters,
 }
 

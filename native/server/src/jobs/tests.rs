@@ -7,6 +7,7 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, Float32Array, Int64Array};
 
 use super::*;
+use crate::model_root::ModelRoot;
 
 fn job(name: &str) -> Job {
     let req: CreateJob = serde_json::from_value(serde_json::json!({
@@ -16,7 +17,7 @@ fn job(name: &str) -> Job {
         "label": "y",
     }))
     .unwrap();
-    Job::new(req, None, DeviceSpec::Cpu, 1 << 30).unwrap()
+    Job::new(req, None, DeviceSpec::Cpu, 1 << 30, &ModelRoot::default()).unwrap()
 }
 
 fn partition(job: &Job, partition: u32) -> Partition {

@@ -3,6 +3,7 @@
 //! memory altogether, but never one that is in use or just registered.
 
 use super::*;
+use crate::model_root::ModelRoot;
 use stoker_engine::{ModelSpec, OptimizerConfig, Trainer};
 
 const SPEC: &str = r#"{"type": "mlp", "hidden": [8]}"#;
@@ -33,7 +34,7 @@ fn register(models: &Models, name: &str) -> Result<Arc<ServedModel>> {
         "features": ["a", "b", "c", "d"],
     }))
     .unwrap();
-    models.register(req, None, Some(state()))
+    models.register(req, None, Some(state()), &ModelRoot::default())
 }
 
 /// Each model's name and tier, as `"a:device b:host"`.

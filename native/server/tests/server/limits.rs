@@ -95,3 +95,92 @@ async fn a_model_too_large_for_the_device_budget_is_refused_before_it_is_built()
     assert_eq!(names, ["small"]);
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn model_files_a_client_names_are_read_only_under_the_model_root() {
+    let by_path = |name: &str, path: &str| CreateJob {
+        spec: None,
+        torchscript_path: Some(path.into()),
+        ..job(name)
+    };
+    // Without --model-root the server reads no file a client names.
+    let server = start(config()).await.unwrap();
+    let mut client = connect(&server, None).await;
+    let e = client
+        .create_job(&by_path("p", "/etc/passwd"), None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    assert!(e.message().contains("--model-root"), "{e}");
+    let state = trained_model(&mut client, "small").await;
+    server.stop().await.unwrap();
+
+    let root = tempfile::tempdir().unwrap();
+    let spec = ModelSpec::from_json(r#"{"type":"mlp","hidden":[16,16],"num_classes":2}"#).unwrap();
+    let script = export_torchscript(
+        &ModelSource::Spec(spec),
+        &State::from_bytes(&state).unwrap(),
+        None,
+    )
+    .unwrap();
+    std::fs::write(root.path().join("model.pt"), script).unwrap();
+    std::fs::create_dir(root.path().join("models")).unwrap();
+    let server = start(ServerConfig {
+        model_root: Some(root.path().to_path_buf()),
+        ..config()
+    })
+    .await
+    .unwrap();
+    let mut client = connect(&server, None).await;
+    for (path, kind, says) in [
+        (
+            "/dev/zero",
+            ErrorKind::InvalidInput,
+            "is outside --model-root",
+        ),
+        (
+            "/etc/passwd",
+            ErrorKind::InvalidInput,
+            "is outside --model-root",
+        ),
+        (
+            "../../etc/passwd",
+            ErrorKind::InvalidInput,
+            "is outside --model-root",
+        ),
+        ("models", ErrorKind::InvalidInput, "is not a regular file"),
+        ("nothing.pt", ErrorKind::NotFound, "does not exist"),
+    ] {
+        let e = client
+            .create_job(&by_path("p", path), None)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), kind, "{path}: {e}");
+        assert!(e.message().contains(says), "{path}: {e}");
+    }
+    // A file under the root is read like a `model` blob: a spec file
+    // trains, and the exported archive reaches the TorchScript loader (which
+    // refuses it for training: its weights are constants).
+    let spec = r#"{"type":"mlp","hidden":[8],"num_classes":2}"#;
+    std::fs::write(root.path().join("small.json"), spec).unwrap();
+    client
+        .create_job(&by_path("p", "small.json"), None)
+        .await
+        .unwrap();
+    client
+        .put_partition(&key("p", 0, "v1"), one(rings(200, 1)))
+        .await
+        .unwrap();
+    let (result, _) = client.train_round(&round("p", 0, 0), None).await.unwrap();
+    assert_eq!(result.samples, 200);
+    client
+        .create_job(&by_path("q", "model.pt"), None)
+        .await
+        .unwrap();
+    let e = client
+        .put_partition(&key("q", 0, "v1"), one(rings(20, 1)))
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("no parameters to train"), "{e}");
+    server.stop().await.unwrap();
+}
