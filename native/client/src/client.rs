@@ -23,7 +23,7 @@ use crate::connect::{connect_error, with_tls, Target, CONNECT_TIMEOUT};
 use stoker_wire::body::Prost;
 use stoker_wire::http2::{
     CONNECTION_WINDOW_BYTES, DO_ACTION, DO_EXCHANGE, DO_GET, DO_PUT, MAX_FRAME_BYTES,
-    STREAM_WINDOW_BYTES,
+    MAX_HEADER_LIST_BYTES, STREAM_WINDOW_BYTES,
 };
 use stoker_wire::outgoing::{encode_batches, ActionRequest, Outgoing};
 use stoker_wire::status::from_flight;
@@ -354,7 +354,18 @@ impl Client {
     ) -> Result<FlightRecordBatchStream> {
         let mut headers = Vec::new();
         if !keep.is_empty() {
-            let value = tonic::codegen::http::HeaderValue::from_str(&keep.join(","))
+            let list = keep.join(",");
+            // Half the server's header limit: the token and gRPC's own
+            // headers share the block.
+            if list.len() > MAX_HEADER_LIST_BYTES as usize / 2 {
+                return Err(Error::invalid(format!(
+                    "{} pass-through columns make a {}-byte header, over {} bytes; keep fewer columns (join them back afterwards)",
+                    keep.len(),
+                    list.len(),
+                    MAX_HEADER_LIST_BYTES / 2
+                )));
+            }
+            let value = tonic::codegen::http::HeaderValue::from_str(&list)
                 .map_err(|_| Error::invalid("pass-through column names must be ASCII"))?;
             headers.push(("x-stoker-keep", value));
         }

@@ -34,6 +34,9 @@ use crate::actions::Blobs;
 use crate::service::{blocking, Batches, Service};
 use crate::transport;
 
+/// The header naming DoExchange's pass-through columns.
+const KEEP_HEADER: &str = "x-stoker-keep";
+
 /// A server-streaming answer as tonic takes it.
 pub type Stream<T> = BoxStream<'static, std::result::Result<T, Status>>;
 
@@ -162,6 +165,7 @@ impl Handler {
         self.authorize(&request)?;
         let keep = keep_columns(request.metadata());
         let run = async {
+            let keep = keep?;
             let (path, data) = split_descriptor(request.into_inner()).await?;
             if transport::is_echo(&path) {
                 return Ok(decode(data));
@@ -407,13 +411,17 @@ async fn drain(data: DataStream) -> Result<serde_json::Value> {
 }
 
 /// Pass-through columns the client names in the `x-stoker-keep` header
-/// (comma-separated).
-fn keep_columns(headers: &tonic::metadata::MetadataMap) -> Vec<String> {
-    headers
-        .get("x-stoker-keep")
-        .and_then(|v| v.to_str().ok())
-        .map(protocol::column_list)
-        .unwrap_or_default()
+/// (comma-separated ASCII; a header value cannot carry other text).
+fn keep_columns(headers: &tonic::metadata::MetadataMap) -> Result<Vec<String>> {
+    let Some(value) = headers.get(KEEP_HEADER) else {
+        return Ok(Vec::new());
+    };
+    let text = value.to_str().map_err(|_| {
+        Error::invalid(format!(
+            "header '{KEEP_HEADER}' must be column names in ASCII, separated by commas"
+        ))
+    })?;
+    Ok(protocol::column_list(text))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

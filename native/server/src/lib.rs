@@ -173,7 +173,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
     let mut builder = tonic::transport::Server::builder()
         .initial_stream_window_size(Some(http2::STREAM_WINDOW_BYTES))
         .initial_connection_window_size(Some(http2::CONNECTION_WINDOW_BYTES))
-        .max_frame_size(Some(http2::MAX_FRAME_BYTES));
+        .max_frame_size(Some(http2::MAX_FRAME_BYTES))
+        .http2_max_header_list_size(Some(http2::MAX_HEADER_LIST_BYTES));
     let tls = config.tls.is_some();
     if let Some((cert, key)) = &config.tls {
         let identity = tonic::transport::Identity::from_pem(cert, key);

@@ -19,6 +19,12 @@ pub const STREAM_WINDOW_BYTES: u32 = 16 << 20;
 /// so one slow reader does not stall the others on the same connection.
 pub const CONNECTION_WINDOW_BYTES: u32 = 32 << 20;
 
+/// The largest header block a server accepts: h2's default, 16 KiB, is
+/// less than the `x-stoker-keep` list of a wide table's pass-through
+/// columns (1,000 names of 20 characters), which failed as a bare protocol
+/// error. stoker's client checks its headers against it before sending.
+pub const MAX_HEADER_LIST_BYTES: u32 = 1 << 20;
+
 /// Flight's methods as gRPC paths: stoker sends and answers the methods that
 /// carry data without tonic's codec, routed by these paths.
 pub const DO_PUT: &str = "/arrow.flight.protocol.FlightService/DoPut";

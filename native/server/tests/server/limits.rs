@@ -184,3 +184,81 @@ async fn model_files_a_client_names_are_read_only_under_the_model_root() {
     assert!(e.message().contains("no parameters to train"), "{e}");
     server.stop().await.unwrap();
 }
+
+/// DoExchange through a plain Flight client with `keep` as the raw value of
+/// `x-stoker-keep`; the number of rows predicted, or the status.
+async fn exchange_keeping(uri: &str, keep: &[u8]) -> Result<usize, tonic::Status> {
+    use arrow_flight::encode::FlightDataEncoderBuilder;
+    use arrow_flight::flight_service_client::FlightServiceClient;
+    use arrow_flight::FlightDescriptor;
+    use futures::TryStreamExt;
+
+    let channel = tonic::transport::Channel::from_shared(uri.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = FlightServiceClient::new(channel);
+    let descriptor = FlightDescriptor::new_path(vec!["models".into(), "small".into()]);
+    let data: Vec<_> = FlightDataEncoderBuilder::new()
+        .with_flight_descriptor(Some(descriptor))
+        .build(futures::stream::iter([Ok(rings(10, 1))]))
+        .try_collect()
+        .await
+        .unwrap();
+    let mut request = tonic::Request::new(futures::stream::iter(data));
+    let value = tonic::metadata::MetadataValue::try_from(keep).unwrap();
+    request.metadata_mut().insert("x-stoker-keep", value);
+    let answer = client.do_exchange(request).await?.into_inner();
+    let batches: Vec<_> = arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(
+        answer.map_err(arrow_flight::error::FlightError::from),
+    )
+    .try_collect()
+    .await
+    .map_err(|e| match e {
+        arrow_flight::error::FlightError::Tonic(s) => *s,
+        other => tonic::Status::unknown(other.to_string()),
+    })?;
+    Ok(batches.iter().map(|b| b.num_rows()).sum())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bad_or_long_keep_header_is_answered_by_name() {
+    let server = start(config()).await.unwrap();
+    let mut client = connect(&server, None).await;
+    trained_model(&mut client, "small").await;
+    let uri = format!("http://{}", server.addr);
+    assert_eq!(exchange_keeping(&uri, b"id").await.unwrap(), 10);
+    // Not text: refused naming the header.
+    let status = exchange_keeping(&uri, b"id,\xff\xfe").await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("x-stoker-keep"), "{status:?}");
+    // A column that is not there is named.
+    let status = exchange_keeping(&uri, b"id,nope").await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("nope"), "{status:?}");
+    // 100 KB of names is over h2's default 16 KiB header block, not over
+    // the server's: the unknown names are what is refused.
+    let long: Vec<u8> = (0..10_000)
+        .map(|i| format!("col{i:05}"))
+        .collect::<Vec<_>>()
+        .join(",")
+        .into_bytes();
+    let status = exchange_keeping(&uri, &long).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("col00000"), "{status:?}");
+    // stoker's client refuses a header over half the limit before sending.
+    let names: Vec<String> = (0..60_000).map(|i| format!("col{i:05}")).collect();
+    let e = client
+        .predict(
+            &stoker_core::protocol::ModelKey::latest("small"),
+            &names,
+            vec![rings(5, 1)],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    assert!(e.message().contains("60000 pass-through columns"), "{e}");
+    assert_eq!(client.health().await.unwrap()["status"], "serving");
+    server.stop().await.unwrap();
+}
