@@ -224,10 +224,22 @@ _started: Server | None = None
 _lock = threading.Lock()
 
 
+def _register(directory: Path) -> None:
+    """Registers this process as a user of the node's server, and forgets it at exit."""
+    users = directory / "users"
+    users.mkdir(exist_ok=True)
+    mine = users / str(os.getpid())
+    if not mine.exists():
+        mine.write_text("python\n")
+        atexit.register(mine.unlink, missing_ok=True)
+
+
 def local_server() -> tuple[str, str | None]:
     """The node's shared server (address, token), started if none is alive.
 
-    A server this process starts is stopped when the process exits.
+    This process registers as one of its users (the run directory's `users/`,
+    shared with the JVM's LocalServer); the server stops once no user is alive,
+    however they ended (PySpark's forked workers end by os._exit).
     """
     global _local, _started
     with _lock:
@@ -246,18 +258,20 @@ def local_server() -> tuple[str, str | None]:
                     if props.get("uri") and token_file and os.path.exists(token_file):
                         found = (props["uri"], Path(token_file).read_text().strip())
                         if _alive(*found):
+                            _register(directory)
                             _local = found
                             return found
                 token = secrets.token_hex(32)
                 token_file = directory / "token"
                 _write_token(token_file, token)
                 extra = os.environ.get("STOKER_SERVER_ARGS", "").split()
-                # --exit-with-parent: stopped with this process even when it ends
-                # by os._exit (as PySpark's forked workers do; atexit never runs).
+                # Registered before the server starts, so it never finds no user.
+                _register(directory)
                 command = [
                     find_binary(),
                     "serve",
-                    "--exit-with-parent",
+                    "--users",
+                    str(directory / "users"),
                     "--host",
                     "127.0.0.1",
                     "--port",
@@ -277,7 +291,6 @@ def local_server() -> tuple[str, str | None]:
                         "pid": str(_started.process.pid),
                     },
                 )
-                atexit.register(_started.stop)
                 _local = (_started.address, token)
                 return _local
             finally:

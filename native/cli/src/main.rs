@@ -7,6 +7,7 @@ mod export;
 mod predict;
 mod serve;
 mod train;
+mod users;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

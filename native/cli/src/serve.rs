@@ -65,6 +65,12 @@ pub struct ServeArgs {
     /// ends with os._exit).
     #[arg(long)]
     exit_with_parent: bool,
+    /// Shut down once no process registered in this directory (one file
+    /// named for each user's pid) is alive: how a node's shared server
+    /// outlives the JVM that started it while others use it, and stops
+    /// when its last user is gone, however that ended.
+    #[arg(long)]
+    users: Option<PathBuf>,
 }
 
 fn read(path: &PathBuf, what: &str) -> Result<Vec<u8>> {
@@ -126,6 +132,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
     let parent = std::os::unix::process::parent_id();
     #[cfg(not(unix))]
     let parent = 0;
+    let users = a.users.clone();
     runtime.block_on(async {
         let server = start(config).await?;
         // The first stdout line is the address: scripts and the Spark side
@@ -140,6 +147,9 @@ pub fn run(a: ServeArgs) -> Result<()> {
             _ = wait_for_signal() => {},
             _ = parent_exit(parent), if a.exit_with_parent => {
                 tracing::info!("the process that started this server exited");
+            },
+            _ = crate::users::none_left(users.clone().unwrap_or_default()), if users.is_some() => {
+                tracing::info!("no process that used this server is alive");
             },
         }
         tracing::info!("shutting down: draining in-flight requests");

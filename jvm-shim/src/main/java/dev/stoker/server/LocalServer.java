@@ -23,8 +23,11 @@ import java.util.concurrent.TimeUnit;
 /**
  * The node's own stoker server, started on first use and shared by every JVM on the
  * node (driver and executors): loopback only, with a random token, found through a
- * run directory guarded by a file lock. The JVM that starts the server stops it when
- * it exits; another JVM that finds it gone starts a new one on its next call.
+ * run directory guarded by a file lock. Each JVM that uses it registers its pid in the
+ * run directory's {@code users/}; the server ({@code stoker serve --users}) stops once
+ * none of them is alive, however they ended (an executor killed with SIGKILL leaves no
+ * orphan server), and a JVM that exits cleanly stops the server only when no other
+ * live JVM uses it. Another JVM that finds it gone starts a new one on its next call.
  *
  * <p>Settings: the run directory is {@code stoker.run.dir} (system property) or
  * {@code STOKER_RUN_DIR}, default {@code <tmpdir>/stoker-<user>}; the binary is
@@ -47,6 +50,8 @@ public final class LocalServer {
   private static final long STARTUP_SECONDS = 120;
   private static Process started;
   private static Address known;
+  /** This JVM's file in the run directory's {@code users/}, once registered. */
+  private static Path registered;
   private static final java.util.Map<String, String> CONFIGURED =
       new java.util.concurrent.ConcurrentHashMap<>();
 
@@ -95,9 +100,11 @@ public final class LocalServer {
         try {
           Optional<Address> existing = read(dir.resolve("server.properties"));
           if (existing.isPresent() && alive(existing.get())) {
+            register(dir);
             known = existing.get();
             return known;
           }
+          register(dir);
           known = start(dir);
           return known;
         } finally {
@@ -123,6 +130,37 @@ public final class LocalServer {
       return existing.filter(LocalServer::alive);
     } catch (IOException e) {
       return Optional.empty();
+    }
+  }
+
+  /**
+   * Registers this JVM as a user of the node's server (before the server is started,
+   * so a new server never finds no user), and forgets it again at exit.
+   */
+  private static void register(Path dir) throws IOException {
+    if (registered != null && Files.exists(registered)) {
+      return;
+    }
+    Path users = Files.createDirectories(dir.resolve("users"));
+    Path mine = users.resolve(Long.toString(ProcessHandle.current().pid()));
+    Files.writeString(mine, "jvm\n");
+    if (registered == null) {
+      Runtime.getRuntime().addShutdownHook(new Thread(LocalServer::stop, "stoker-server-stop"));
+    }
+    registered = mine;
+  }
+
+  /** Whether a process other than this one that uses the node's server is alive. */
+  private static boolean otherUsers(Path users) {
+    long me = ProcessHandle.current().pid();
+    try (var files = Files.list(users)) {
+      return files.map(f -> f.getFileName().toString())
+          .filter(n -> n.matches("\\d+"))
+          .mapToLong(Long::parseLong)
+          .anyMatch(pid -> pid != me
+              && ProcessHandle.of(pid).map(ProcessHandle::isAlive).orElse(false));
+    } catch (IOException e) {
+      return false;
     }
   }
 
@@ -164,7 +202,7 @@ public final class LocalServer {
     Path log = dir.resolve("server.log");
     java.util.List<String> command = new java.util.ArrayList<>(java.util.List.of(bin, "serve",
         "--host", "127.0.0.1", "--port", "0", "--token-file", tokenFile.toString(),
-        "--device", device));
+        "--device", device, "--users", dir.resolve("users").toString()));
     // More `stoker serve` options (e.g. --cache-mb 16384), space-separated.
     String extra = setting("stoker.server.args", "STOKER_SERVER_ARGS", "").trim();
     if (!extra.isEmpty()) {
@@ -198,7 +236,6 @@ public final class LocalServer {
     Files.move(tmp, info, java.nio.file.StandardCopyOption.REPLACE_EXISTING,
         java.nio.file.StandardCopyOption.ATOMIC_MOVE);
     started = process;
-    Runtime.getRuntime().addShutdownHook(new Thread(LocalServer::stop, "stoker-server-stop"));
     return new Address(uri, token);
   }
 
@@ -227,9 +264,25 @@ public final class LocalServer {
     }
   }
 
-  /** Stops the server if this JVM started it (SIGTERM: it drains and exits). */
+  /**
+   * Forgets this JVM as a user, and stops the server if this JVM started it and no
+   * other live JVM uses it (SIGTERM: it drains and exits). A server others still use
+   * stops by itself when its last user is gone.
+   */
   public static synchronized void stop() {
+    if (registered != null) {
+      try {
+        Files.deleteIfExists(registered);
+      } catch (IOException e) {
+        // The server forgets a dead pid by itself.
+      }
+    }
     if (started == null) {
+      return;
+    }
+    if (registered != null && otherUsers(registered.getParent())) {
+      started = null;
+      known = null;
       return;
     }
     started.destroy();

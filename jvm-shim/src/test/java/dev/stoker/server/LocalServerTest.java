@@ -74,4 +74,30 @@ class LocalServerTest {
       assertTrue(client.health().contains("\"serving\""));
     }
   }
+
+  @Test
+  void aServerAnotherProcessUsesOutlivesThisJvmAndStopsWithItsLastUser() throws Exception {
+    LocalServer.ensure();
+    Path users = runDir.resolve("users");
+    assertTrue(Files.exists(users.resolve(Long.toString(ProcessHandle.current().pid()))),
+        "this JVM is registered as a user");
+    java.util.Properties info = new java.util.Properties();
+    try (var in = Files.newBufferedReader(runDir.resolve("server.properties"))) {
+      info.load(in);
+    }
+    ProcessHandle server = ProcessHandle.of(Long.parseLong(info.getProperty("pid"))).get();
+    // Another user (as an executor JVM would be), then this JVM leaves.
+    Process other = new ProcessBuilder("sleep", "600").start();
+    Files.writeString(users.resolve(Long.toString(other.pid())), "test\n");
+    LocalServer.stop();
+    Thread.sleep(2500);
+    assertTrue(server.isAlive(), "stopped while another process used it");
+    // The other user dies without a word (SIGKILL): the server stops by itself.
+    other.destroyForcibly().waitFor();
+    long deadline = System.nanoTime() + java.util.concurrent.TimeUnit.SECONDS.toNanos(15);
+    while (server.isAlive() && System.nanoTime() < deadline) {
+      Thread.sleep(100);
+    }
+    assertTrue(!server.isAlive(), "the server outlived its last user");
+  }
 }
