@@ -118,6 +118,24 @@ fn bytes(env: &Env<'_>, b: &JByteArray<'_>, what: &str) -> BridgeResult<Vec<u8>>
     Ok(env.convert_byte_array(b)?)
 }
 
+/// What `read` makes of the bytes of `b`, read in place (no copy out of the
+/// JVM). `read` must not call back into the JVM: it runs while the array is
+/// pinned.
+fn read_pinned<T>(
+    env: &mut Env<'_>,
+    b: &JByteArray<'_>,
+    what: &str,
+    read: impl FnOnce(&[u8]) -> stoker_core::Result<T>,
+) -> BridgeResult<T> {
+    if b.is_null() {
+        return Err(Error::invalid(format!("{what} is null")).into());
+    }
+    // SAFETY: one shared guard on the array, released at the end of this
+    // function; `read` gets plain bytes and cannot reach the JVM.
+    let elements = unsafe { b.get_elements_critical(env, ReleaseMode::NoCopyBack)? };
+    Ok(read(as_bytes(&elements))?)
+}
+
 /// The first `length` bytes of `b` (a stream written into a larger array).
 fn bytes_prefix(
     env: &Env<'_>,
@@ -363,15 +381,9 @@ pub extern "system" fn Java_dev_stoker_jni_NativeBridge_withSamples0<'caller>(
     samples: jlong,
 ) -> JByteArray<'caller> {
     env.with_env(|env| -> BridgeResult<_> {
-        if mean.is_null() {
-            return Err(Error::invalid("state is null").into());
-        }
-        let out = {
-            // SAFETY: one shared guard on the array; nothing in this scope calls
-            // back into the JVM, and it lasts one copy of the bytes.
-            let elements = unsafe { mean.get_elements_critical(env, ReleaseMode::NoCopyBack)? };
-            running_mean::with_samples(as_bytes(&elements), samples.max(0) as u64)?
-        };
+        let out = read_pinned(env, &mean, "state", |b| {
+            running_mean::with_samples(b, samples.max(0) as u64)
+        })?;
         Ok(env.byte_array_from_slice(&out)?)
     })
     .resolve::<ThrowStoker>()
@@ -403,15 +415,7 @@ pub extern "system" fn Java_dev_stoker_jni_NativeBridge_meta0<'caller>(
     state: JByteArray<'caller>,
 ) -> JString<'caller> {
     env.with_env(|env| -> BridgeResult<_> {
-        if state.is_null() {
-            return Err(Error::invalid("state is null").into());
-        }
-        let meta = {
-            // SAFETY: one shared guard on the array; nothing in this scope calls
-            // back into the JVM, and it lasts one read of the bytes.
-            let elements = unsafe { state.get_elements_critical(env, ReleaseMode::NoCopyBack)? };
-            StateMeta::read(as_bytes(&elements))?
-        };
+        let meta = read_pinned(env, &state, "state", StateMeta::read)?;
         let mut fields: serde_json::Map<String, serde_json::Value> =
             meta.extra.into_iter().map(|(k, v)| (k, v.into())).collect();
         fields.insert("model_id".into(), meta.model_id.into());

@@ -11,6 +11,13 @@ use stoker_server::{start, ServerConfig};
 
 use crate::common::*;
 
+/// The trained `state` of common.rs's MLP as a TorchScript archive.
+fn exported(state: &[u8]) -> Vec<u8> {
+    let spec = ModelSpec::from_json(r#"{"type":"mlp","hidden":[16,16],"num_classes":2}"#).unwrap();
+    let state = State::from_bytes(state).unwrap();
+    export_torchscript(&ModelSource::Spec(spec), &state, None).unwrap()
+}
+
 fn huge_job(name: &str) -> CreateJob {
     CreateJob {
         spec: Some(serde_json::json!({"type": "mlp", "hidden": [1_000_000_000], "num_classes": 2})),
@@ -60,13 +67,7 @@ async fn a_model_too_large_for_the_device_budget_is_refused_before_it_is_built()
     assert_eq!(e.kind(), ErrorKind::ResourceExhausted, "{e}");
 
     // A TorchScript model probed with a billion inputs.
-    let spec = ModelSpec::from_json(r#"{"type":"mlp","hidden":[16,16],"num_classes":2}"#).unwrap();
-    let script = export_torchscript(
-        &ModelSource::Spec(spec),
-        &State::from_bytes(&state).unwrap(),
-        None,
-    )
-    .unwrap();
+    let script = exported(&state);
     let req = RegisterModel {
         name: "probe".into(),
         loss: Some("mse".into()),
@@ -116,13 +117,7 @@ async fn model_files_a_client_names_are_read_only_under_the_model_root() {
     server.stop().await.unwrap();
 
     let root = tempfile::tempdir().unwrap();
-    let spec = ModelSpec::from_json(r#"{"type":"mlp","hidden":[16,16],"num_classes":2}"#).unwrap();
-    let script = export_torchscript(
-        &ModelSource::Spec(spec),
-        &State::from_bytes(&state).unwrap(),
-        None,
-    )
-    .unwrap();
+    let script = exported(&state);
     std::fs::write(root.path().join("model.pt"), script).unwrap();
     std::fs::create_dir(root.path().join("models")).unwrap();
     let server = start(ServerConfig {
