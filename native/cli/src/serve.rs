@@ -47,6 +47,11 @@ pub struct ServeArgs {
     /// gradients, optimizer state and one batch of activations), in MiB.
     #[arg(long, default_value_t = 4096)]
     job_model_mb: usize,
+    /// Longest a model registration may take to load and probe its model, in
+    /// seconds: a TorchScript forward that never returns fails that request
+    /// instead of hanging it.
+    #[arg(long, default_value_t = 60)]
+    model_load_timeout_s: u64,
     /// Byte budget of model artifacts kept in host memory, in MiB.
     #[arg(long, default_value_t = 8192)]
     host_model_mb: usize,
@@ -107,6 +112,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         model_root: a.model_root.clone(),
         device_model_bytes: a.device_model_mb << 20,
         job_model_bytes: a.job_model_mb << 20,
+        model_load_timeout: std::time::Duration::from_secs(a.model_load_timeout_s.max(1)),
         host_model_bytes: a.host_model_mb << 20,
         batch: stoker_server::batcher::BatchLimits {
             max_rows: a.max_batch_rows.max(1),
@@ -133,7 +139,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
     #[cfg(not(unix))]
     let parent = 0;
     let users = a.users.clone();
-    runtime.block_on(async {
+    let served = runtime.block_on(async {
         let server = start(config).await?;
         // The first stdout line is the address: scripts and the Spark side
         // read it to connect.
@@ -154,7 +160,12 @@ pub fn run(a: ServeArgs) -> Result<()> {
         }
         tracing::info!("shutting down: draining in-flight requests");
         server.stop().await
-    })
+    });
+    // Every request has answered by now; a blocking thread still in a model's
+    // forward that never returns (the model load timeout) must not hold the
+    // exit, so the runtime waits for its threads only this long.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    served
 }
 
 /// Resolves when this process's parent is no longer `original` (it exited and

@@ -177,8 +177,25 @@ impl Service {
     ) -> Result<Vec<ActionResult>> {
         let (model, state) = (blobs.owned("model"), blobs.owned("state"));
         let me = self.clone();
-        let served =
-            blocking(move || me.models.register(req, model, state, &me.model_root)).await?;
+        let (name, limit) = (req.name.clone(), self.model_load_timeout);
+        let register = blocking(move || me.models.register(req, model, state, &me.model_root));
+        // libtorch cannot interrupt a forward, so a model whose probe never
+        // returns keeps its blocking thread; the request still answers, and
+        // the count says how many threads are held that way.
+        let served = match tokio::time::timeout(limit, register).await {
+            Ok(served) => served?,
+            Err(_) => {
+                self.counters
+                    .model_loads_timed_out
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(Error::invalid(format!(
+                    "model '{name}' did not load within {} s: its forward on one probe row \
+                     did not return (a TorchScript loop that never ends?); raise \
+                     stoker serve --model-load-timeout-s if it is only slow",
+                    limit.as_secs()
+                )));
+            }
+        };
         tracing::info!(model = %served.name, version = served.version, "registered model");
         answer(serde_json::json!({
             "name": served.name, "version": served.version, "task": served.task,

@@ -66,6 +66,9 @@ pub struct ServerConfig {
     /// gradients, optimizer slots and one batch of activations.
     pub job_model_bytes: usize,
     pub host_model_bytes: usize,
+    /// How long registering a model may take to load and probe it; past
+    /// it the request fails (the probe's thread runs on until it returns).
+    pub model_load_timeout: std::time::Duration,
     /// Dynamic batching of concurrent inference streams.
     pub batch: batcher::BatchLimits,
     /// Serve Prometheus metrics over HTTP on this port (same host).
@@ -87,6 +90,7 @@ impl Default for ServerConfig {
             device_model_bytes: 4 << 30,
             job_model_bytes: 4 << 30,
             host_model_bytes: 8 << 30,
+            model_load_timeout: std::time::Duration::from_secs(60),
             batch: batcher::BatchLimits::default(),
             metrics_port: None,
         }
@@ -161,6 +165,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
         device: config.device,
         token: config.token.clone(),
         max_message_bytes: config.max_message_bytes,
+        model_load_timeout: config.model_load_timeout,
         model_root: model_root::ModelRoot::new(
             config.model_root.as_deref(),
             config.max_message_bytes,

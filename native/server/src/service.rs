@@ -30,6 +30,8 @@ pub struct Service {
     pub max_message_bytes: usize,
     /// Where the model files clients name may be read from.
     pub model_root: ModelRoot,
+    /// Bound on loading and probing a model being registered.
+    pub model_load_timeout: std::time::Duration,
     pub counters: Counters,
 }
 

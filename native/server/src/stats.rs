@@ -20,6 +20,8 @@ pub struct Counters {
     /// Rounds stopped early because their caller went away.
     pub train_rounds_abandoned: AtomicU64,
     pub requests_failed: AtomicU64,
+    /// Model registrations that did not load within the load timeout.
+    pub model_loads_timed_out: AtomicU64,
     pub exchange_latency: Histogram,
     pub train_latency: Histogram,
     pub put_latency: Histogram,
@@ -33,6 +35,7 @@ impl Default for Counters {
             train_rounds: AtomicU64::new(0),
             train_rounds_abandoned: AtomicU64::new(0),
             requests_failed: AtomicU64::new(0),
+            model_loads_timed_out: AtomicU64::new(0),
             exchange_latency: Histogram::new(LATENCY_BOUNDS),
             train_latency: Histogram::new(LATENCY_BOUNDS),
             put_latency: Histogram::new(LATENCY_BOUNDS),
@@ -81,6 +84,11 @@ impl Counters {
                 "requests_failed",
                 "Requests that failed.",
                 &self.requests_failed,
+            ),
+            read(
+                "model_loads_timed_out",
+                "Model registrations that did not load within --model-load-timeout-s.",
+                &self.model_loads_timed_out,
             ),
         ]
     }
