@@ -23,7 +23,11 @@ class Client:
 
     address: str
     def __init__(
-        self, address: str, token: str | None = None, ca_pem: bytes | None = None
+        self,
+        address: str,
+        token: str | None = None,
+        ca_pem: bytes | None = None,
+        liveness_s: float | None = None,
     ) -> None: ...
     def action(
         self, kind: str, body: str = "{}", blobs: list[tuple[str, bytes]] | None = None

@@ -47,14 +47,22 @@ class Client:
     server's bearer token, if it wants one. Over TLS the server's certificate
     must be signed by `ca_pem` (the CA certificate's PEM, bytes or str), the
     only CA trusted, or without it by one of the operating system's root
-    certificates (docs/security.md). Errors raise the
-    `stoker.StokerError` subclass of their kind.
+    certificates (docs/security.md). `liveness_s` (default 20) is how long the
+    server may stay silent, not answering even a ping, before calls fail with
+    `stoker.ServerUnavailableError`; a long call to a live server is unaffected.
+    Errors raise the `stoker.StokerError` subclass of their kind.
     """
 
-    def __init__(self, address: str, token: str | None = None, ca_pem: bytes | str | None = None):
+    def __init__(
+        self,
+        address: str,
+        token: str | None = None,
+        ca_pem: bytes | str | None = None,
+        liveness_s: float | None = None,
+    ):
         if isinstance(ca_pem, str):
             ca_pem = ca_pem.encode("ascii")
-        self._native = _native.Client(address, token, ca_pem)
+        self._native = _native.Client(address, token, ca_pem, liveness_s)
         self.address = address
 
     # --- actions (docs/protocol.md) ----------------------------------------

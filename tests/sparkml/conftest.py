@@ -25,6 +25,8 @@ def spark():
         .appName("stoker-pytest")
         .config("spark.stoker.server.runDir", run_dir)
         .config("spark.stoker.server.device", "cpu")
+        # A stopped server fails its tasks within 10 s (test_faults.py).
+        .config("spark.stoker.server.timeoutSeconds", "10")
         .config("spark.executorEnv.STOKER_RUN_DIR", run_dir)
         .config("spark.executorEnv.STOKER_DEVICE", "cpu")
         .config("spark.sql.shuffle.partitions", "4")

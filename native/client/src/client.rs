@@ -37,7 +37,17 @@ pub struct ClientOptions {
     pub ca_pem: Option<Vec<u8>>,
     /// Largest message sent or accepted; batches are split to fit.
     pub max_message_bytes: usize,
+    /// How long a server may stay silent (not even answering an HTTP/2
+    /// ping) before its calls fail with UNAVAILABLE: a stopped or wedged
+    /// server surfaces as an error within this, while a long call to a
+    /// live server (a training round of minutes) is unaffected, since the
+    /// server's connection layer answers pings while it computes.
+    pub liveness: std::time::Duration,
 }
+
+/// [`ClientOptions::liveness`] by default: a ping every 10 s, answered
+/// within 10 s.
+pub const DEFAULT_LIVENESS: std::time::Duration = std::time::Duration::from_secs(20);
 
 impl Default for ClientOptions {
     fn default() -> Self {
@@ -45,6 +55,7 @@ impl Default for ClientOptions {
             token: None,
             ca_pem: None,
             max_message_bytes: stoker_core::protocol::MAX_MESSAGE_BYTES,
+            liveness: DEFAULT_LIVENESS,
         }
     }
 }
@@ -75,13 +86,15 @@ impl Client {
     /// ([`crate::connect`]).
     pub async fn connect(uri: &str, options: ClientOptions) -> Result<Client> {
         let target = Target::parse(uri, options.ca_pem.is_some())?;
-        // A bounded connect, and HTTP/2 pings so a server that vanished is
-        // noticed instead of a call hanging on a dead connection.
+        // A bounded connect, and HTTP/2 pings so a server that vanished or
+        // stopped is noticed instead of a call hanging on a dead connection:
+        // half the liveness between pings, half for the answer.
+        let half = (options.liveness / 2).max(std::time::Duration::from_millis(500));
         let mut endpoint = Endpoint::from_shared(target.http())
             .map_err(|e| Error::invalid(format!("address '{uri}': {e}")))?
             .connect_timeout(CONNECT_TIMEOUT)
-            .http2_keep_alive_interval(std::time::Duration::from_secs(30))
-            .keep_alive_timeout(std::time::Duration::from_secs(20))
+            .http2_keep_alive_interval(half)
+            .keep_alive_timeout(half)
             .keep_alive_while_idle(true)
             .tcp_nodelay(true)
             .initial_stream_window_size(Some(STREAM_WINDOW_BYTES))

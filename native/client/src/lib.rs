@@ -10,4 +10,4 @@ pub mod client;
 pub mod connect;
 
 pub use blocking::BlockingClient;
-pub use client::{Client, ClientOptions};
+pub use client::{Client, ClientOptions, DEFAULT_LIVENESS};

@@ -13,12 +13,21 @@ use crate::handles::Handles;
 pub static CLIENTS: Handles<BlockingClient> = Handles::new();
 const WHAT: &str = "stoker client";
 
-pub fn connect(uri: &str, token: Option<String>, ca_pem: Option<String>) -> Result<i64> {
-    let options = ClientOptions {
+/// `liveness_seconds` of 0 or less: [`stoker_client::DEFAULT_LIVENESS`].
+pub fn connect(
+    uri: &str,
+    token: Option<String>,
+    ca_pem: Option<String>,
+    liveness_seconds: i32,
+) -> Result<i64> {
+    let mut options = ClientOptions {
         token,
         ca_pem: ca_pem.map(String::into_bytes),
         ..Default::default()
     };
+    if liveness_seconds > 0 {
+        options.liveness = std::time::Duration::from_secs(liveness_seconds as u64);
+    }
     Ok(CLIENTS.insert(BlockingClient::connect(uri, options)?))
 }
 

@@ -162,9 +162,10 @@ fn bytes_prefix(
     Ok(out)
 }
 
-/// `NativeBridge.connect(String uri, String token, String caPem)`: a client
-/// handle. `token` and `caPem` may be null (no token; for `grpc+tls://`, the
-/// operating system's root certificates).
+/// `NativeBridge.connect(String uri, String token, String caPem, int
+/// livenessSeconds)`: a client handle. `token` and `caPem` may be null (no
+/// token; for `grpc+tls://`, the operating system's root certificates);
+/// `livenessSeconds` 0 is the default.
 #[unsafe(no_mangle)]
 pub extern "system" fn Java_dev_stoker_jni_NativeBridge_connect<'caller>(
     mut env: EnvUnowned<'caller>,
@@ -172,12 +173,13 @@ pub extern "system" fn Java_dev_stoker_jni_NativeBridge_connect<'caller>(
     uri: JString<'caller>,
     token: JString<'caller>,
     ca_pem: JString<'caller>,
+    liveness_seconds: jint,
 ) -> jlong {
     env.with_env(|env| -> BridgeResult<_> {
         let uri = string(env, &uri, "server address")?;
         let token = optional_string(env, &token)?;
         let ca_pem = optional_string(env, &ca_pem)?;
-        Ok(client::connect(&uri, token, ca_pem)?)
+        Ok(client::connect(&uri, token, ca_pem, liveness_seconds)?)
     })
     .resolve::<ThrowStoker>()
 }

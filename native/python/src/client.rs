@@ -23,18 +23,27 @@ pub struct Client {
 #[pymethods]
 impl Client {
     #[new]
-    #[pyo3(signature = (address, token=None, ca_pem=None))]
+    #[pyo3(signature = (address, token=None, ca_pem=None, liveness_s=None))]
     fn new(
         py: Python<'_>,
         address: String,
         token: Option<String>,
         ca_pem: Option<Vec<u8>>,
+        liveness_s: Option<f64>,
     ) -> PyResult<Self> {
-        let options = ClientOptions {
+        let mut options = ClientOptions {
             token,
             ca_pem,
             ..Default::default()
         };
+        if let Some(s) = liveness_s {
+            if !(s.is_finite() && s > 0.0) {
+                return Err(errors::to_py(Error::invalid(format!(
+                    "liveness_s is {s}; it must be a number of seconds above 0"
+                ))));
+            }
+            options.liveness = std::time::Duration::from_secs_f64(s);
+        }
         let inner = py
             .detach(|| BlockingClient::connect(&address, options))
             .map_err(errors::to_py)?;

@@ -86,7 +86,7 @@ public final class NativeBridge {
 
   private static native String meta0(byte[] state);
 
-  static native long connect(String uri, String token, String caPem);
+  static native long connect(String uri, String token, String caPem, int livenessSeconds);
 
   static native void close(long handle);
 

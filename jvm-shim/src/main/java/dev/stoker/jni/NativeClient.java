@@ -13,6 +13,26 @@ import java.util.concurrent.atomic.AtomicLong;
 public final class NativeClient implements AutoCloseable {
   private final AtomicLong handle;
 
+  /** Seconds a server may stay silent before calls to it fail; 0: the default (20). */
+  private static volatile int livenessSeconds = 0;
+
+  /**
+   * How long a server may stay silent (not answering even an HTTP/2 ping) before the calls
+   * of clients connected from now on fail with {@link dev.stoker.ServerUnavailableException}
+   * (Spark: {@code spark.stoker.server.timeoutSeconds}). A stopped or wedged server then fails
+   * its tasks, which Spark retries, instead of hanging them; a long call to a server that is
+   * alive (a training round of minutes) is unaffected.
+   *
+   * @param seconds at least 1; 0 restores the default of 20 s
+   */
+  public static void setLivenessSeconds(int seconds) {
+    if (seconds < 0) {
+      throw new InvalidInputException("liveness timeout must be 0 (default) or positive, not "
+          + seconds);
+    }
+    livenessSeconds = seconds;
+  }
+
   private NativeClient(long handle) {
     this.handle = new AtomicLong(handle);
   }
@@ -42,7 +62,7 @@ public final class NativeClient implements AutoCloseable {
    */
   public static NativeClient connect(String uri, String token, String caPem) {
     NativeLoader.ensureLoaded();
-    return new NativeClient(NativeBridge.connect(uri, token, caPem));
+    return new NativeClient(NativeBridge.connect(uri, token, caPem, livenessSeconds));
   }
 
   private long handle() {

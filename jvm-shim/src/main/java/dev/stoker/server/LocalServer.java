@@ -90,6 +90,8 @@ public final class LocalServer {
     if (known != null && alive(known)) {
       return known;
     }
+    // Asked once: a server that did not answer just now is not asked again below.
+    Address silent = known;
     Path dir = runDir();
     try {
       Files.createDirectories(dir);
@@ -98,12 +100,14 @@ public final class LocalServer {
         // Held while we look and start, so JVMs on one node start one server.
         FileLock lock = channel.lock();
         try {
-          Optional<Address> existing = read(dir.resolve("server.properties"));
-          if (existing.isPresent() && alive(existing.get())) {
+          Path info = dir.resolve("server.properties");
+          Optional<Address> existing = read(info);
+          if (existing.isPresent() && !existing.get().equals(silent) && alive(existing.get())) {
             register(dir);
             known = existing.get();
             return known;
           }
+          stopSilent(info);
           register(dir);
           known = start(dir);
           return known;
@@ -170,6 +174,35 @@ public final class LocalServer {
     } catch (StokerException e) {
       return false;
     }
+  }
+
+  /**
+   * Kills the recorded server if its process still runs although it did not answer (stopped
+   * with SIGSTOP, or wedged): a replacement is about to be started, and the silent one must
+   * not come back later holding its memory and a port. Only a process whose command is the
+   * stoker binary is killed, so a reused pid of an unrelated process is left alone.
+   */
+  private static void stopSilent(Path info) {
+    Properties p = new Properties();
+    try (var in = Files.newBufferedReader(info, StandardCharsets.UTF_8)) {
+      p.load(in);
+    } catch (IOException e) {
+      return;
+    }
+    long pid;
+    try {
+      pid = Long.parseLong(p.getProperty("pid", ""));
+    } catch (NumberFormatException e) {
+      return;
+    }
+    ProcessHandle.of(pid)
+        .filter(ProcessHandle::isAlive)
+        .filter(h -> h.info().command().map(c -> c.endsWith("stoker")).orElse(false))
+        .ifPresent(h -> {
+          System.err.println("stoker: the node's server (pid " + pid + ") is running but did"
+              + " not answer within the liveness timeout; stopping it and starting another");
+          h.destroyForcibly();
+        });
   }
 
   private static Optional<Address> read(Path file) throws IOException {

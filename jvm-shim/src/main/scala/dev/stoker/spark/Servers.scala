@@ -32,6 +32,7 @@ final case class ServerTarget(address: String, token: String, caPem: String = ""
   /** Connects to this node's server. The caller closes the client. */
   def connect(): NativeClient = {
     val trimmed = address.trim
+    Servers.configureClient()
     if (trimmed.isEmpty) {
       Servers.configureLocal()
       LocalServer.ensure().connect()
@@ -45,6 +46,8 @@ final case class ServerTarget(address: String, token: String, caPem: String = ""
 object ServerTarget {
   val TokenKey = "spark.stoker.server.token"
   val CaCertKey = "spark.stoker.server.caCert"
+  /** Seconds a server may stay silent before its calls fail (NativeClient.setLivenessSeconds). */
+  val TimeoutKey = "spark.stoker.server.timeoutSeconds"
 
   /** The largest CA certificate file read (a bundle of a few certificates is ~10 KiB). */
   private val MaxCaBytes = 1 << 20
@@ -133,6 +136,13 @@ object ServerTarget {
 private[spark] object Servers {
   private val log = LoggerFactory.getLogger(getClass)
   lazy val hostName: String = InetAddress.getLocalHost.getHostName
+
+  /** Passes `spark.stoker.server.timeoutSeconds` to the clients this JVM connects. */
+  def configureClient(): Unit =
+    Option(SparkEnv.get).flatMap(_.conf.getOption(ServerTarget.TimeoutKey)).foreach(v =>
+      NativeClient.setLivenessSeconds(scala.util.Try(v.trim.toInt).filter(_ > 0)
+        .getOrElse(throw new InvalidInputException(
+          s"${ServerTarget.TimeoutKey} is '$v'; it must be a whole number of seconds above 0"))))
 
   /** Passes Spark's `spark.stoker.server.*` settings to the local server launcher. */
   def configureLocal(): Unit = {
