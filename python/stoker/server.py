@@ -15,6 +15,7 @@ import fcntl
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import threading
 from pathlib import Path
@@ -219,6 +220,18 @@ def _alive(address: str, token: str | None) -> bool:
         return False
 
 
+def _stop_silent(pid: str) -> None:
+    """Kills the recorded server if it still runs although it did not answer (as the
+    JVM's LocalServer.stopSilent does): a replacement is about to start. Only a
+    process whose command is the stoker binary, so a reused pid is left alone."""
+    try:
+        exe = Path(f"/proc/{int(pid)}/cmdline").read_bytes().split(b"\0")[0]
+        if exe.endswith(b"stoker"):
+            os.kill(int(pid), signal.SIGKILL)
+    except (OSError, ValueError):
+        pass
+
+
 _local: tuple[str, str | None] | None = None
 _started: Server | None = None
 _lock = threading.Lock()
@@ -245,6 +258,8 @@ def local_server() -> tuple[str, str | None]:
     with _lock:
         if _local is not None and _alive(*_local):
             return _local
+        # Asked once: a server that did not answer just now is not asked again below.
+        silent = _local
         directory = run_dir()
         directory.mkdir(parents=True, exist_ok=True)
         with open(directory / "server.lock", "a") as lock_file:
@@ -257,10 +272,11 @@ def local_server() -> tuple[str, str | None]:
                     token_file = props.get("token_file")
                     if props.get("uri") and token_file and os.path.exists(token_file):
                         found = (props["uri"], Path(token_file).read_text().strip())
-                        if _alive(*found):
+                        if found != silent and _alive(*found):
                             _register(directory)
                             _local = found
                             return found
+                    _stop_silent(props.get("pid", ""))
                 token = secrets.token_hex(32)
                 token_file = directory / "token"
                 _write_token(token_file, token)
