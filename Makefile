@@ -26,13 +26,14 @@ CARGO := cargo
 BIN := $(ROOT)/target/release/stoker
 JNI_LIB := $(ROOT)/target/release/libstoker_jni.so
 
-.PHONY: help setup venv native python-ext jvm build lint fmt test test-rust test-python test-jvm example-java demo demo-engine bench clean
+.PHONY: help setup venv native python-ext jvm build lint fmt test test-rust test-python test-jvm test-fuzz example-java demo demo-engine bench fuzz clean
 
 help:
 	@echo "make demo    install, build, run the demo (examples/)"
 	@echo "make test    install, build, lint, run all tests"
 	@echo "make build   install and build only"
 	@echo "make fmt     format Rust, Java and Python sources"
+	@echo "make fuzz    fuzz every input a client controls for FUZZ_SECONDS (default 600; native/fuzz)"
 
 # --- installs -----------------------------------------------------------
 $(STAMPS)/venv: python/requirements.txt
@@ -78,6 +79,11 @@ fmt: venv
 test-rust: native
 	$(CARGO) test --release --workspace
 
+# The mutation fuzzer (native/fuzz) for a minute; a crash fails it, and
+# its input is left in target/fuzz/crashes/ with how to replay it.
+test-fuzz: native
+	$(ROOT)/target/release/stoker-fuzz --seconds 60
+
 test-python: python-ext
 	STOKER_BIN=$(BIN) $(PY) -m pytest -q
 
@@ -104,6 +110,10 @@ bench: build
 # The engine alone through the CLI (no Spark).
 demo-engine: build
 	STOKER_BIN=$(BIN) $(PY) examples/engine_quickstart.py
+
+# Fuzzing on stable Rust: every target round-robin for FUZZ_SECONDS.
+fuzz: native
+	$(ROOT)/target/release/stoker-fuzz --seconds $${FUZZ_SECONDS:-600}
 
 clean:
 	rm -rf target/release target/stamps jvm-shim/target

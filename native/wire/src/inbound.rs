@@ -204,7 +204,19 @@ impl Assembler {
     /// Parses whole fields past `parsed`; on reaching `data_body`, moves
     /// what has arrived of it into an aligned buffer of its full length.
     fn find_body(&mut self) -> Result<(), Status> {
+        let to_come = self.remaining.unwrap_or(0);
         while let Some((key, value_at, value_len)) = field_at(&self.fields, self.parsed)? {
+            // A field's length is the sender's word: it must fit in what is
+            // left of the message before it sizes a buffer (a few bytes
+            // claiming a body of 2^40 were allocated for) or moves `parsed`
+            // (a length near 2^64 wrapped it back to the same field, forever).
+            let left = self.fields.len() - value_at + to_come;
+            if value_len > left {
+                return Err(Status::invalid_argument(format!(
+                    "not a FlightData message: a field of {value_len} bytes at byte {} with {left} bytes left in the message",
+                    self.parsed
+                )));
+            }
             if key == DATA_BODY_KEY {
                 let mut body = MutableBuffer::new(value_len);
                 let arrived = (self.fields.len() - value_at).min(value_len);
@@ -397,5 +409,43 @@ mod tests {
         let garbage = vec![0, 0, 0, 0, 4, 0x0f, 1, 2, 3];
         let e = decode(garbage, 2, 1 << 20).await.unwrap_err();
         assert!(e.message().contains("not a FlightData message"), "{e}");
+    }
+
+    /// A message of a few bytes whose field `key` claims `len` bytes.
+    fn claiming(key: u64, len: u64) -> Vec<u8> {
+        let mut fields = Vec::new();
+        prost::encoding::encode_varint(key, &mut fields);
+        prost::encoding::encode_varint(len, &mut fields);
+        fields.extend_from_slice(&[1, 2, 3]);
+        let mut framed = vec![0];
+        framed.extend_from_slice(&(fields.len() as u32).to_be_bytes());
+        framed.extend_from_slice(&fields);
+        framed
+    }
+
+    #[tokio::test]
+    async fn field_lengths_past_the_message_are_refused_before_anything_is_sized() {
+        // Found by stoker-fuzz (flight_data): a body length of 2^40 was
+        // allocated before any of it arrived (6 GB from a 523-byte request;
+        // larger failed the allocation), and a header length of 2^64 - 11
+        // wrapped the parser back to the same field (it never returned).
+        for (key, len) in [
+            (DATA_BODY_KEY, 1u64 << 40),
+            (DATA_BODY_KEY, 4),
+            ((2 << 3) | 2, u64::MAX - 10),
+            ((2 << 3) | 2, 1 << 33),
+        ] {
+            for chunk in [1, 4, 64] {
+                let e = decode(claiming(key, len), chunk, 1 << 30)
+                    .await
+                    .unwrap_err();
+                assert_eq!(e.code(), tonic::Code::InvalidArgument, "{key} {len}: {e}");
+                assert!(e.message().contains("bytes left in the message"), "{e}");
+            }
+        }
+        // A field that fits is still read.
+        let fits = claiming(DATA_BODY_KEY, 3);
+        let got = decode(fits, 2, 1 << 20).await.unwrap();
+        assert_eq!(got[0].data_body.as_ref(), &[1, 2, 3]);
     }
 }
