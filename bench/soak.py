@@ -156,6 +156,8 @@ def main() -> None:
         "rss_peak_mb": round(peak / 2**20, 1),
         "rss_growth_pct": round(100 * (final - after_warmup) / after_warmup, 2),
         "health_at_end": health,
+        # RSS every 30 s: a plateau is the allocator's arenas filling, a slope a leak.
+        "rss_mb_every_30s": [round(r / 2**20, 1) for t, r in samples if int(t) % 30 == 0],
         "first_errors": load.errors[:3],
     }
     out = ROOT / "bench" / "results" / "soak.json"

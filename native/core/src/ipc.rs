@@ -13,14 +13,28 @@ use arrow::ipc::writer::StreamWriter;
 use crate::error::{Error, Result};
 
 /// Decodes an Arrow IPC stream; returns its schema and batches.
+///
+/// arrow's decoder (60.1) asserts on some malformed streams instead of
+/// returning an error (found by stoker-fuzz); such a panic is caught here
+/// and becomes the same `InvalidInput` a malformed stream gets, so it cannot
+/// cross a JNI or Python boundary.
 pub fn read_stream(bytes: &[u8]) -> Result<(SchemaRef, Vec<RecordBatch>)> {
-    let reader = StreamReader::try_new(Cursor::new(bytes), None)
-        .map_err(|e| Error::invalid(format!("not an Arrow IPC stream: {e}")))?;
-    let schema = reader.schema();
-    let batches = reader
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| Error::invalid(format!("corrupt Arrow IPC stream: {e}")))?;
-    Ok((schema, batches))
+    // Sound to assert unwind safety: nothing outside the closure is mutated,
+    // and on a panic everything it built is dropped.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let reader = StreamReader::try_new(Cursor::new(bytes), None)
+            .map_err(|e| Error::invalid(format!("not an Arrow IPC stream: {e}")))?;
+        let schema = reader.schema();
+        let batches = reader
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::invalid(format!("corrupt Arrow IPC stream: {e}")))?;
+        Ok((schema, batches))
+    }))
+    .unwrap_or_else(|_| {
+        Err(Error::invalid(
+            "corrupt Arrow IPC stream: arrow's decoder failed on it",
+        ))
+    })
 }
 
 /// Encodes batches as an Arrow IPC stream.

@@ -12,7 +12,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
-use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::FlightService;
 use arrow_flight::{
@@ -393,7 +392,7 @@ async fn split_descriptor(mut input: Stream<FlightData>) -> Result<(Vec<String>,
 
 /// Flight data decoded into record batches.
 fn decode(data: DataStream) -> Batches {
-    FlightRecordBatchStream::new_from_flight_data(data)
+    stoker_wire::inbound::record_batches(data)
         .map_err(from_flight)
         .boxed()
 }

@@ -85,6 +85,9 @@ struct Manifest {
     loss: Option<String>,
     input_width: Option<usize>,
     param_bytes: usize,
+    /// Features per row the built model takes (absent in older manifests).
+    #[serde(default)]
+    width: Option<usize>,
 }
 
 pub struct ServedModel {
@@ -96,6 +99,9 @@ pub struct ServedModel {
     pub param_bytes: usize,
     loss: Option<String>,
     input_width: Option<usize>,
+    /// Features per row the model takes, when known: a batch is checked
+    /// against it before its dense matrix is allocated.
+    width: Option<usize>,
     batcher: Mutex<Option<Arc<Batcher>>>,
     /// Held while loading onto the device, so concurrent streams that miss
     /// load one copy, not one each.
@@ -121,6 +127,16 @@ impl ServedModel {
     pub fn features_of(&self, batch: &RecordBatch, first_row: usize) -> Result<Tensor> {
         let layout = FeatureLayout::resolve(&batch.schema(), &self.features, Some(batch))
             .map_err(|e| e.context(format!("model '{}'", self.name)))?;
+        // Before the allocation: a sparse vector's declared size sets the
+        // width, and a few bytes can declare 2^31 values per row.
+        if let Some(width) = self.width.filter(|w| *w != layout.width()) {
+            return Err(Error::invalid(format!(
+                "model '{}' takes {width} features per row; columns {} give {}",
+                self.name,
+                self.features.join(", "),
+                layout.width()
+            )));
+        }
         filled_matrix(batch.num_rows(), layout.width(), |buf| {
             layout.write_batches(std::slice::from_ref(batch), first_row, buf)
         })
@@ -262,6 +278,7 @@ impl Models {
             loss: req.loss.clone(),
             input_width: req.input_width,
             param_bytes: model.parameter_count() * 4,
+            width: Some(model.input_width()),
         };
         let name = req.name.clone();
         let batching = Arc::new(BatchStats::default());
@@ -294,6 +311,7 @@ impl Models {
                 param_bytes: manifest.param_bytes,
                 loss: req.loss,
                 input_width: req.input_width,
+                width: manifest.width,
                 batcher: Mutex::new(Some(batcher)),
                 loading: Mutex::new(()),
                 artifact: Mutex::new(Some(artifact)),
@@ -564,6 +582,7 @@ impl Models {
                     param_bytes: m.param_bytes,
                     loss: m.loss,
                     input_width: m.input_width,
+                    width: m.width,
                     batcher: Mutex::new(None),
                     loading: Mutex::new(()),
                     artifact: Mutex::new(None),

@@ -101,6 +101,42 @@ where
     .boxed()
 }
 
+/// Flight data decoded into record batches, the one place the server (DoPut,
+/// DoExchange) and stoker's client (predictions) turn FlightData into Arrow.
+///
+/// arrow's IPC decoder (60.1) asserts, instead of returning an error, on
+/// some malformed messages: a buffer past the message body, an offsets
+/// buffer of the wrong length, a fixed-size list whose size overflows
+/// (found by stoker-fuzz, native/fuzz/regressions/README.md). Such a panic
+/// ends this stream with an error naming the input as malformed, so it
+/// fails the one request, not the connection or the process.
+pub fn record_batches(
+    data: BoxStream<'static, Result<FlightData, arrow_flight::error::FlightError>>,
+) -> BoxStream<'static, Result<arrow::array::RecordBatch, arrow_flight::error::FlightError>> {
+    let decoded = arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(data);
+    std::panic::AssertUnwindSafe(decoded)
+        .catch_unwind()
+        .map(|item| match item {
+            Ok(batch) => batch,
+            Err(panic) => Err(arrow_flight::error::FlightError::Tonic(Box::new(
+                Status::invalid_argument(format!(
+                    "malformed Arrow IPC data: the decoder failed on it ({})",
+                    panic_text(&panic)
+                )),
+            ))),
+        })
+        .boxed()
+}
+
+/// The message of a caught panic.
+pub fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into())
+}
+
 /// Builds one message at a time from body chunks.
 struct Assembler {
     side: Side,

@@ -4,7 +4,7 @@
 //! `stoker_wire::inbound::flight_data` into aligned buffers, the first
 //! message's descriptor taken as the handler takes it (its path as a
 //! `PartitionKey` and a `ModelKey`), the messages decoded into record
-//! batches by arrow-flight's `FlightRecordBatchStream` as the handler's
+//! batches by `stoker_wire::inbound::record_batches` as the handler's
 //! `decode` does, and the batches converted (see `data::convert`).
 //!
 //! The chunk sizes come from the input's hash, so a replay splits the
@@ -34,7 +34,7 @@ use crate::runner::fnv;
 pub fn target() -> Target {
     Target {
         name: "flight_data",
-        about: "gRPC request body (5-byte prefix + FlightData), random chunks -> inbound::flight_data -> descriptor -> FlightRecordBatchStream -> features, labels",
+        about: "gRPC request body (5-byte prefix + FlightData), random chunks -> inbound::flight_data -> descriptor -> inbound::record_batches -> features, labels",
         seeds,
         run,
         mutate,
@@ -264,7 +264,8 @@ fn run(input: &[u8]) -> Result<()> {
             .chain(messages)
             .map_err(FlightError::from)
             .boxed();
-        let mut decoded = arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(data);
+        // The server's own decode (handler.rs), panics from arrow contained.
+        let mut decoded = stoker_wire::inbound::record_batches(data);
         let mut batches = Vec::new();
         while let Some(batch) = decoded.next().await {
             match batch {

@@ -3,7 +3,8 @@
 //! keeps serving. Before these checks, `hidden: [1000000000]` aborted the
 //! server process while it drew the weights.
 
-use stoker_core::protocol::{CreateJob, RegisterModel};
+use arrow::array::RecordBatch;
+use stoker_core::protocol::{CreateJob, ModelKey, RegisterModel};
 use stoker_core::{ErrorKind, State};
 use stoker_engine::model::{export_torchscript, ModelSource};
 use stoker_engine::ModelSpec;
@@ -256,4 +257,70 @@ async fn a_bad_or_long_keep_header_is_answered_by_name() {
     assert!(e.message().contains("60000 pass-through columns"), "{e}");
     assert_eq!(client.health().await.unwrap()["status"], "serving");
     server.stop().await.unwrap();
+}
+
+/// A batch whose columns give a model more features per row than it takes
+/// is refused before its dense matrix is allocated: a sparse Spark vector's
+/// declared size sets the width, and a few bytes can declare 2^31 per row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_wider_than_the_model_is_refused_before_it_is_converted() {
+    use arrow::array::{ArrayRef, Float64Array, Int32Array, Int8Array, ListArray, StructArray};
+    use arrow::buffer::OffsetBuffer;
+    use arrow::datatypes::{DataType, Field, Fields};
+    use std::sync::Arc;
+
+    let server = start(config()).await.unwrap();
+    let mut client = connect(&server, None).await;
+    let state = trained_model(&mut client, "two").await;
+    let req = RegisterModel {
+        name: "as_vector".into(),
+        version: None,
+        spec: Some(serde_json::json!({"type": "mlp", "hidden": [16, 16], "num_classes": 2})),
+        torchscript_path: None,
+        features: Some(vec!["v".into()]),
+        loss: None,
+        input_width: None,
+    };
+    client
+        .register_model(&req, None, Some(state))
+        .await
+        .unwrap();
+
+    // One sparse vector of declared size 2^31 - 1 holding one value.
+    let list = |values: ArrayRef| {
+        let item = Arc::new(Field::new("item", values.data_type().clone(), true));
+        Arc::new(ListArray::new(
+            item,
+            OffsetBuffer::from_lengths([1]),
+            values,
+            None,
+        )) as ArrayRef
+    };
+    let indices = list(Arc::new(Int32Array::from(vec![0])));
+    let values = list(Arc::new(Float64Array::from(vec![1.0])));
+    let fields = Fields::from(vec![
+        Field::new("type", DataType::Int8, false),
+        Field::new("size", DataType::Int32, true),
+        Field::new("indices", indices.data_type().clone(), true),
+        Field::new("values", values.data_type().clone(), true),
+    ]);
+    let vector = StructArray::new(
+        fields,
+        vec![
+            Arc::new(Int8Array::from(vec![0])) as ArrayRef,
+            Arc::new(Int32Array::from(vec![i32::MAX])),
+            indices,
+            values,
+        ],
+        None,
+    );
+    let batch = RecordBatch::try_from_iter([("v", Arc::new(vector) as ArrayRef)]).unwrap();
+    let e = client
+        .predict(&ModelKey::latest("as_vector"), &[], vec![batch])
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    assert!(e.message().contains("takes 2 features per row"), "{e}");
+    assert!(e.message().contains("give 2147483647"), "{e}");
+    assert_eq!(client.health().await.unwrap()["status"], "serving");
 }
