@@ -26,7 +26,7 @@ CARGO := cargo
 BIN := $(ROOT)/target/release/stoker
 JNI_LIB := $(ROOT)/target/release/libstoker_jni.so
 
-.PHONY: help setup venv native python-ext jvm build lint fmt test test-rust test-python test-jvm test-fuzz example-java demo demo-engine bench fuzz clean
+.PHONY: help setup venv native python-ext jvm build lint fmt test test-rust test-python test-jvm test-fuzz example-java demo demo-engine bench fuzz soak clean
 
 help:
 	@echo "make demo    install, build, run the demo (examples/)"
@@ -34,6 +34,7 @@ help:
 	@echo "make build   install and build only"
 	@echo "make fmt     format Rust, Java and Python sources"
 	@echo "make fuzz    fuzz every input a client controls for FUZZ_SECONDS (default 600; native/fuzz)"
+	@echo "make soak    16 inference streams and a training job on one server for SOAK_SECONDS (default 600)"
 
 # --- installs -----------------------------------------------------------
 $(STAMPS)/venv: python/requirements.txt
@@ -95,7 +96,7 @@ test-jvm: jvm
 example-java: build
 	MASTER='local-cluster[2,1,1024]' examples/java/run.sh
 
-test: build lint test-rust test-python test-jvm example-java
+test: build lint test-rust test-python test-jvm example-java test-fuzz
 	@echo "all test suites passed"
 
 # --- demo and benchmarks ------------------------------------------------
@@ -114,6 +115,11 @@ demo-engine: build
 # Fuzzing on stable Rust: every target round-robin for FUZZ_SECONDS.
 fuzz: native
 	$(ROOT)/target/release/stoker-fuzz --seconds $${FUZZ_SECONDS:-600}
+
+# One server under 16 inference streams and a training job (bench/soak.py):
+# errors, p50/p99 latency and RSS growth, for SOAK_SECONDS (default 600).
+soak: build
+	STOKER_BIN=$(BIN) $(PY) -m bench.soak --seconds $${SOAK_SECONDS:-600}
 
 clean:
 	rm -rf target/release target/stamps jvm-shim/target
