@@ -32,7 +32,7 @@ const STRIP: Native = &("withoutOptimizer0", jni_sig!("([B)[B"));
 const META: Native = &("meta0", jni_sig!("([B)Ljava/lang/String;"));
 const CONNECT: Native = &(
     "connect",
-    jni_sig!("(Ljava/lang/String;Ljava/lang/String;Ljava/lang/String;)J"),
+    jni_sig!("(Ljava/lang/String;Ljava/lang/String;Ljava/lang/String;I)J"),
 );
 const CLOSE: Native = &("close", jni_sig!("(J)V"));
 const ACTION: Native = &("action", jni_sig!("(JLjava/lang/String;[B)[B"));
@@ -302,7 +302,7 @@ fn null_arguments_are_invalid_input() {
         assert_throws(env, META, &[(&null).into()], INVALID, "state is null");
         let args = [(&null).into(), 1.0.into(), (&null).into(), 1.0.into()];
         assert_throws(env, MERGE, &args, INVALID, "a state to average is null");
-        let nulls = [(&null).into(), (&null).into(), (&null).into()];
+        let nulls = [(&null).into(), (&null).into(), (&null).into(), 0i32.into()];
         assert_throws(env, CONNECT, &nulls, INVALID, "server address is null");
         let (states, weights) = states_and_weights(env, &[Some(&a), None], &[1.0, 1.0]);
         let args = [(&states).into(), (&weights).into()];
@@ -323,7 +323,7 @@ fn zero_closed_and_unknown_handles_are_invalid_input_not_a_crash() {
     with_env(|env| {
         let uri = env.new_string(&uri).expect("String");
         let null = JObject::null();
-        let args = [(&uri).into(), (&null).into(), (&null).into()];
+        let args = [(&uri).into(), (&null).into(), (&null).into(), 0i32.into()];
         let handle = call(env, CONNECT, &args)
             .expect("connect threw")
             .j()
@@ -352,13 +352,13 @@ fn connect_without_a_server_is_server_unavailable() {
     with_env(|env| {
         let juri = env.new_string(&uri).expect("String");
         let null = JObject::null();
-        let args = [(&juri).into(), (&null).into(), (&null).into()];
+        let args = [(&juri).into(), (&null).into(), (&null).into(), 0i32.into()];
         let expected = format!("cannot reach the stoker server at {uri}");
         assert_throws(env, CONNECT, &args, UNAVAILABLE, &expected);
         // Over TLS too, with the system's roots (a null CA).
         let tls = uri.replace("grpc://", "grpc+tls://");
         let jtls = env.new_string(&tls).expect("String");
-        let args = [(&jtls).into(), (&null).into(), (&null).into()];
+        let args = [(&jtls).into(), (&null).into(), (&null).into(), 0i32.into()];
         let expected = format!("cannot reach the stoker server at {tls}");
         assert_throws(env, CONNECT, &args, UNAVAILABLE, &expected);
     });
@@ -370,7 +370,7 @@ fn a_ca_certificate_that_is_not_pem_is_invalid_input() {
         let uri = env.new_string("grpc+tls://127.0.0.1:1").expect("String");
         let ca = env.new_string("/path/to/ca.pem").expect("String");
         let null = JObject::null();
-        let args = [(&uri).into(), (&null).into(), (&ca).into()];
+        let args = [(&uri).into(), (&null).into(), (&ca).into(), 0i32.into()];
         let expected = "the CA certificate is not PEM";
         assert_throws(env, CONNECT, &args, INVALID, expected);
     });
