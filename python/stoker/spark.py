@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 import types
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -196,8 +196,24 @@ class _StokerParams(Params):
     def _set_params(self, **kwargs: Any) -> Any:
         unknown = set(kwargs) - set(self._NAMES)
         if unknown:
-            raise TypeError(f"unknown stoker params: {sorted(unknown)}")
+            raise TypeError(_unknown_params(sorted(unknown), self._NAMES))
         return self._set(**{k: v for k, v in kwargs.items() if v is not None})
+
+
+def _unknown_params(unknown: list[str], names: Iterable[str]) -> str:
+    """Names the unknown params, each with the closest param when one is near
+    (`epochs` -> `localEpochs`, `learning_rate` -> `learningRate`), and lists
+    the params there are."""
+    import difflib
+
+    by_key = {n.lower().replace("_", ""): n for n in names}
+    parts = []
+    for name in unknown:
+        key = name.lower().replace("_", "")
+        close = [by_key[k] for k in difflib.get_close_matches(key, by_key, n=1, cutoff=0.6)]
+        close = close or [n for k, n in by_key.items() if key and key in k]
+        parts.append(f"'{name}' (did you mean '{close[0]}'?)" if close else f"'{name}'")
+    return f"unknown stoker params: {', '.join(parts)}; the params are: {', '.join(sorted(names))}"
 
 
 def _accessors(name: str) -> tuple[Any, Any]:

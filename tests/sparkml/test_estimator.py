@@ -193,3 +193,12 @@ def test_predict_udf_on_a_vector_column(data):
 def test_unload_drops_the_model_and_transform_registers_it_again(model, data):
     assert model.unload() >= 1
     assert accuracy(model.transform(data[1])) >= 0.9
+
+
+def test_an_unknown_param_names_the_closest_one(spark):
+    with pytest.raises(TypeError, match=r"'epochs' \(did you mean 'localEpochs'\?\)"):
+        StokerEstimator(epochs=3)
+    with pytest.raises(TypeError, match=r"'learning_rate' \(did you mean 'learningRate'\?\)"):
+        StokerEstimator().setParams(learning_rate=0.1)
+    with pytest.raises(TypeError, match=r"'zzz'; the params are: averageOptimizerState, "):
+        StokerEstimator(zzz=1)
