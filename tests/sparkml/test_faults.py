@@ -258,11 +258,16 @@ def test_server_killed_mid_transform(spark, data, baseline):
     assert {r.id: r.prediction for r in rows} == expected
 
 
+def predict_query(model, data, name: str) -> str:
+    """A `stoker_predict` query over the slowed test rows, the model registered as `name`."""
+    model.register(name)
+    slowed(data[1]).createOrReplaceTempView(f"{name}_people")
+    return f"SELECT id, stoker_predict('{name}', x, y) AS p FROM {name}_people"
+
+
 def test_executor_killed_mid_sql_query(spark, data, baseline):
     model, expected = baseline
-    model.register("faults_sql")
-    slowed(data[1]).createOrReplaceTempView("faults_people")
-    query = "SELECT id, stoker_predict('faults_sql', x, y) AS p FROM faults_people"
+    query = predict_query(model, data, "faults_sql")
     executors = executor_pids(spark)
     assert executors, "no executor uses this run directory's server"
     rows = with_fault_once_predicting(
@@ -276,9 +281,7 @@ def test_executor_killed_mid_sql_query(spark, data, baseline):
 
 def test_server_killed_mid_sql_query(spark, data, baseline):
     model, expected = baseline
-    model.register("faults_sql2")
-    slowed(data[1]).createOrReplaceTempView("faults_people2")
-    query = "SELECT id, stoker_predict('faults_sql2', x, y) AS p FROM faults_people2"
+    query = predict_query(model, data, "faults_sql2")
     killed = server_pid(spark)
     rows = with_fault_once_predicting(
         spark, lambda: spark.sql(query).collect(), lambda: os.kill(killed, signal.SIGKILL)

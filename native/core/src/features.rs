@@ -336,7 +336,7 @@ mod tests {
     use super::*;
     use crate::error::ErrorKind;
     use arrow::array::{
-        ArrayRef, FixedSizeListArray, Float32Array, Float64Array, Int32Array, Int8Array, ListArray,
+        ArrayRef, FixedSizeListArray, Float32Array, Float64Array, Int32Array, ListArray,
         StringArray,
     };
     use arrow::datatypes::{Field, Float64Type};
@@ -527,51 +527,9 @@ mod tests {
         assert!(e.message().contains("at row 3"), "{e}");
     }
 
-    fn spark_vectors(rows: Vec<(i8, i32, Vec<i32>, Vec<f64>)>) -> ArrayRef {
-        use arrow::array::{Float64Builder, Int32Builder, Int8Builder, ListBuilder, StructArray};
-        let mut kind = Int8Builder::new();
-        let mut size = Int32Builder::new();
-        let mut idx = ListBuilder::new(Int32Builder::new());
-        let mut val = ListBuilder::new(Float64Builder::new());
-        for (k, s, i, v) in rows {
-            kind.append_value(k);
-            size.append_value(s);
-            idx.append_value(i.into_iter().map(Some));
-            val.append_value(v.into_iter().map(Some));
-        }
-        let fields: Vec<(Arc<Field>, ArrayRef)> = vec![
-            (
-                Arc::new(Field::new("type", DataType::Int8, false)),
-                Arc::new(kind.finish()),
-            ),
-            (
-                Arc::new(Field::new("size", DataType::Int32, true)),
-                Arc::new(size.finish()),
-            ),
-            (
-                Arc::new(Field::new(
-                    "indices",
-                    DataType::List(Arc::new(Field::new("item", DataType::Int32, true))),
-                    true,
-                )),
-                Arc::new(idx.finish()),
-            ),
-            (
-                Arc::new(Field::new(
-                    "values",
-                    DataType::List(Arc::new(Field::new("item", DataType::Float64, true))),
-                    true,
-                )),
-                Arc::new(val.finish()),
-            ),
-        ];
-        let _ = Int8Array::from(vec![0i8]);
-        Arc::new(StructArray::from(fields))
-    }
-
     #[test]
     fn spark_ml_dense_and_sparse_vectors() {
-        let v = spark_vectors(vec![
+        let v = crate::vectors::spark_vectors(&[
             (1, 0, vec![], vec![1.0, 2.0, 3.0]),
             (0, 3, vec![2], vec![7.0]),
         ]);
@@ -584,7 +542,7 @@ mod tests {
 
     #[test]
     fn spark_ml_vectors_of_mixed_sizes_are_rejected() {
-        let v = spark_vectors(vec![
+        let v = crate::vectors::spark_vectors(&[
             (1, 0, vec![], vec![1.0, 2.0]),
             (0, 3, vec![2], vec![7.0]),
         ]);

@@ -15,7 +15,7 @@ pub mod protocol;
 pub mod running_mean;
 pub mod state;
 pub mod task;
-mod vectors;
+pub mod vectors;
 
 pub use averaging::WeightedSum;
 pub use error::{Error, ErrorKind, Result, ResultExt};

@@ -2,12 +2,53 @@
 //! ML vectors (dense or sparse structs), written row by row into the dense
 //! buffer with the same checks as scalar columns (nulls, NaN/Inf, sizes).
 
-use arrow::array::{Array, AsArray, StructArray};
-use arrow::datatypes::DataType;
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, Float64Builder, Int32Builder, Int8Builder, ListBuilder, StructArray,
+};
+use arrow::datatypes::{DataType, Field};
 
 use crate::error::{Error, Result};
 use crate::features::Target;
 use crate::numeric::{first_null, Values};
+
+/// A column of Spark ML vectors as Spark's Arrow conversion lays out
+/// `VectorUDT`: one `(type, size, indices, values)` struct per row, type 0
+/// sparse (size and indices given) or 1 dense (values only). Spark writes
+/// these; stoker builds them for its tests and the fuzzer's seeds.
+pub fn spark_vectors(rows: &[(i8, i32, Vec<i32>, Vec<f64>)]) -> ArrayRef {
+    let mut kind = Int8Builder::new();
+    let mut size = Int32Builder::new();
+    let mut idx = ListBuilder::new(Int32Builder::new());
+    let mut val = ListBuilder::new(Float64Builder::new());
+    for (k, s, i, v) in rows {
+        kind.append_value(*k);
+        size.append_value(*s);
+        idx.append_value(i.iter().copied().map(Some));
+        val.append_value(v.iter().copied().map(Some));
+    }
+    let list = |t: DataType| DataType::List(Arc::new(Field::new("item", t, true)));
+    let fields: Vec<(Arc<Field>, ArrayRef)> = vec![
+        (
+            Arc::new(Field::new("type", DataType::Int8, false)),
+            Arc::new(kind.finish()),
+        ),
+        (
+            Arc::new(Field::new("size", DataType::Int32, true)),
+            Arc::new(size.finish()),
+        ),
+        (
+            Arc::new(Field::new("indices", list(DataType::Int32), true)),
+            Arc::new(idx.finish()),
+        ),
+        (
+            Arc::new(Field::new("values", list(DataType::Float64), true)),
+            Arc::new(val.finish()),
+        ),
+    ];
+    Arc::new(StructArray::from(fields))
+}
 
 /// `(start, length)` of one row's elements in a list column's child array.
 type ElementRange = (usize, usize);

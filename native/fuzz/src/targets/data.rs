@@ -8,11 +8,11 @@ use std::sync::Arc;
 
 use arrow::array::{
     ArrayRef, FixedSizeListBuilder, Float32Array, Float32Builder, Float64Array, Float64Builder,
-    Int32Array, Int32Builder, Int64Array, Int8Builder, ListBuilder, RecordBatch, StringArray,
-    StructArray,
+    Int32Array, Int64Array, ListBuilder, RecordBatch, StringArray,
 };
 use arrow::datatypes::{DataType, Field, Schema};
 use stoker_core::labels::{label_is_integer, read_labels};
+use stoker_core::vectors::spark_vectors;
 use stoker_core::{FeatureLayout, Task};
 
 use super::check;
@@ -86,47 +86,6 @@ pub fn convert(batches: &[RecordBatch]) -> Converted {
         }
     }
     done
-}
-
-fn spark_vectors(rows: &[(i8, i32, Vec<i32>, Vec<f64>)]) -> ArrayRef {
-    let mut kind = Int8Builder::new();
-    let mut size = Int32Builder::new();
-    let mut idx = ListBuilder::new(Int32Builder::new());
-    let mut val = ListBuilder::new(Float64Builder::new());
-    for (k, s, i, v) in rows {
-        kind.append_value(*k);
-        size.append_value(*s);
-        idx.append_value(i.iter().copied().map(Some));
-        val.append_value(v.iter().copied().map(Some));
-    }
-    let item = |t: DataType| Arc::new(Field::new("item", t, true));
-    let fields: Vec<(Arc<Field>, ArrayRef)> = vec![
-        (
-            Arc::new(Field::new("type", DataType::Int8, false)),
-            Arc::new(kind.finish()),
-        ),
-        (
-            Arc::new(Field::new("size", DataType::Int32, true)),
-            Arc::new(size.finish()),
-        ),
-        (
-            Arc::new(Field::new(
-                "indices",
-                DataType::List(item(DataType::Int32)),
-                true,
-            )),
-            Arc::new(idx.finish()),
-        ),
-        (
-            Arc::new(Field::new(
-                "values",
-                DataType::List(item(DataType::Float64)),
-                true,
-            )),
-            Arc::new(val.finish()),
-        ),
-    ];
-    Arc::new(StructArray::from(fields))
 }
 
 fn fixed_vectors(rows: &[[f32; 3]]) -> ArrayRef {

@@ -264,11 +264,6 @@ async fn a_bad_or_long_keep_header_is_answered_by_name() {
 /// declared size sets the width, and a few bytes can declare 2^31 per row.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_batch_wider_than_the_model_is_refused_before_it_is_converted() {
-    use arrow::array::{ArrayRef, Float64Array, Int32Array, Int8Array, ListArray, StructArray};
-    use arrow::buffer::OffsetBuffer;
-    use arrow::datatypes::{DataType, Field, Fields};
-    use std::sync::Arc;
-
     let server = start(config()).await.unwrap();
     let mut client = connect(&server, None).await;
     let state = trained_model(&mut client, "two").await;
@@ -287,34 +282,8 @@ async fn a_batch_wider_than_the_model_is_refused_before_it_is_converted() {
         .unwrap();
 
     // One sparse vector of declared size 2^31 - 1 holding one value.
-    let list = |values: ArrayRef| {
-        let item = Arc::new(Field::new("item", values.data_type().clone(), true));
-        Arc::new(ListArray::new(
-            item,
-            OffsetBuffer::from_lengths([1]),
-            values,
-            None,
-        )) as ArrayRef
-    };
-    let indices = list(Arc::new(Int32Array::from(vec![0])));
-    let values = list(Arc::new(Float64Array::from(vec![1.0])));
-    let fields = Fields::from(vec![
-        Field::new("type", DataType::Int8, false),
-        Field::new("size", DataType::Int32, true),
-        Field::new("indices", indices.data_type().clone(), true),
-        Field::new("values", values.data_type().clone(), true),
-    ]);
-    let vector = StructArray::new(
-        fields,
-        vec![
-            Arc::new(Int8Array::from(vec![0])) as ArrayRef,
-            Arc::new(Int32Array::from(vec![i32::MAX])),
-            indices,
-            values,
-        ],
-        None,
-    );
-    let batch = RecordBatch::try_from_iter([("v", Arc::new(vector) as ArrayRef)]).unwrap();
+    let vector = stoker_core::vectors::spark_vectors(&[(0, i32::MAX, vec![0], vec![1.0])]);
+    let batch = RecordBatch::try_from_iter([("v", vector)]).unwrap();
     let e = client
         .predict(&ModelKey::latest("as_vector"), &[], vec![batch])
         .await
