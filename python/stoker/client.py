@@ -118,9 +118,18 @@ class Client:
         blobs = {"model": torchscript} if torchscript is not None else None
         return self.action("create_job", body, blobs)[0]
 
-    def put_partition(self, job: str, partition: int, data: Any, version: str = "1") -> dict:
-        """Sends one partition of a job's training data (DoPut)."""
-        return json.loads(self._native.put_partition(job, partition, version, _arrow(data)))
+    def put_partition(
+        self, job: str, partition: int, data: Any, version: str = "1", *, split: str = "train"
+    ) -> dict:
+        """Sends one partition of a job's data (DoPut): its training rows, or with
+        `split="validation"` rows that `evaluate` scores and training never sees."""
+        if split not in ("train", "validation"):
+            raise ValueError(f"split is {split!r}; it must be 'train' or 'validation'")
+        return json.loads(
+            self._native.put_partition(
+                job, partition, version, _arrow(data), split == "validation"
+            )
+        )
 
     def train_round(
         self,
@@ -157,6 +166,33 @@ class Client:
             body["state_id"] = state_id
         result, blobs = self.action("train_round", body, {"state": state} if state else None)
         return result, blobs.get("state", b"")
+
+    def evaluate(
+        self,
+        job: str,
+        partition: int,
+        state: bytes | None = None,
+        *,
+        round: int = 0,
+        version: str = "1",
+        split: str = "validation",
+        release: bool = False,
+        state_id: str | None = None,
+    ) -> dict:
+        """Scores `state` (None: the job's initial weights) on one cached partition
+        without training. The result holds `metrics` for this partition alone and
+        `evaluation`, sums that merge across partitions (docs/protocol.md)."""
+        body: dict[str, Any] = {
+            "job": job,
+            "split": split,
+            "partition": partition,
+            "version": version,
+            "round": round,
+            "release": release,
+        }
+        if state_id is not None:
+            body["state_id"] = state_id
+        return self.action("evaluate", body, {"state": state} if state else None)[0]
 
     def drop_job(self, job: str) -> dict:
         return self.action("drop_job", {"name": job})[0]

@@ -12,8 +12,8 @@ use bytes::Bytes;
 use futures::stream::{self, BoxStream};
 use futures::{Stream, StreamExt, TryStreamExt};
 use stoker_core::protocol::{
-    action, CreateJob, Envelope, ModelKey, Named, PartitionKey, RegisterModel, TrainRound,
-    TrainRoundResult, MODELS_PATH,
+    action, CreateJob, Envelope, Evaluate, EvaluateResult, ModelKey, Named, PartitionKey,
+    RegisterModel, TrainRound, TrainRoundResult, MODELS_PATH,
 };
 use stoker_core::{Error, Result};
 use tonic::transport::Endpoint;
@@ -296,6 +296,24 @@ impl Client {
             .take_blob("state")
             .ok_or_else(|| Error::internal("train_round returned no state"))?;
         Ok((result, state))
+    }
+
+    /// Scores a state (none: the job's initial weights) on one cached
+    /// partition; merge the results' `evaluation`s across partitions for
+    /// the metrics of them all. Cache misses and `needs_state` as in
+    /// [`Client::train_round`].
+    pub async fn evaluate(
+        &mut self,
+        req: &Evaluate,
+        state: Option<Vec<u8>>,
+    ) -> Result<EvaluateResult> {
+        let mut env = Envelope::new(req)?;
+        if let Some(s) = state {
+            env = env.with_blob("state", s);
+        }
+        self.action(action::EVALUATE, env)
+            .await?
+            .parse("evaluate result")
     }
 
     pub async fn drop_job(&mut self, job: &str) -> Result<()> {

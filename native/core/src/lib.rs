@@ -6,6 +6,7 @@
 
 pub mod averaging;
 pub mod error;
+pub mod evaluation;
 pub mod features;
 pub mod ipc;
 pub mod labels;

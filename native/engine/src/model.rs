@@ -98,7 +98,7 @@ pub struct Model {
 
 /// Rows per forward pass during inference: large enough to keep a GPU busy,
 /// small enough to bound activation memory.
-const INFERENCE_CHUNK: i64 = 65_536;
+pub(crate) const INFERENCE_CHUNK: i64 = 65_536;
 
 impl Model {
     /// Builds a model for inputs of `input_width` features trained with
@@ -289,7 +289,7 @@ impl Model {
         Ok(())
     }
 
-    fn check_width(&self, width: usize) -> Result<()> {
+    pub(crate) fn check_width(&self, width: usize) -> Result<()> {
         if width != self.input_width {
             return Err(Error::invalid(format!(
                 "model expects {} features per row, the input has {width}",
@@ -311,6 +311,16 @@ impl Model {
             )));
         }
         Ok(out)
+    }
+
+    /// What the engine predicts from raw outputs: the value, P(class 1), or
+    /// the class probabilities (see [`Outputs`]).
+    pub(crate) fn outputs_of(&self, out: Tensor) -> Result<Tensor> {
+        match self.task {
+            Task::Regression => Ok(out),
+            Task::Binary => out.f_sigmoid().map_err(internal("sigmoid")),
+            Task::Multiclass { .. } => out.f_softmax(-1, Kind::Float).map_err(internal("softmax")),
+        }
     }
 
     /// Predictions for a `[rows, width]` feature matrix (on any device),
@@ -340,14 +350,7 @@ impl Model {
                     out.size()[0]
                 )));
             }
-            let probs = match self.task {
-                Task::Regression => out,
-                Task::Binary => out.f_sigmoid().map_err(internal("sigmoid"))?,
-                Task::Multiclass { .. } => out
-                    .f_softmax(-1, Kind::Float)
-                    .map_err(internal("softmax"))?,
-            };
-            values.extend(to_vec_f32(&probs)?);
+            values.extend(to_vec_f32(&self.outputs_of(out)?)?);
             start += len;
         }
         Ok(Outputs {

@@ -224,6 +224,50 @@ fn averaged_partition_states_train_on() {
 }
 
 #[test]
+fn evaluation_scores_what_predict_returns_and_the_training_loss() {
+    let train = rings(2000, 11);
+    let held_out = rings(700, 12);
+    let mut t = trainer(&mlp(0.0), 3);
+    let data = dataset(&train, t.model().task());
+    let report = t.train(&data, &options(3, 3), &mut |_| {}).unwrap();
+    // On the training rows, in eval mode, the loss is near the last epoch's
+    // (which averaged over a moving model).
+    let on_train = stoker_engine::evaluate(t.model_mut(), &data).unwrap();
+    let m = on_train.metrics().unwrap();
+    assert_eq!(on_train.rows, 2000);
+    assert!(
+        (m["loss"] - report.final_loss()).abs() < 0.1,
+        "{m:?} vs {report:?}"
+    );
+    // A two-class cross-entropy model's log loss is its loss (clipping aside).
+    assert!((m["loss"] - m["logloss"]).abs() < 1e-5, "{m:?}");
+    let held = dataset(&held_out, t.model().task());
+    let e = stoker_engine::evaluate(t.model_mut(), &held).unwrap();
+    let m = e.metrics().unwrap();
+    let acc = accuracy(t.model_mut(), &held_out);
+    assert!(
+        (m["accuracy"] - acc).abs() < 1e-12,
+        "{} vs {acc}",
+        m["accuracy"]
+    );
+    assert!(m["auc"] > 0.5 && m["auc"] <= 1.0, "{m:?}");
+    // A dataset of another width is refused, not evaluated.
+    let narrow = RecordBatch::try_from_iter(vec![
+        ("a", Arc::new(Float32Array::from(vec![1.0f32])) as ArrayRef),
+        ("y", Arc::new(Int64Array::from(vec![0i64])) as ArrayRef),
+    ])
+    .unwrap();
+    let layout =
+        FeatureLayout::resolve(&narrow.schema(), &["a".to_string()], Some(&narrow)).unwrap();
+    let narrow =
+        Dataset::from_batches(&[narrow], &layout, "y", t.model().task(), Device::Cpu).unwrap();
+    let err = stoker_engine::evaluate(t.model_mut(), &narrow)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("expects 4 features"), "{err}");
+}
+
+#[test]
 fn regression_and_binary_models_train() {
     let mut r = Lcg(5);
     let x: Vec<f32> = (0..2000).map(|_| r.normal()).collect();

@@ -10,9 +10,9 @@ mod handles;
 
 use jni::objects::ReleaseMode;
 use jni::objects::{JByteArray, JClass, JDoubleArray, JObjectArray, JString};
-use jni::sys::{jdouble, jint, jlong};
+use jni::sys::{jboolean, jdouble, jint, jlong};
 use jni::{Env, EnvUnowned};
-use stoker_core::protocol::{column_list, Envelope, ModelKey, PartitionKey};
+use stoker_core::protocol::{column_list, Envelope, ModelKey, PartitionKey, Split};
 use stoker_core::running_mean;
 use stoker_core::{averaging, Error, State, StateMeta};
 
@@ -280,15 +280,16 @@ pub extern "system" fn Java_dev_stoker_jni_NativeBridge_actionParts<'caller>(
     .resolve::<ThrowStoker>()
 }
 
-/// `NativeBridge.putPartition(long handle, String job, int partition,
-/// String version, byte[] arrowIpcStream, int length)`: the server's JSON
-/// answer.
+/// `NativeBridge.putPartition(long handle, String job, boolean validation,
+/// int partition, String version, byte[] arrowIpcStream, int length)`: the
+/// server's JSON answer.
 #[unsafe(no_mangle)]
 pub extern "system" fn Java_dev_stoker_jni_NativeBridge_putPartition<'caller>(
     mut env: EnvUnowned<'caller>,
     _class: JClass<'caller>,
     handle: jlong,
     job: JString<'caller>,
+    validation: jboolean,
     partition: jint,
     version: JString<'caller>,
     ipc: JByteArray<'caller>,
@@ -297,6 +298,11 @@ pub extern "system" fn Java_dev_stoker_jni_NativeBridge_putPartition<'caller>(
     env.with_env(|env| -> BridgeResult<_> {
         let key = PartitionKey {
             job: string(env, &job, "job")?,
+            split: if validation {
+                Split::Validation
+            } else {
+                Split::Train
+            },
             partition: u32::try_from(partition)
                 .map_err(|_| Error::invalid(format!("partition {partition} is negative")))?,
             version: string(env, &version, "data version")?,
@@ -304,6 +310,34 @@ pub extern "system" fn Java_dev_stoker_jni_NativeBridge_putPartition<'caller>(
         let data = bytes_prefix(env, &ipc, length, "partition data")?;
         let answer = client::put_partition(handle, key, data)?;
         Ok(JString::from_str(env, answer)?)
+    })
+    .resolve::<ThrowStoker>()
+}
+
+/// `NativeBridge.evaluationMetrics(String[] evaluations)`: the metrics of the
+/// union of the partitions' evaluations (what `evaluate` returned for each),
+/// merged in array order, as JSON `{"rows", "task", "metrics"}`.
+#[unsafe(no_mangle)]
+pub extern "system" fn Java_dev_stoker_jni_NativeBridge_evaluationMetrics0<'caller>(
+    mut env: EnvUnowned<'caller>,
+    _class: JClass<'caller>,
+    evaluations: JObjectArray<'caller, JString<'caller>>,
+) -> JString<'caller> {
+    env.with_env(|env| -> BridgeResult<_> {
+        if evaluations.is_null() {
+            return Err(Error::invalid("evaluations is null").into());
+        }
+        let n = evaluations.len(env)?;
+        let mut texts = Vec::with_capacity(n);
+        for i in 0..n {
+            let element = evaluations.get_element(env, i)?;
+            if element.is_null() {
+                return Err(Error::invalid(format!("evaluation {} is null", i + 1)).into());
+            }
+            texts.push(string(env, &element, "evaluation")?);
+        }
+        let merged = stoker_core::evaluation::merged_metrics(&texts)?;
+        Ok(JString::from_str(env, merged.to_string())?)
     })
     .resolve::<ThrowStoker>()
 }

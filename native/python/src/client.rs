@@ -5,7 +5,7 @@
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 use stoker_client::{BlockingClient, ClientOptions};
-use stoker_core::protocol::{Envelope, ModelKey, PartitionKey};
+use stoker_core::protocol::{Envelope, ModelKey, PartitionKey, Split};
 use stoker_core::Error;
 
 use crate::arrow_stream::{import, ArrowStream};
@@ -84,6 +84,9 @@ impl Client {
     /// Sends one partition of a job to the server's cache (DoPut). `data`
     /// is any Arrow stream (pyarrow Table, polars DataFrame, ...). Returns
     /// the server's answer as JSON text: `{"rows", "bytes", "replaced"}`.
+    /// `validation` sends it as a validation partition (scored by
+    /// `evaluate`, never trained on).
+    #[pyo3(signature = (job, partition, version, data, validation=false))]
     fn put_partition(
         &self,
         py: Python<'_>,
@@ -91,10 +94,16 @@ impl Client {
         partition: u32,
         version: String,
         data: &Bound<'_, PyAny>,
+        validation: bool,
     ) -> PyResult<String> {
         let (_, batches) = import(data)?;
         let key = PartitionKey {
             job,
+            split: if validation {
+                Split::Validation
+            } else {
+                Split::Train
+            },
             partition,
             version,
         };

@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use stoker_core::protocol::{
-    Action, CreateJob, Envelope, ExportModel, PartitionKey, RegisterModel, TrainRound,
-    TrainRoundResult,
+    Action, CreateJob, Envelope, Evaluate, EvaluateResult, ExportModel, PartitionKey,
+    RegisterModel, TrainRound, TrainRoundResult,
 };
 use stoker_core::{Error, ErrorKind, Result, State};
 use stoker_engine::model::ModelSource;
@@ -51,6 +51,26 @@ fn answer(json: serde_json::Value) -> Result<Vec<ActionResult>> {
     Ok(vec![ActionResult::one(Envelope::new(json)?.encode()?)])
 }
 
+fn json_of(value: &impl serde::Serialize) -> Result<serde_json::Value> {
+    serde_json::to_value(value).map_err(|e| Error::internal(format!("encoding JSON: {e}")))
+}
+
+/// The input state of a `train_round` or `evaluate`: the `state` blob (kept
+/// under `state_id` for the round's other requests), the state kept under
+/// `state_id`, or none (the job's initial weights). `None` when the request
+/// names a state this server does not hold and sent none: the caller must
+/// send it.
+fn input_state(job: &Job, state_id: Option<&str>, blobs: &Blobs) -> Option<Option<Bytes>> {
+    match (state_id, blobs.get("state")) {
+        (Some(id), Some(state)) => {
+            job.remember_input(id, &state);
+            Some(Some(state))
+        }
+        (Some(id), None) => job.input(id).map(Some),
+        (None, state) => Some(state),
+    }
+}
+
 impl Service {
     pub async fn action(
         self: Arc<Self>,
@@ -67,6 +87,7 @@ impl Service {
             Action::Stats => answer(Snapshot::of(&self).to_json()),
             Action::CreateJob(req) => self.create_job(req, blobs).await,
             Action::TrainRound(req) => self.train_round(req, blobs).await,
+            Action::Evaluate(req) => self.evaluate(req, blobs).await,
             Action::DropJob(req) => {
                 self.jobs.drop_job(&req.name)?;
                 answer(serde_json::json!({"dropped": req.name}))
@@ -100,26 +121,10 @@ impl Service {
         blobs: Blobs,
     ) -> Result<Vec<ActionResult>> {
         let job = self.jobs.get(&req.job)?;
-        let state = match (req.state_id.as_deref(), blobs.get("state")) {
-            (Some(id), Some(state)) => {
-                job.remember_input(id, &state);
-                Some(state)
-            }
-            (Some(id), None) => match job.input(id) {
-                Some(state) => Some(state),
-                None => {
-                    let json = serde_json::to_value(TrainRoundResult::needs_state(&req))
-                        .map_err(|e| Error::internal(format!("encoding JSON: {e}")))?;
-                    return answer(json);
-                }
-            },
-            (None, state) => state,
+        let Some(state) = input_state(&job, req.state_id.as_deref(), &blobs) else {
+            return answer(json_of(&TrainRoundResult::needs_state(&req))?);
         };
-        let key = PartitionKey {
-            job: req.job.clone(),
-            partition: req.partition,
-            version: req.version.clone(),
-        };
+        let key = PartitionKey::train(req.job.clone(), req.partition, req.version.clone());
         let part = self.jobs.partition(&key)?;
         let release = req.release;
         let started = std::time::Instant::now();
@@ -168,6 +173,29 @@ impl Service {
         tracing::info!(job = %result.job, partition = result.partition, round = result.round,
             samples = result.samples, loss = result.loss_last, seconds = result.seconds, "trained round");
         Ok(vec![out])
+    }
+
+    async fn evaluate(self: Arc<Self>, req: Evaluate, blobs: Blobs) -> Result<Vec<ActionResult>> {
+        let job = self.jobs.get(&req.job)?;
+        let Some(state) = input_state(&job, req.state_id.as_deref(), &blobs) else {
+            return answer(json_of(&EvaluateResult::needs_state(&req))?);
+        };
+        let key = PartitionKey {
+            job: req.job.clone(),
+            split: req.split,
+            partition: req.partition,
+            version: req.version.clone(),
+        };
+        let part = self.jobs.partition(&key)?;
+        let release = req.release;
+        let result = blocking(move || job.evaluate(&part, &req, state.as_ref())).await?;
+        if release {
+            self.jobs.release(&key);
+        }
+        self.counters.evaluations.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(job = %result.job, partition = result.partition, round = result.round,
+            rows = result.rows, seconds = result.seconds, "evaluated");
+        answer(json_of(&result)?)
     }
 
     async fn register_model(

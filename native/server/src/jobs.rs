@@ -16,7 +16,9 @@ use std::time::Instant;
 
 use arrow::array::RecordBatch;
 use bytes::Bytes;
-use stoker_core::protocol::{CreateJob, PartitionKey, TrainRound, TrainRoundResult};
+use stoker_core::protocol::{
+    CreateJob, Evaluate, EvaluateResult, PartitionKey, Split, TrainRound, TrainRoundResult,
+};
 use stoker_core::{Error, ErrorKind, Result, State};
 use stoker_engine::model::ModelSource;
 use stoker_engine::{
@@ -131,12 +133,10 @@ impl Job {
     /// layout and loss on the first partition and checking later ones
     /// against them.
     pub fn prepare(&self, key: PartitionKey, batches: &[RecordBatch]) -> Result<Partition> {
-        let first = batches.iter().find(|b| b.num_rows() > 0).ok_or_else(|| {
-            Error::invalid(format!(
-                "partition {} of job '{}' has no rows",
-                key.partition, self.name
-            ))
-        })?;
+        let first = batches
+            .iter()
+            .find(|b| b.num_rows() > 0)
+            .ok_or_else(|| Error::invalid(format!("{key} has no rows")))?;
         let mine = self
             .setup
             .fix(std::slice::from_ref(first), Rows::Partition)?;
@@ -146,10 +146,8 @@ impl Job {
             Some(fixed) => {
                 if fixed.layout.width() != mine.layout.width() {
                     return Err(Error::invalid(format!(
-                        "partition {} has {} features per row, earlier partitions of job '{}' had {}",
-                        key.partition,
+                        "{key} has {} features per row, earlier partitions had {}",
                         mine.layout.width(),
-                        self.name,
                         fixed.layout.width()
                     )));
                 }
@@ -158,12 +156,10 @@ impl Job {
             None => mine,
         };
         let task = self.setup.model(&fixed)?.task();
-        let data = self.setup.dataset(&fixed, batches, task).map_err(|e| {
-            e.context(format!(
-                "partition {} of job '{}'",
-                key.partition, self.name
-            ))
-        })?;
+        let data = self
+            .setup
+            .dataset(&fixed, batches, task)
+            .map_err(|e| e.context(key.to_string()))?;
         lock(&self.resolved).get_or_insert(fixed);
         Ok(Partition {
             rows: data.rows(),
@@ -197,24 +193,10 @@ impl Job {
         input: Option<&Bytes>,
         cancel: Arc<std::sync::atomic::AtomicBool>,
     ) -> Result<(TrainRoundResult, State)> {
+        let mut trainer = self.loaded(input)?;
         let fixed = lock(&self.resolved)
             .clone()
             .ok_or_else(|| Error::new(ErrorKind::CacheMiss, "job has no partitions yet"))?;
-        let mut trainer = match input {
-            Some(bytes) => {
-                let state = State::from_shared(bytes)?;
-                let mut trainer = match self.reusable() {
-                    Some(t) => t,
-                    None => self.setup.trainer(&fixed)?,
-                };
-                trainer
-                    .load_state(&state)
-                    .map_err(|e| e.context("input state"))?;
-                trainer
-            }
-            // Round 0 starts from the job's seeded initial weights.
-            None => self.setup.trainer(&fixed)?,
-        };
         let opts = TrainOptions {
             epochs: req.epochs,
             max_steps: req.steps,
@@ -247,6 +229,62 @@ impl Job {
         Ok((result, state))
     }
 
+    /// Scores the input state (or the job's initial weights) on a cached
+    /// partition: the model in eval mode, no gradients, nothing trained.
+    pub fn evaluate(
+        &self,
+        partition: &Partition,
+        req: &Evaluate,
+        input: Option<&Bytes>,
+    ) -> Result<EvaluateResult> {
+        let started = Instant::now();
+        let mut trainer = self.loaded(input)?;
+        *lock(&partition.last_used) = Instant::now();
+        let data = lock(&partition.data);
+        let evaluation = stoker_engine::evaluate(trainer.model_mut(), &data)
+            .map_err(|e| e.context(format!("evaluating {}", partition.key)))?;
+        drop(data);
+        self.keep(trainer);
+        let metrics = evaluation
+            .metrics()?
+            .into_iter()
+            .map(|(k, v)| (k, Some(v).filter(|v| v.is_finite())))
+            .collect();
+        Ok(EvaluateResult {
+            job: self.name.clone(),
+            partition: req.partition,
+            round: req.round,
+            rows: evaluation.rows,
+            evaluation: Some(evaluation),
+            metrics,
+            seconds: started.elapsed().as_secs_f64(),
+            needs_state: false,
+        })
+    }
+
+    /// A trainer holding the input state (a kept one when there is one), or
+    /// the job's seeded initial weights when there is no input.
+    fn loaded(&self, input: Option<&Bytes>) -> Result<Trainer> {
+        let fixed = lock(&self.resolved)
+            .clone()
+            .ok_or_else(|| Error::new(ErrorKind::CacheMiss, "job has no partitions yet"))?;
+        match input {
+            Some(bytes) => {
+                let state = State::from_shared(bytes)?;
+                let mut trainer = match self.reusable() {
+                    Some(t) => t,
+                    None => self.setup.trainer(&fixed)?,
+                };
+                trainer
+                    .load_state(&state)
+                    .map_err(|e| e.context("input state"))?;
+                Ok(trainer)
+            }
+            // Round 0 starts from the job's seeded initial weights.
+            None => self.setup.trainer(&fixed),
+        }
+    }
+
     /// An idle trainer of this job, if one is kept. Only built-in networks are
     /// kept (see [`Job::keep`]): every
     /// tensor they hold is a parameter or optimizer slot, which loading a
@@ -277,10 +315,16 @@ impl Job {
     }
 }
 
+/// A partition's place in the cache: one per (job, split, partition), the
+/// latest version replacing earlier ones.
+fn cache_id(key: &PartitionKey) -> (String, Split, u32) {
+    (key.job.clone(), key.split, key.partition)
+}
+
 /// All jobs and the partition cache.
 pub struct Jobs {
     jobs: Mutex<HashMap<String, Arc<Job>>>,
-    partitions: Mutex<HashMap<(String, u32), Arc<Partition>>>,
+    partitions: Mutex<HashMap<(String, Split, u32), Arc<Partition>>>,
     budget: usize,
     /// What one job's model may take (`--job-model-mb`).
     model_bytes: usize,
@@ -351,7 +395,7 @@ impl Jobs {
         if keep_existing && jobs.contains_key(&name) {
             return false;
         }
-        parts.retain(|(j, _), _| *j != name);
+        parts.retain(|(j, _, _), _| *j != name);
         jobs.insert(name, Arc::new(job));
         true
     }
@@ -363,8 +407,8 @@ impl Jobs {
     pub fn release(&self, key: &PartitionKey) {
         // Lock order: partitions, then jobs.
         let mut parts = lock(&self.partitions);
-        parts.remove(&(key.job.clone(), key.partition));
-        if !parts.keys().any(|(j, _)| *j == key.job) {
+        parts.remove(&cache_id(key));
+        if !parts.keys().any(|(j, _, _)| *j == key.job) {
             lock(&self.jobs).remove(&key.job);
         }
     }
@@ -381,7 +425,7 @@ impl Jobs {
         lock(&self.jobs)
             .remove(name)
             .ok_or_else(|| Error::not_found(format!("no job named '{name}'")))?;
-        lock(&self.partitions).retain(|(j, _), _| j != name);
+        lock(&self.partitions).retain(|(j, _, _), _| j != name);
         Ok(())
     }
 
@@ -394,19 +438,19 @@ impl Jobs {
             return Err(Error::new(
                 ErrorKind::ResourceExhausted,
                 format!(
-                    "partition {} of job '{}' needs {} bytes, more than the whole cache budget of {} bytes (--cache-mb)",
-                    partition.key.partition, partition.key.job, partition.bytes, self.budget
+                    "{} needs {} bytes, more than the whole cache budget of {} bytes (--cache-mb)",
+                    partition.key, partition.bytes, self.budget
                 ),
             ));
         }
-        let id = (partition.key.job.clone(), partition.key.partition);
+        let id = cache_id(&partition.key);
         let mut parts = lock(&self.partitions);
         // Lock order: partitions, then jobs (as `list` does).
         let current = lock(&self.jobs).get(&partition.key.job).cloned();
         if !current.is_some_and(|c| Arc::ptr_eq(&c, job)) {
             return Err(Error::not_found(format!(
-                "job '{}' was dropped or created anew while partition {} was sent; send it again",
-                partition.key.job, partition.key.partition
+                "job '{}' was dropped or created anew while its {} was sent; send it again",
+                partition.key.job, partition.key
             )));
         }
         let replaced = parts.remove(&id).is_some();
@@ -421,7 +465,7 @@ impl Jobs {
             used -= bytes;
             self.evictions
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::info!(job = %k.0, partition = k.1, bytes, "evicted partition to fit the cache budget");
+            tracing::info!(job = %k.0, split = ?k.1, partition = k.2, bytes, "evicted partition to fit the cache budget");
         }
         parts.insert(id, Arc::new(partition));
         Ok(replaced)
@@ -430,21 +474,18 @@ impl Jobs {
     /// The cached partition at exactly this version, or a cache miss.
     pub fn partition(&self, key: &PartitionKey) -> Result<Arc<Partition>> {
         let parts = lock(&self.partitions);
-        match parts.get(&(key.job.clone(), key.partition)) {
+        match parts.get(&cache_id(key)) {
             Some(p) if p.key.version == key.version => Ok(p.clone()),
             Some(p) => Err(Error::new(
                 ErrorKind::CacheMiss,
                 format!(
-                    "partition {} of job '{}' is cached at version '{}', not '{}'; send it again",
-                    key.partition, key.job, p.key.version, key.version
+                    "{key} is cached at version '{}', not '{}'; send it again",
+                    p.key.version, key.version
                 ),
             )),
             None => Err(Error::new(
                 ErrorKind::CacheMiss,
-                format!(
-                    "partition {} of job '{}' is not cached; send it (DoPut) and retry",
-                    key.partition, key.job
-                ),
+                format!("{key} is not cached; send it (DoPut) and retry"),
             )),
         }
     }

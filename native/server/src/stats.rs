@@ -19,6 +19,8 @@ pub struct Counters {
     pub train_rounds: AtomicU64,
     /// Rounds stopped early because their caller went away.
     pub train_rounds_abandoned: AtomicU64,
+    /// `evaluate` actions answered (validation partitions scored).
+    pub evaluations: AtomicU64,
     pub requests_failed: AtomicU64,
     /// Model registrations that did not load within the load timeout.
     pub model_loads_timed_out: AtomicU64,
@@ -34,6 +36,7 @@ impl Default for Counters {
             rows_predicted: AtomicU64::new(0),
             train_rounds: AtomicU64::new(0),
             train_rounds_abandoned: AtomicU64::new(0),
+            evaluations: AtomicU64::new(0),
             requests_failed: AtomicU64::new(0),
             model_loads_timed_out: AtomicU64::new(0),
             exchange_latency: Histogram::new(LATENCY_BOUNDS),
@@ -79,6 +82,11 @@ impl Counters {
                 "train_rounds_abandoned",
                 "Training rounds stopped because their caller went away.",
                 &self.train_rounds_abandoned,
+            ),
+            read(
+                "evaluations",
+                "Partitions scored by evaluate (validation).",
+                &self.evaluations,
             ),
             read(
                 "requests_failed",

@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 pub mod action {
     pub const CREATE_JOB: &str = "create_job";
     pub const TRAIN_ROUND: &str = "train_round";
+    pub const EVALUATE: &str = "evaluate";
     pub const DROP_JOB: &str = "drop_job";
     pub const REGISTER_MODEL: &str = "register_model";
     pub const UNLOAD_MODEL: &str = "unload_model";
@@ -23,6 +24,7 @@ pub mod action {
 pub const ACTIONS: &[(&str, &str)] = &[
     (action::CREATE_JOB, "Create (or replace) a training job: {job, spec | torchscript_path | 'model' blob, features, label, loss?, optimizer?, device?, seed?, batch_size?}"),
     (action::TRAIN_ROUND, "Train one cached partition for one round from the 'state' blob: {job, partition, version, round, epochs?, steps?}; returns the result JSON and the new 'state' blob; cache miss = FAILED_PRECONDITION"),
+    (action::EVALUATE, "Score a model state on a cached (validation) partition: {job, split? (validation), partition, version, round, state_id?, release?} with its 'state' blob (none: the job's initial weights); returns {rows, evaluation (sums that merge across partitions), metrics}"),
     (action::DROP_JOB, "Forget a job and its cached partitions: {name}"),
     (action::REGISTER_MODEL, "Register a servable model: {name, version?, spec | torchscript_path | 'model' blob, features?} with its 'state' blob"),
     (action::UNLOAD_MODEL, "Forget a model version (or all versions): {name, version?}"),
@@ -41,6 +43,7 @@ pub enum Action {
     Stats,
     CreateJob(CreateJob),
     TrainRound(TrainRound),
+    Evaluate(Evaluate),
     DropJob(Named),
     RegisterModel(RegisterModel),
     UnloadModel(Named),
@@ -57,6 +60,7 @@ impl Action {
             action::STATS => Action::Stats,
             action::CREATE_JOB => Action::CreateJob(body(kind, json)?),
             action::TRAIN_ROUND => Action::TrainRound(body(kind, json)?),
+            action::EVALUATE => Action::Evaluate(body(kind, json)?),
             action::DROP_JOB => Action::DropJob(body(kind, json)?),
             action::REGISTER_MODEL => Action::RegisterModel(body(kind, json)?),
             action::UNLOAD_MODEL => Action::UnloadModel(body(kind, json)?),
@@ -76,6 +80,7 @@ impl Action {
             Action::Stats => action::STATS,
             Action::CreateJob(_) => action::CREATE_JOB,
             Action::TrainRound(_) => action::TRAIN_ROUND,
+            Action::Evaluate(_) => action::EVALUATE,
             Action::DropJob(_) => action::DROP_JOB,
             Action::RegisterModel(_) => action::REGISTER_MODEL,
             Action::UnloadModel(_) => action::UNLOAD_MODEL,
@@ -155,6 +160,10 @@ pub struct TrainRound {
     pub state_id: Option<String>,
 }
 
+fn validation() -> super::Split {
+    super::Split::Validation
+}
+
 fn one() -> usize {
     1
 }
@@ -196,6 +205,64 @@ impl TrainRoundResult {
             steps: 0,
             loss_first: 0.0,
             loss_last: 0.0,
+            seconds: 0.0,
+            needs_state: true,
+        }
+    }
+}
+
+/// `evaluate`: score a state on one cached partition (a validation partition
+/// is a partition of the job under its own `version`), without training.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Evaluate {
+    pub job: String,
+    /// Which split's partition (default: validation).
+    #[serde(default = "validation")]
+    pub split: super::Split,
+    pub partition: u32,
+    pub version: String,
+    /// The round whose averaged state this is (for logs and the result).
+    pub round: u64,
+    /// As in [`TrainRound::state_id`]: the same id names the same state for
+    /// evaluations and the next round's training, so a server keeps one copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_id: Option<String>,
+    /// Drop the partition from the cache afterwards (the last evaluation).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub release: bool,
+}
+
+/// `evaluate`'s result: the partition's sums (merge them across partitions
+/// with [`crate::evaluation::Evaluation::merge`]) and, for convenience, the
+/// metrics of this partition alone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvaluateResult {
+    pub job: String,
+    pub partition: u32,
+    pub round: u64,
+    pub rows: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evaluation: Option<crate::evaluation::Evaluation>,
+    /// NaN (an undefined metric) travels as `null`.
+    #[serde(default)]
+    pub metrics: std::collections::BTreeMap<String, Option<f64>>,
+    pub seconds: f64,
+    /// As in [`TrainRoundResult::needs_state`].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub needs_state: bool,
+}
+
+impl EvaluateResult {
+    /// The answer to a request whose input state must be sent.
+    pub fn needs_state(req: &Evaluate) -> Self {
+        EvaluateResult {
+            job: req.job.clone(),
+            partition: req.partition,
+            round: req.round,
+            rows: 0,
+            evaluation: None,
+            metrics: Default::default(),
             seconds: 0.0,
             needs_state: true,
         }

@@ -43,24 +43,65 @@ pub fn column_list(list: &str) -> Vec<String> {
 /// First element of a descriptor path naming a training partition:
 /// `["partition", JOB, PARTITION, VERSION]`.
 pub const PARTITION_PATH: &str = "partition";
+/// First element of a descriptor path naming a validation partition of a
+/// job: `["validation", JOB, PARTITION, VERSION]`.
+pub const VALIDATION_PATH: &str = "validation";
 /// First element of a descriptor path naming a model:
 /// `["models", NAME]` or `["models", NAME, VERSION]`.
 pub const MODELS_PATH: &str = "models";
 /// First element of a descriptor path naming a job: `["jobs", JOB]`.
 pub const JOBS_PATH: &str = "jobs";
 
-/// Which data a DoPut carries: one partition of one job at one version.
+/// Which rows of a job a partition holds: those it trains on, or those it
+/// is scored on (cached alike, never trained on). Partition `p` of one
+/// split and partition `p` of the other are different partitions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Split {
+    #[default]
+    Train,
+    Validation,
+}
+
+impl Split {
+    /// The descriptor path's first element for a partition of this split.
+    pub fn path_head(self) -> &'static str {
+        match self {
+            Split::Train => PARTITION_PATH,
+            Split::Validation => VALIDATION_PATH,
+        }
+    }
+
+    fn is_train(&self) -> bool {
+        *self == Split::Train
+    }
+}
+
+/// Which data a DoPut carries: one partition of one job's split at one
+/// version.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PartitionKey {
     pub job: String,
+    #[serde(default, skip_serializing_if = "Split::is_train")]
+    pub split: Split,
     pub partition: u32,
     pub version: String,
 }
 
 impl PartitionKey {
+    /// Partition `partition` of `job`'s training rows at `version`.
+    pub fn train(job: impl Into<String>, partition: u32, version: impl Into<String>) -> Self {
+        PartitionKey {
+            job: job.into(),
+            split: Split::Train,
+            partition,
+            version: version.into(),
+        }
+    }
+
     pub fn path(&self) -> Vec<String> {
         vec![
-            PARTITION_PATH.into(),
+            self.split.path_head().into(),
             self.job.clone(),
             self.partition.to_string(),
             self.version.clone(),
@@ -68,18 +109,35 @@ impl PartitionKey {
     }
 
     pub fn from_path(path: &[String]) -> Result<PartitionKey> {
+        let split = match path.first().map(String::as_str) {
+            Some(PARTITION_PATH) => Split::Train,
+            Some(VALIDATION_PATH) => Split::Validation,
+            _ => Split::Train,
+        };
         match path {
-            [head, job, partition, version] if head == PARTITION_PATH => Ok(PartitionKey {
+            [head, job, partition, version] if head == split.path_head() => Ok(PartitionKey {
                 job: job.clone(),
+                split,
                 partition: partition.parse().map_err(|_| {
                     Error::invalid(format!("partition '{partition}' in the descriptor is not a number"))
                 })?,
                 version: version.clone(),
             }),
             other => Err(Error::invalid(format!(
-                "descriptor path {other:?} does not name a partition; expected [\"partition\", JOB, PARTITION, VERSION]"
+                "descriptor path {other:?} does not name a partition; expected [\"partition\" or \"validation\", JOB, PARTITION, VERSION]"
             ))),
         }
+    }
+}
+
+impl std::fmt::Display for PartitionKey {
+    /// `partition 3 of job 'j'`, or `validation partition 3 of job 'j'`:
+    /// how errors and logs name it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.split == Split::Validation {
+            f.write_str("validation ")?;
+        }
+        write!(f, "partition {} of job '{}'", self.partition, self.job)
     }
 }
 
@@ -163,12 +221,16 @@ mod tests {
 
     #[test]
     fn partition_paths_round_trip() {
-        let k = PartitionKey {
-            job: "j".into(),
-            partition: 7,
-            version: "v2".into(),
-        };
+        let k = PartitionKey::train("j", 7, "v2");
         assert_eq!(PartitionKey::from_path(&k.path()).unwrap(), k);
+        let v = PartitionKey {
+            split: Split::Validation,
+            ..k.clone()
+        };
+        assert_eq!(v.path()[0], "validation");
+        assert_eq!(PartitionKey::from_path(&v.path()).unwrap(), v);
+        assert_eq!(v.to_string(), "validation partition 7 of job 'j'");
+        assert_eq!(k.to_string(), "partition 7 of job 'j'");
         let e = PartitionKey::from_path(&["partition".into(), "j".into(), "x".into(), "v".into()])
             .unwrap_err();
         assert!(e.message().contains("'x'"));

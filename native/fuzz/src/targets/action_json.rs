@@ -237,6 +237,7 @@ fn run(input: &[u8]) -> Result<()> {
         Action::RegisterModel(req) => register_model(req),
         Action::ExportModel(req) => export_model(req),
         Action::TrainRound(_)
+        | Action::Evaluate(_)
         | Action::DropJob(_)
         | Action::UnloadModel(_)
         | Action::Health

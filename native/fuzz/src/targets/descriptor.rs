@@ -24,17 +24,14 @@ pub fn target() -> Target {
 
 fn seeds() -> Vec<Vec<u8>> {
     let path = |p: &[&str]| FlightDescriptor::new_path(p.iter().map(|s| s.to_string()).collect());
-    let partition = PartitionKey {
-        job: "churn".into(),
-        partition: 7,
-        version: "v3".into(),
-    };
+    let partition = PartitionKey::train("churn", 7, "v3");
     let mut out = vec![
         FlightDescriptor::new_path(partition.path()).encode_to_vec(),
         path(&["models", "churn"]).encode_to_vec(),
         path(&["models", "churn", "3"]).encode_to_vec(),
         path(&["jobs", "churn"]).encode_to_vec(),
         path(&["partition", "j", "4294967295", ""]).encode_to_vec(),
+        path(&["validation", "j", "0", "v1"]).encode_to_vec(),
         FlightDescriptor::new_cmd(b"models/m".to_vec()).encode_to_vec(),
         b"a, b,,c ,".to_vec(),
         b"features,label,id".to_vec(),

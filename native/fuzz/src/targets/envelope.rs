@@ -49,6 +49,11 @@ pub fn action_bodies() -> Vec<(&'static str, serde_json::Value)> {
             json!({"job": "churn", "partition": 3, "version": "v1", "round": 2, "epochs": 1,
                    "steps": 10, "release": true, "state_id": "r2"}),
         ),
+        (
+            action::EVALUATE,
+            json!({"job": "churn", "split": "validation", "partition": 1, "version": "v1",
+                   "round": 2, "state_id": "r3", "release": true}),
+        ),
         (action::DROP_JOB, json!({"name": "churn"})),
         (
             action::REGISTER_MODEL,

@@ -101,11 +101,7 @@ fn encoded(
 }
 
 fn seeds() -> Vec<Vec<u8>> {
-    let partition = PartitionKey {
-        job: "churn".into(),
-        partition: 2,
-        version: "v1".into(),
-    };
+    let partition = PartitionKey::train("churn", 2, "v1");
     let model = vec!["models".to_string(), "churn".to_string()];
     let mut out = Vec::new();
     for (i, batches) in data::seed_batches().iter().enumerate() {

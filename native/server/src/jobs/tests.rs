@@ -29,19 +29,15 @@ fn partition(job: &Job, partition: u32) -> Partition {
         ("y", Arc::new(Int64Array::from(vec![1i64; 100]))),
     ])
     .unwrap();
-    let key = PartitionKey {
-        job: job.name.clone(),
-        partition,
-        version: "v1".into(),
-    };
+    let key = PartitionKey::train(job.name.clone(), partition, "v1");
     job.prepare(key, &[batch]).unwrap()
 }
 
 fn cached(jobs: &Jobs, job: &str) -> Vec<u32> {
     let mut out: Vec<u32> = lock(&jobs.partitions)
         .keys()
-        .filter(|(j, _)| j == job)
-        .map(|(_, p)| *p)
+        .filter(|(j, _, _)| j == job)
+        .map(|(_, _, p)| *p)
         .collect();
     out.sort();
     out

@@ -65,10 +65,14 @@ pub fn job(name: &str) -> CreateJob {
 }
 
 pub fn key(job: &str, partition: u32, version: &str) -> PartitionKey {
+    PartitionKey::train(job, partition, version)
+}
+
+/// Partition `partition` of `job`'s validation rows.
+pub fn validation_key(job: &str, partition: u32, version: &str) -> PartitionKey {
     PartitionKey {
-        job: job.into(),
-        partition,
-        version: version.into(),
+        split: stoker_core::protocol::Split::Validation,
+        ..key(job, partition, version)
     }
 }
 

@@ -11,3 +11,4 @@ mod common;
 mod limits;
 mod serving;
 mod tls;
+mod validation;

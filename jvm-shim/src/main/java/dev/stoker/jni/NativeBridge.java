@@ -73,6 +73,22 @@ public final class NativeBridge {
     return meta0(state);
   }
 
+  /**
+   * The validation metrics of a round: the partitions' evaluations (the {@code
+   * evaluation} JSON each {@code evaluate} returned) merged in array order, as JSON
+   * {@code {"rows": n, "task": "...", "metrics": {"loss": ..., "auc": ...}}}; an
+   * undefined metric (AUC of one class) is null.
+   *
+   * @throws dev.stoker.InvalidInputException if an evaluation is malformed or they are
+   *     of different tasks
+   */
+  public static String evaluationMetrics(String[] evaluations) {
+    NativeLoader.ensureLoaded();
+    return evaluationMetrics0(evaluations);
+  }
+
+  private static native String evaluationMetrics0(String[] evaluations);
+
   private static native String nativeVersion0();
 
   private static native byte[] average0(byte[][] states, double[] weights);
@@ -96,8 +112,8 @@ public final class NativeBridge {
       String[] blobNames, byte[][] blobs);
 
   /** Sends the first {@code length} bytes of {@code arrowIpcStream}. */
-  static native String putPartition(long handle, String job, int partition, String version,
-      byte[] arrowIpcStream, int length);
+  static native String putPartition(long handle, String job, boolean validation, int partition,
+      String version, byte[] arrowIpcStream, int length);
 
   /** Predicts for the first {@code length} bytes of {@code arrowIpcStream}. */
   static native byte[] predict(long handle, String model, int version, String keepColumns,

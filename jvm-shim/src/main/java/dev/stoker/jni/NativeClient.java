@@ -113,7 +113,17 @@ public final class NativeClient implements AutoCloseable {
   /** {@link #putPartition(String, int, String, byte[])} for a stream in an {@link IpcBuffer}. */
   public String putPartition(String job, int partition, String version, IpcBuffer stream) {
     return NativeBridge.putPartition(
-        handle(), job, partition, version, stream.array(), stream.length());
+        handle(), job, false, partition, version, stream.array(), stream.length());
+  }
+
+  /**
+   * Sends one partition of a job's validation rows: cached like a training partition,
+   * scored by the {@code evaluate} action, never trained on.
+   */
+  public String putValidationPartition(String job, int partition, String version,
+      IpcBuffer stream) {
+    return NativeBridge.putPartition(
+        handle(), job, true, partition, version, stream.array(), stream.length());
   }
 
   /**
