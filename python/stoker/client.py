@@ -126,9 +126,7 @@ class Client:
         if split not in ("train", "validation"):
             raise ValueError(f"split is {split!r}; it must be 'train' or 'validation'")
         return json.loads(
-            self._native.put_partition(
-                job, partition, version, _arrow(data), split == "validation"
-            )
+            self._native.put_partition(job, partition, version, _arrow(data), split == "validation")
         )
 
     def train_round(

@@ -180,6 +180,17 @@ _PARAMS: dict[str, tuple[str, Any, Any]] = {
     "serverAddress": ("empty: auto-started server per node", _S, ""),
     "device": ("auto, cpu, cuda or cuda:N", _S, "auto"),
     "inferenceBatchRows": ("rows per Arrow batch in transform", _I, 65536),
+    "objective": ("regression, classification or auto (from loss, spec, label type)", _S, "auto"),
+    "validationIndicatorCol": ("boolean column: true marks a validation row", _S, ""),
+    "validationFraction": ("fraction held out for validation (seeded split); 0: none", _F, 0.0),
+    "evalMetric": (
+        "validation metric for early stopping: loss, rmse, mse, mae, r2, logloss, accuracy, auc",
+        _S,
+        "",
+    ),
+    # No default: unset means no early stopping (the JVM's param has none either).
+    "earlyStoppingRounds": ("rounds without improvement before stopping", _I, None),
+    "earlyStoppingMinDelta": ("smallest change that counts as an improvement", _F, 0.0),
 }
 
 
@@ -191,13 +202,27 @@ class _StokerParams(Params):
 
     def __init__(self) -> None:
         super().__init__()
-        self._setDefault(**{name: default for name, (_, _, default) in _PARAMS.items()})
+        self._setDefault(**{name: d for name, (_, _, d) in _PARAMS.items() if d is not None})
 
     def _set_params(self, **kwargs: Any) -> Any:
         unknown = set(kwargs) - set(self._NAMES)
         if unknown:
             raise TypeError(_unknown_params(sorted(unknown), self._NAMES))
-        return self._set(**{k: v for k, v in kwargs.items() if v is not None})
+        return self._checked_set(**{k: v for k, v in kwargs.items() if v is not None})
+
+    def _checked_set(self, **kwargs: Any) -> Any:
+        """Sets params after the JVM's validators accept each value, so a bad value
+        (`rounds=0`) fails here, with the JVM's message naming the valid range, not
+        later at `fit`: one set of rules, on the JVM."""
+        self._set(**kwargs)
+        java = getattr(self, "_java_obj", None)
+        if java is not None:
+            for name in kwargs:
+                param = self.getParam(name)
+                with _stoker_errors():
+                    # Building the JVM's ParamPair runs the param's validator.
+                    self._make_java_param_pair(param, self._paramMap[param])
+        return self
 
 
 def _unknown_params(unknown: list[str], names: Iterable[str]) -> str:
@@ -218,10 +243,12 @@ def _unknown_params(unknown: list[str], names: Iterable[str]) -> str:
 
 def _accessors(name: str) -> tuple[Any, Any]:
     def getter(self: _StokerParams) -> Any:
-        return self.getOrDefault(name)
+        param = self.getParam(name)
+        # A param without a default (earlyStoppingRounds) reads as None when unset.
+        return self.getOrDefault(param) if self.isDefined(param) else None
 
     def setter(self: Any, value: Any) -> Any:
-        return self._set(**{name: value})
+        return self._checked_set(**{name: value})
 
     getter.__doc__ = f"The value of `{name}` (or its default)."
     setter.__doc__ = f"Sets `{name}`; returns the stage."
@@ -300,8 +327,17 @@ class StokerModel(JavaModel, _StokerParams, _Readable, JavaMLWritable):
     @property
     def history(self) -> list[dict]:
         """Per round: round, loss, loss_first, samples, partitions, seconds,
-        train_seconds."""
+        train_seconds and, with a validation set, `validation`: the averaged
+        state's metrics on it (loss and rmse/mse/mae/r2 or logloss/accuracy/auc;
+        an undefined one is None)."""
         return json.loads(self._java_obj.historyJson())
+
+    @property
+    def summary(self) -> dict:
+        """How the fit ended: `eval_metric`, `best_round` (with early stopping the
+        round whose state this model is), `best_value`, `rounds`, `stopped_early`
+        and `stop_reason`."""
+        return json.loads(self._java_obj.summaryJson())
 
     @property
     def state(self) -> bytes:
@@ -312,29 +348,67 @@ class StokerModel(JavaModel, _StokerParams, _Readable, JavaMLWritable):
     def task(self) -> str:
         return self._java_obj.task()
 
+    def with_state(self, state: bytes) -> StokerModel:
+        """This model with another state of the same network (a checkpoint's
+        `round-00004.safetensors`, say)."""
+        with _stoker_errors():
+            return StokerModel(self._java_obj.withState(bytearray(state)))
+
     def plot_history(self, path: str | os.PathLike) -> str:
-        """Writes a PNG of the loss per round (matplotlib); returns its path."""
+        """Writes a PNG of the history (matplotlib); returns its path: training and
+        validation loss per round and, when the fit followed another validation
+        metric, that metric beside it, the best round marked."""
         # A Figure without pyplot: no global backend switch, safe in notebooks.
         from matplotlib.figure import Figure
 
         history = self.history
-        fig = Figure(figsize=(6, 3.5))
-        ax = fig.subplots()
+        summary = self.summary
+        metric = summary.get("eval_metric") or ""
+        validated = any(h.get("validation") for h in history)
+        other = metric not in ("", "loss") and validated
+        fig = Figure(figsize=(10 if other else 6, 3.5))
+        axes = fig.subplots(1, 2 if other else 1, squeeze=False)[0]
         rounds = [h["round"] + 1 for h in history]
-        ax.plot(rounds, [h["loss"] for h in history], marker="o", label="loss (last epoch)")
+
+        def values(key: str) -> list[float]:
+            out = []
+            for h in history:
+                v = (h.get("validation") or {}).get(key)
+                out.append(float("nan") if v is None else v)
+            return out
+
+        ax = axes[0]
         ax.plot(
-            rounds,
-            [h["loss_first"] for h in history],
-            marker=".",
-            linestyle="--",
-            label="loss (first epoch)",
-            alpha=0.6,
+            rounds, [h["loss"] for h in history], marker="o", label="training loss (last epoch)"
         )
-        ax.set_xlabel("round")
-        ax.set_ylabel("training loss")
-        ax.set_title("stoker training history")
-        ax.grid(alpha=0.3)
-        ax.legend()
+        if validated:
+            ax.plot(rounds, values("loss"), marker="s", label="validation loss")
+        else:
+            ax.plot(
+                rounds,
+                [h["loss_first"] for h in history],
+                marker=".",
+                linestyle="--",
+                label="training loss (first epoch)",
+                alpha=0.6,
+            )
+        ax.set_ylabel("loss")
+        if other:
+            axes[1].plot(
+                rounds, values(metric), marker="s", color="C1", label=f"validation {metric}"
+            )
+            axes[1].set_ylabel(metric)
+        best = summary.get("best_round")
+        for a in axes:
+            if best is not None and validated:
+                a.axvline(best + 1, color="grey", linestyle=":", label=f"best round ({best + 1})")
+            a.set_xlabel("round")
+            a.grid(alpha=0.3)
+            a.legend()
+        title = "stoker training history"
+        if summary.get("stopped_early"):
+            title += f" (stopped early after round {len(history)})"
+        fig.suptitle(title)
         fig.tight_layout()
         fig.savefig(path, dpi=120)
         return os.fspath(path)
@@ -444,7 +518,11 @@ class _ProgressBar:
         last = (snap or {}).get("last")
         if last:
             rate = last["samples"] / last["seconds"] if last["seconds"] > 0 else 0.0
-            line += f"  loss {last['loss']:.4f}  {rate / 1000:.1f}k rows/s"
+            line += f"  loss {last['loss']:.4f}"
+            val = last.get("validation") or {}
+            if val.get("loss") is not None:
+                line += f"  val_loss {val['loss']:.4f}"
+            line += f"  {rate / 1000:.1f}k rows/s"
         line += f"  {time.monotonic() - self._started:.0f}s"
         sys.stderr.write("\r" + line + ("\n" if final else ""))
         sys.stderr.flush()

@@ -106,8 +106,9 @@ fn check_label(name: &str, row: usize, v: f64, task: Task) -> Result<()> {
         Task::Multiclass { classes } => {
             if v.fract() != 0.0 || v < 0.0 || v >= classes as f64 {
                 return Err(Error::invalid(format!(
-                    "label column '{name}' has {v} at row {row}; class labels must be whole numbers in 0..{} \
-                     for a model with {classes} classes",
+                    "label column '{name}' has {v} at row {row}, but this is a {classes}-class classifier \
+                     (class labels 0..{}). For a regression, set objective 'regression' (or loss 'mse', or \
+                     cast the label to double); for more classes, set num_classes in the model spec",
                     classes - 1
                 )));
             }

@@ -2,6 +2,9 @@ package dev.stoker.spark
 
 import java.io.ByteArrayOutputStream
 
+import scala.collection.immutable.ListMap
+import scala.jdk.CollectionConverters._
+
 import org.apache.hadoop.conf.Configuration
 import org.apache.hadoop.fs.Path
 import org.json4s._
@@ -17,6 +20,8 @@ import org.json4s.jackson.JsonMethods
  * @param partitions   partitions that trained
  * @param seconds      wall time of the round on the driver (training and averaging)
  * @param trainSeconds the slowest partition's training time
+ * @param validation   the averaged state's metrics on the validation set (empty without
+ *                     one): loss and, by task, rmse/mse/mae/r2 or logloss/accuracy/auc
  */
 final case class RoundStats(
     round: Int,
@@ -25,7 +30,12 @@ final case class RoundStats(
     samples: Long,
     partitions: Int,
     seconds: Double,
-    trainSeconds: Double) {
+    trainSeconds: Double,
+    validation: ListMap[String, Double] = ListMap.empty) {
+
+  /** The validation metrics (Java). */
+  def getValidation: java.util.Map[String, java.lang.Double] =
+    validation.map { case (k, v) => k -> java.lang.Double.valueOf(v) }.asJava
 
   /** Rows trained per second of round wall time. */
   def rowsPerSecond: Double = if (seconds > 0) samples / seconds else 0.0
@@ -35,7 +45,9 @@ final case class RoundStats(
 
   override def toString: String =
     f"round $round: loss $loss%.5f, $samples samples on $partitions partitions, " +
-      f"$seconds%.2f s ($rowsPerSecond%.0f rows/s)"
+      f"$seconds%.2f s ($rowsPerSecond%.0f rows/s)" +
+      (if (validation.isEmpty) ""
+      else validation.map { case (k, v) => f"val_$k $v%.5f" }.mkString(", ", ", ", ""))
 }
 
 object RoundStats {
@@ -48,22 +60,22 @@ object RoundStats {
         "samples" -> JInt(r.samples),
         "partitions" -> JInt(r.partitions),
         "seconds" -> JDouble(r.seconds),
-        "train_seconds" -> JDouble(r.trainSeconds))
+        "train_seconds" -> JDouble(r.trainSeconds),
+        "validation" -> (if (r.validation.isEmpty) JNothing else JObject(r.validation.toList
+          .map { case (k, v) => k -> (if (v.isNaN) JNull else JDouble(v)) })))
     }.toList)))
 
   def fromJson(text: String): Seq[RoundStats] = {
-    def num(v: JValue): Double = v match {
-      case JDouble(d) => d
-      case JInt(n) => n.toDouble
-      case JLong(n) => n.toDouble
-      case JDecimal(d) => d.toDouble
-      case _ => Double.NaN
-    }
+    def num(v: JValue): Double = Validation.number(v)
     JsonMethods.parse(text) match {
       case JArray(items) => items.map { o =>
+        val validation = o \ "validation" match {
+          case JObject(fields) => ListMap(fields.map { case (k, v) => k -> num(v) }: _*)
+          case _ => ListMap.empty[String, Double]
+        }
         RoundStats(num(o \ "round").toInt, num(o \ "loss"), num(o \ "loss_first"),
           num(o \ "samples").toLong, num(o \ "partitions").toInt, num(o \ "seconds"),
-          num(o \ "train_seconds"))
+          num(o \ "train_seconds"), validation)
       }
       case other => throw new IllegalStateException(s"history is not a JSON array: $other")
     }
@@ -120,6 +132,10 @@ private[spark] final class Checkpoints(dir: String, conf: Configuration) {
       } else Nil
     Some((last, Files.read(stateFile(last), conf), history))
   }
+
+  /** The state saved after `round`, if it is there. */
+  def state(round: Int): Option[Array[Byte]] =
+    Some(stateFile(round)).filter(Files.exists(_, conf)).map(Files.read(_, conf))
 
   def save(round: Int, state: Array[Byte], history: Seq[RoundStats]): Unit = {
     Files.write(stateFile(round), state, conf)

@@ -44,15 +44,24 @@ private[spark] object Outcome {
   /** The partition has no rows; it takes no part in training. */
   final case class Empty(partition: Int) extends Outcome
 
+  /** A validation partition scored: its rows and the server's `evaluation` sums (JSON). */
+  final case class Evaluated(partition: Int, rows: Long, evaluation: String, host: String)
+    extends Outcome
+
   /**
    * The server refused the partition's data or state (invalid input): returned, not
    * thrown, so the driver fails the fit at once with this message and class instead of
    * Spark retrying a task that can never succeed.
    */
-  final case class Refused(partition: Int, kind: String, message: String) extends Outcome {
-    /** The exception the driver throws: the class the task caught, the partition named. */
+  final case class Refused(partition: Int, kind: String, message: String,
+      validation: Boolean = false) extends Outcome {
+    /**
+     * The exception the driver throws: the class the task caught, the partition named
+     * once (the server's own messages name it already: "partition 3 of job ...").
+     */
     def exception: StokerException = {
-      val text = s"partition $partition: $message"
+      val name = s"${if (validation) "validation " else ""}partition $partition"
+      val text = if (message.contains(s"$name of job")) message else s"$name: $message"
       if (kind == "resource_exhausted") new ResourceExhaustedException(text)
       else new InvalidInputException(text)
     }
@@ -73,7 +82,59 @@ private[spark] object PartitionTask {
       round: Int,
       last: Boolean,
       state: Option[RoundInput],
-      data: () => (IpcBuffer, Long)): Outcome = {
+      data: () => (IpcBuffer, Long)): Outcome =
+    recovering(job, partition, validation = false, data) { (client, withBytes) =>
+      trainOnce(client, job, partition, round, last, state, withBytes)
+    }
+
+  /**
+   * A task's side of a round's validation: score the round's averaged state on this
+   * validation partition on this node's server, sending the partition (and creating
+   * the job) only when the server lacks them, as [[train]] does.
+   */
+  def evaluate(
+      job: TrainJob,
+      partition: Int,
+      round: Int,
+      last: Boolean,
+      state: RoundInput,
+      data: () => (IpcBuffer, Long)): Outcome =
+    recovering(job, partition, validation = true, data) { (client, withBytes) =>
+      val body = JObject(
+        "job" -> JString(job.name),
+        "split" -> JString("validation"),
+        "partition" -> JInt(partition),
+        "version" -> JString(job.dataVersion),
+        "round" -> JInt(round),
+        "release" -> JBool(last),
+        "state_id" -> JString(state.id))
+      val blobs = if (withBytes) Seq("state" -> state.value) else Nil
+      val result = Envelope.call(client, "evaluate", Envelope(body, blobs))
+      if (result.json \ "needs_state" == JBool(true)) None
+      else {
+        val rows = result.json \ "rows" match {
+          case JInt(n) => n.toLong
+          case JLong(n) => n
+          case _ => 0L
+        }
+        Some(Outcome.Evaluated(partition, rows, Envelope.compact(result.json \ "evaluation"),
+          executorHost))
+      }
+    }
+
+  /**
+   * Runs `attempt` on this node's server until it gives an outcome, recovering at most
+   * once each from a missing job (create it), a missing partition (send it: the data
+   * is computed only then) and a state the server does not hold (`attempt` returns
+   * None; it is called again with the state's bytes), so a failure cannot loop.
+   * Refusals come back as [[Outcome.Refused]]: retrying cannot help them.
+   */
+  private def recovering(
+      job: TrainJob,
+      partition: Int,
+      validation: Boolean,
+      data: () => (IpcBuffer, Long))(
+      attempt: (NativeClient, Boolean) => Option[Outcome]): Outcome = {
     try {
       Servers.withClient(job.server) { client =>
         var created = false
@@ -84,11 +145,11 @@ private[spark] object PartitionTask {
         var outcome: Option[Outcome] = None
         while (outcome.isEmpty) {
           try {
-            outcome = trainOnce(client, job, partition, round, last, state, withBytes)
+            outcome = attempt(client, withBytes)
             if (outcome.isEmpty) {
               if (withBytes) {
                 throw new StokerException(
-                  s"train_round of partition $partition asked for a state it was sent")
+                  s"the server asked for a state it was sent (partition $partition)")
               }
               withBytes = true
             }
@@ -101,7 +162,9 @@ private[spark] object PartitionTask {
             case _: CacheMissException if !sent =>
               stopIfKilled()
               sent = true
-              if (!put(client, job, partition, data())) outcome = Some(Outcome.Empty(partition))
+              if (!put(client, job, partition, validation, data())) {
+                outcome = Some(Outcome.Empty(partition))
+              }
           }
         }
         outcome.get
@@ -109,9 +172,9 @@ private[spark] object PartitionTask {
     } catch {
       // Retrying cannot help these: the same data or state meets the same refusal.
       case e: InvalidInputException =>
-        Outcome.Refused(partition, "invalid_input", e.getMessage)
+        Outcome.Refused(partition, "invalid_input", e.getMessage, validation)
       case e: ResourceExhaustedException =>
-        Outcome.Refused(partition, "resource_exhausted", e.getMessage)
+        Outcome.Refused(partition, "resource_exhausted", e.getMessage, validation)
     }
   }
 
@@ -125,7 +188,7 @@ private[spark] object PartitionTask {
   def feed(job: TrainJob, partition: Int, data: (IpcBuffer, Long)): Long =
     Servers.withClient(job.server) { client =>
       createJob(client, job)
-      if (put(client, job, partition, data)) data._2 else 0L
+      if (put(client, job, partition, validation = false, data)) data._2 else 0L
     }
 
   private def trainOnce(
@@ -176,9 +239,11 @@ private[spark] object PartitionTask {
       client: NativeClient,
       job: TrainJob,
       partition: Int,
+      validation: Boolean,
       data: (IpcBuffer, Long)): Boolean = {
     if (data._2 == 0) return false
-    client.putPartition(job.name, partition, job.dataVersion, data._1)
+    if (validation) client.putValidationPartition(job.name, partition, job.dataVersion, data._1)
+    else client.putPartition(job.name, partition, job.dataVersion, data._1)
     true
   }
 

@@ -20,7 +20,7 @@ import org.apache.spark.sql.vectorized.ColumnarBatch
 private[spark] final class RoundRDD(
     data: TrainingData,
     job: Broadcast[TrainJob],
-    state: Option[Broadcast[Array[Byte]]],
+    state: Option[SharedState],
     round: Int,
     last: Boolean,
     hosts: Map[Int, String],
@@ -29,21 +29,32 @@ private[spark] final class RoundRDD(
 
   override protected def getPartitions: Array[Partition] = firstParent[Any].partitions
 
-  /** Names this round's input state on the servers, so that a server's later tasks of
-   *  the round send the name instead of the state (fixed once, on the driver). */
-  private val stateId: Option[String] = state.map(_ => java.util.UUID.randomUUID().toString)
-
   override def compute(split: Partition, context: TaskContext): Iterator[Outcome] = {
     val p = split.index
     if (empty.contains(p)) return Iterator(Outcome.Empty(p))
-    // The broadcast is read only if this task's server asks for the state.
-    val input = for (b <- state; id <- stateId) yield new RoundInput(id, () => b.value)
-    Iterator(PartitionTask.train(job.value, p, round, last, input,
+    Iterator(PartitionTask.train(job.value, p, round, last, state.map(_.input),
       () => data.ipc(firstParent[Any].iterator(split, context), job.value)))
   }
 
   override protected def getPreferredLocations(split: Partition): Seq[String] =
     hosts.get(split.index).toSeq
+}
+
+/**
+ * An averaged state as tasks receive it: broadcast once, named by an id fixed on the
+ * driver, so that a server's later tasks (of the round's validation, then of the next
+ * round's training: the same state) send the name instead of the state.
+ */
+private[spark] final case class SharedState(id: String, bytes: Broadcast[Array[Byte]]) {
+  /** The task's view: the broadcast is read only if the task's server asks for it. */
+  def input: RoundInput = new RoundInput(id, () => bytes.value)
+
+  def destroy(): Unit = bytes.destroy()
+}
+
+private[spark] object SharedState {
+  def of(sc: org.apache.spark.SparkContext, state: Array[Byte]): SharedState =
+    SharedState(java.util.UUID.randomUUID().toString, sc.broadcast(state))
 }
 
 /**
@@ -138,6 +149,8 @@ private[spark] object RoundSum {
         slowestSeconds = t.seconds))
     case e: Outcome.Empty => acc.copy(empty = acc.empty + e.partition)
     case r: Outcome.Refused => acc.copy(refused = acc.refused.orElse(Some(r)))
+    case e: Outcome.Evaluated =>
+      throw new IllegalStateException(s"a training round got an evaluation: $e")
   }
 
   /** Spark's aggregate lets a combine step modify and return its first argument: the

@@ -58,7 +58,7 @@ private[spark] object Served {
       Some("version" -> JInt(version)),
       model.modelSpecJson.map("spec" -> _),
       Some("features" -> JArray(features.map(JString(_)).toList)),
-      Option(model.getLoss).filter(_.nonEmpty).map(l => "loss" -> JString(l))).flatten
+      model.effectiveLoss.map(l => "loss" -> JString(l))).flatten
     val resolved = name.getOrElse {
       val digest = MessageDigest.getInstance("SHA-256")
       digest.update(model.state)

@@ -36,7 +36,7 @@ class StokerEstimator(override val uid: String)
     Features.label(dataset.schema, getLabelCol)
     val trained = new Training(this, dataset).run()
     val model = copyValues(new StokerModel(uid, trained.state, trained.modelBlob,
-      trained.history).setParent(this))
+      trained.history, trained.summary).setParent(this))
     model.preRegister()
     model
   }
@@ -74,10 +74,10 @@ class StokerEstimator(override val uid: String)
    * (`ModelSource::default_loss`): the loss when set; else a spec's `num_classes` (a
    * linear_regression spec never); else an integer label means cross-entropy.
    */
-  private def classifier(schema: StructType): Boolean = getLoss match {
-    case "cross_entropy" | "bce" => true
-    case "mse" => false
-    case _ => modelSpecJson match {
+  private[spark] def classifier(schema: StructType): Boolean = effectiveLoss match {
+    case Some("cross_entropy" | "bce") => true
+    case Some(_) => false
+    case None => modelSpecJson match {
       case Some(spec) if (spec \ "num_classes") != JNothing => (spec \ "num_classes") match {
         case JInt(n) => n > 1
         case _ => false

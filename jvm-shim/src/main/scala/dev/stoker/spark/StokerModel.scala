@@ -23,7 +23,8 @@ class StokerModel private[spark] (
     override val uid: String,
     private[spark] val state: Array[Byte],
     private[spark] val modelBlob: Option[Array[Byte]],
-    private[spark] val history: Seq[RoundStats])
+    private[spark] val history: Seq[RoundStats],
+    private[spark] val summary: FitSummary)
   extends Model[StokerModel] with StokerParams[StokerModel] with MLWritable {
 
   /**
@@ -31,6 +32,16 @@ class StokerModel private[spark] (
    * and optimizer state.
    */
   def getState: Array[Byte] = state.clone()
+
+  /**
+   * This model (same params, network and history) with another state of the same
+   * network: a checkpoint's `round-00004.safetensors`, say, to serve round 4. A state of
+   * another model is refused when it is first used.
+   */
+  def withState(state: Array[Byte]): StokerModel = {
+    StateInfo.of(state)
+    copyValues(new StokerModel(uid, state.clone(), modelBlob, history, summary)).setParent(parent)
+  }
 
   /**
    * The TorchScript archive this model was trained from, if it is one, with its
@@ -66,6 +77,15 @@ class StokerModel private[spark] (
 
   /** The history as a JSON array (what model.save writes to data/history.json). */
   def historyJson: String = RoundStats.toJson(history)
+
+  /**
+   * How the fit ended: the validation metric it followed, its best round (with early
+   * stopping, the round whose state this model is), and why it stopped.
+   */
+  def trainingSummary: FitSummary = summary
+
+  /** [[trainingSummary]] as JSON (data/summary.json of a saved model). */
+  def summaryJson: String = summary.toJson
 
   // Read once per model: the state never changes, and native/core reads all of it.
   @transient private lazy val info = StateInfo.of(state)
@@ -121,7 +141,7 @@ class StokerModel private[spark] (
   }
 
   override def copy(extra: ParamMap): StokerModel =
-    copyValues(new StokerModel(uid, state, modelBlob, history), extra).setParent(parent)
+    copyValues(new StokerModel(uid, state, modelBlob, history, summary), extra).setParent(parent)
 
   override def write: MLWriter = new StokerModel.Writer(this)
 }
@@ -129,6 +149,7 @@ class StokerModel private[spark] (
 object StokerModel extends MLReadable[StokerModel] {
   private val StateFile = "data/state.safetensors"
   private val HistoryFile = "data/history.json"
+  private val SummaryFile = "data/summary.json"
   private val TorchScriptFile = "data/model.pt"
 
   private[spark] def outputSchema(
@@ -155,6 +176,7 @@ object StokerModel extends MLReadable[StokerModel] {
       Files.write(new Path(path, StateFile), instance.state, conf)
       Files.write(new Path(path, HistoryFile),
         RoundStats.toJson(instance.history).getBytes(UTF_8), conf)
+      Files.write(new Path(path, SummaryFile), instance.summary.toJson.getBytes(UTF_8), conf)
       instance.modelBlob.foreach(b => Files.write(new Path(path, TorchScriptFile), b, conf))
     }
   }
@@ -166,10 +188,16 @@ object StokerModel extends MLReadable[StokerModel] {
       val state = Files.read(new Path(path, StateFile), conf)
       val history = RoundStats.fromJson(new String(Files.read(new Path(path, HistoryFile), conf),
         UTF_8))
+      // Models saved before summaries existed ran every round without validation.
+      val summaryPath = new Path(path, SummaryFile)
+      val summary =
+        if (Files.exists(summaryPath, conf)) {
+          FitSummary.fromJson(new String(Files.read(summaryPath, conf), UTF_8))
+        } else FitSummary.completed(history.size)
       val torchScript = new Path(path, TorchScriptFile)
       val blob = if (Files.exists(torchScript, conf)) Some(Files.read(torchScript, conf)) else None
       val model = new StokerModel(ParamsIO.uid(path, sparkSession, className), state, blob,
-        history)
+        history, summary)
       ParamsIO.loadInto(model, path, sparkSession, className)
       model
     }

@@ -28,34 +28,39 @@ trait StokerParams[Self <: StokerParams[Self]] extends Params { self: Self =>
   final val model: Param[String] = new Param[String](this, "model",
     "the network: a built-in spec as JSON ({\"type\": \"mlp\", \"hidden\": [64, 64], " +
       "\"num_classes\": 2}) or the path of a TorchScript file (any Hadoop file system)",
-    (v: String) => v.trim.nonEmpty)
+    Valid.nonEmpty("model"))
 
   final val loss: Param[String] = new Param[String](this, "loss",
     "mse, cross_entropy or bce; empty: chosen from the model (docs/engine.md)",
-    ParamValidators.inArray(Array("", "mse", "cross_entropy", "bce")))
+    Valid.oneOf("loss", "", "mse", "cross_entropy", "bce"))
+
+  final val objective: Param[String] = new Param[String](this, "objective",
+    "regression, classification or auto (auto: from loss, the spec's num_classes, then " +
+      "the label's type: an integer label is a class index)",
+    Valid.oneOf("objective", "auto", "regression", "classification"))
 
   final val optimizer: Param[String] = new Param[String](this, "optimizer",
-    "sgd, adam or adamw", ParamValidators.inArray(Array("sgd", "adam", "adamw")))
+    "sgd, adam or adamw", Valid.oneOf("optimizer", "sgd", "adam", "adamw"))
 
   final val learningRate: DoubleParam = new DoubleParam(this, "learningRate",
-    "optimizer learning rate", ParamValidators.gt(0.0))
+    "optimizer learning rate", Valid.above("learningRate", 0.0))
 
   final val momentum: DoubleParam = new DoubleParam(this, "momentum",
-    "sgd momentum", ParamValidators.inRange(0.0, 1.0, lowerInclusive = true,
-      upperInclusive = false))
+    "sgd momentum", Valid.fraction("momentum"))
 
   final val weightDecay: DoubleParam = new DoubleParam(this, "weightDecay",
-    "weight decay (L2 for sgd and adam, decoupled for adamw)", ParamValidators.gtEq(0.0))
+    "weight decay (L2 for sgd and adam, decoupled for adamw)", Valid.atLeast("weightDecay", 0.0))
 
   final val batchSize: IntParam = new IntParam(this, "batchSize",
-    "training mini-batch size", ParamValidators.gtEq(1))
+    "training mini-batch size", Valid.atLeast("batchSize", 1))
 
   final val localEpochs: IntParam = new IntParam(this, "localEpochs",
     "epochs each partition trains per round before the weights are averaged",
-    ParamValidators.gtEq(1))
+    Valid.atLeast("localEpochs", 1))
 
   final val rounds: IntParam = new IntParam(this, "rounds",
-    "averaging rounds (synchronous local SGD)", ParamValidators.gtEq(1))
+    "averaging rounds (synchronous local SGD); with early stopping, the most",
+    Valid.atLeast("rounds", 1))
 
   final val averageOptimizerState: BooleanParam = new BooleanParam(this,
     "averageOptimizerState",
@@ -64,7 +69,7 @@ trait StokerParams[Self <: StokerParams[Self]] extends Params { self: Self =>
 
   final val seed: LongParam = new LongParam(this, "seed",
     "seed of the initial weights, shuffling and dropout (a rerun gives the same model)",
-    ParamValidators.gtEq[Long](0))
+    Valid.atLeast("seed", 0L))
 
   final val checkpointDir: Param[String] = new Param[String](this, "checkpointDir",
     "directory (any Hadoop file system) for per-round checkpoints; fit resumes from the " +
@@ -80,7 +85,32 @@ trait StokerParams[Self <: StokerParams[Self]] extends Params { self: Self =>
     "auto, cpu, cuda or cuda:N (auto: CUDA when the server has it)")
 
   final val inferenceBatchRows: IntParam = new IntParam(this, "inferenceBatchRows",
-    "rows per Arrow batch sent to the server by transform", ParamValidators.gtEq(1))
+    "rows per Arrow batch sent to the server by transform", Valid.atLeast("inferenceBatchRows", 1))
+
+  final val validationIndicatorCol: Param[String] = new Param[String](this,
+    "validationIndicatorCol",
+    "boolean column: true marks a validation row (scored every round, never trained on); " +
+      "empty for none")
+
+  final val validationFraction: DoubleParam = new DoubleParam(this, "validationFraction",
+    "fraction of the rows held out for validation by a seeded random split; 0 for none",
+    Valid.fraction("validationFraction"))
+
+  final val evalMetric: Param[String] = new Param[String](this, "evalMetric",
+    "validation metric that early stopping and the best round follow: loss, or " +
+      "rmse, mse, mae, r2 (regression), logloss, accuracy, auc (classifiers; auc two-class); " +
+      "empty: loss",
+    Valid.oneOf("evalMetric", "" +: Validation.Metrics: _*))
+
+  final val earlyStoppingRounds: IntParam = new IntParam(this, "earlyStoppingRounds",
+    "stop once this many rounds in a row do not improve evalMetric on the validation " +
+      "set, and return the best round's model; unset: train every round",
+    Valid.atLeast("earlyStoppingRounds", 1, " (leave it unset for no early stopping)"))
+
+  final val earlyStoppingMinDelta: DoubleParam = new DoubleParam(this,
+    "earlyStoppingMinDelta",
+    "smallest change of evalMetric that counts as an improvement for early stopping",
+    Valid.atLeast("earlyStoppingMinDelta", 0.0))
 
   setDefault(
     featuresCol -> "features",
@@ -102,7 +132,12 @@ trait StokerParams[Self <: StokerParams[Self]] extends Params { self: Self =>
     checkpointDir -> "",
     serverAddress -> "",
     device -> "auto",
-    inferenceBatchRows -> 65536)
+    inferenceBatchRows -> 65536,
+    objective -> "auto",
+    validationIndicatorCol -> "",
+    validationFraction -> 0.0,
+    evalMetric -> "",
+    earlyStoppingMinDelta -> 0.0)
 
   def getFeaturesCol: String = $(featuresCol)
   def getFeatureCols: Array[String] = $(featureCols)
@@ -124,6 +159,13 @@ trait StokerParams[Self <: StokerParams[Self]] extends Params { self: Self =>
   def getServerAddress: String = $(serverAddress)
   def getDevice: String = $(device)
   def getInferenceBatchRows: Int = $(inferenceBatchRows)
+  def getObjective: String = $(objective)
+  def getValidationIndicatorCol: String = $(validationIndicatorCol)
+  def getValidationFraction: Double = $(validationFraction)
+  def getEvalMetric: String = $(evalMetric)
+  /** The patience, or 0 when early stopping is off (the param is unset). */
+  def getEarlyStoppingRounds: Int = get(earlyStoppingRounds).getOrElse(0)
+  def getEarlyStoppingMinDelta: Double = $(earlyStoppingMinDelta)
 
   def setFeaturesCol(value: String): Self = set(featuresCol, value)
   def setFeatureCols(value: Array[String]): Self = set(featureCols, value)
@@ -145,18 +187,58 @@ trait StokerParams[Self <: StokerParams[Self]] extends Params { self: Self =>
   def setServerAddress(value: String): Self = set(serverAddress, value)
   def setDevice(value: String): Self = set(device, value)
   def setInferenceBatchRows(value: Int): Self = set(inferenceBatchRows, value)
+  def setObjective(value: String): Self = set(objective, value)
+  def setValidationIndicatorCol(value: String): Self = set(validationIndicatorCol, value)
+  def setValidationFraction(value: Double): Self = set(validationFraction, value)
+  def setEvalMetric(value: String): Self = set(evalMetric, value)
+  def setEarlyStoppingRounds(value: Int): Self = set(earlyStoppingRounds, value)
+  def setEarlyStoppingMinDelta(value: Double): Self = set(earlyStoppingMinDelta, value)
 
-  /** The model param as a built-in spec (a JSON object), or None for a TorchScript path. */
+  /**
+   * The model param as a built-in spec (a JSON object), or None for a TorchScript path.
+   * With objective 'regression' the default spec (a classifier) loses its num_classes; a spec
+   * the user wrote with num_classes is a conflict, named.
+   */
   private[spark] def modelSpecJson: Option[org.json4s.JObject] = {
     val text = $(model).trim
     if (!text.startsWith("{")) None
     else {
-      try Some(Envelope.parseObject(text))
-      catch {
-        case e: Exception => throw new dev.stoker.InvalidInputException(
-          s"model spec is not valid JSON (${e.getMessage}): $text")
+      val spec =
+        try Envelope.parseObject(text)
+        catch {
+          case e: Exception => throw new dev.stoker.InvalidInputException(
+            s"model spec is not valid JSON (${e.getMessage}): $text")
+        }
+      val classes = spec.obj.collectFirst { case ("num_classes", v) => v }
+      ($(objective), classes) match {
+        case ("regression", Some(_)) if !isSet(model) =>
+          Some(org.json4s.JObject(spec.obj.filterNot(_._1 == "num_classes")))
+        case ("regression", Some(n)) => throw new dev.stoker.InvalidInputException(
+          s"objective is 'regression' but the model spec sets num_classes ${Envelope.compact(n)}; " +
+            "remove num_classes for a regression, or set objective 'classification'")
+        case ("classification", None) if effectiveLoss.forall(_ != "bce") =>
+          throw new dev.stoker.InvalidInputException(
+            "objective is 'classification' but the model spec has no num_classes: add " +
+              "\"num_classes\": N (or loss 'bce' for a one-output two-class model)")
+        case _ => Some(spec)
       }
     }
+  }
+
+  /**
+   * The loss the job trains with: the loss param, or mse for objective 'regression'; None leaves
+   * it to the engine (docs/engine.md: the spec, then the label's type). A loss that
+   * contradicts the task is named.
+   */
+  private[spark] def effectiveLoss: Option[String] = ($(objective), $(loss)) match {
+    case ("regression", l @ ("cross_entropy" | "bce")) => throw new dev.stoker.InvalidInputException(
+      s"objective is 'regression' but loss is '$l' (a classifier's loss); set loss 'mse' or leave it empty")
+    case ("classification", "mse") => throw new dev.stoker.InvalidInputException(
+      "objective is 'classification' but loss is 'mse' (a regression loss); set loss " +
+        "'cross_entropy' or 'bce', or leave it empty")
+    case ("regression", "") => Some("mse")
+    case (_, "") => None
+    case (_, l) => Some(l)
   }
 
   /**
@@ -167,4 +249,39 @@ trait StokerParams[Self <: StokerParams[Self]] extends Params { self: Self =>
    * the driver.
    */
   private[spark] def target: ServerTarget = ServerTarget.fromConf($(serverAddress))
+}
+
+/**
+ * Param validators that say what is valid: Spark's own report only "parameter rounds
+ * given invalid value 0". Each throws [[dev.stoker.InvalidInputException]] naming the
+ * param, the value and the valid range, when the value is set (in Scala, Java and, as
+ * the Python wrapper checks each value with the JVM when set, PySpark), so a bad value
+ * fails where it was written, not at `fit`.
+ */
+private[spark] object Valid {
+  private def fail(name: String, value: Any, valid: String): Boolean =
+    throw new dev.stoker.InvalidInputException(s"$name must be $valid; got $value")
+
+  def atLeast(name: String, min: Int, hint: String = ""): Int => Boolean =
+    v => v >= min || fail(name, v, s"at least $min$hint")
+
+  def atLeast(name: String, min: Long): Long => Boolean =
+    v => v >= min || fail(name, v, s"at least $min")
+
+  def atLeast(name: String, min: Double): Double => Boolean =
+    v => v >= min || fail(name, v, s"at least $min")
+
+  def above(name: String, min: Double): Double => Boolean =
+    v => v > min || fail(name, v, s"greater than $min")
+
+  /** In [0, 1). */
+  def fraction(name: String): Double => Boolean =
+    v => (v >= 0.0 && v < 1.0) || fail(name, v, "in [0, 1)")
+
+  def oneOf(name: String, values: String*): String => Boolean =
+    v => values.contains(v) || fail(name, s"'$v'",
+      "one of " + values.map(x => if (x.isEmpty) "'' (empty)" else s"'$x'").mkString(", "))
+
+  def nonEmpty(name: String): String => Boolean =
+    v => v.trim.nonEmpty || fail(name, "an empty string", "non-empty")
 }

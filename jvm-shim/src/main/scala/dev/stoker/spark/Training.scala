@@ -11,11 +11,13 @@ import org.apache.spark.sql.stoker.ArrowBatches
 import org.json4s._
 import org.slf4j.LoggerFactory
 
-/** What `fit` produced: the averaged state and how it got there. */
+/** What `fit` produced: the averaged state (the best round's, with early stopping) and
+ *  how it got there. */
 private[spark] final case class Trained(
     state: Array[Byte],
     modelBlob: Option[Array[Byte]],
-    history: Seq[RoundStats])
+    history: Seq[RoundStats],
+    summary: FitSummary)
 
 /**
  * The driver's round loop (docs/spark.md, How `fit` works): broadcast the state,
@@ -29,8 +31,9 @@ private[spark] final class Training(params: StokerEstimator, dataset: Dataset[_]
   private val spark: SparkSession = dataset.sparkSession
   private val sc = spark.sparkContext
 
-  /** The columns sent to the server and the job every task shares. */
-  private def plan(): (DataFrame, TrainJob) = {
+  /** The columns sent to the server (training rows, then validation rows if any) and
+   *  the job every task shares. */
+  private def plan(): (DataFrame, Option[DataFrame], TrainJob) = {
     val (featureColumns, featureNames) = Features.columns(dataset.schema,
       params.getFeatureCols, params.getFeaturesCol)
     val label = Features.label(dataset.schema, params.getLabelCol)
@@ -38,7 +41,8 @@ private[spark] final class Training(params: StokerEstimator, dataset: Dataset[_]
       throw new InvalidInputException(
         s"column '${params.getLabelCol}' is both a feature and the label")
     }
-    val prepared = dataset.select(featureColumns :+ label: _*)
+    val columns = featureColumns :+ label
+    val (prepared, validation) = Training.split(params, dataset, featureNames, columns)
     val modelBlob = readModel()
     val name = s"spark-${params.uid}-${UUID.randomUUID().toString.take(8)}"
     val job = TrainJob(
@@ -51,17 +55,17 @@ private[spark] final class Training(params: StokerEstimator, dataset: Dataset[_]
       server = params.target,
       batchRows = Training.PutBatchRows,
       dataVersion = "1")
-    (prepared, job)
+    (prepared, validation, job)
   }
 
   def run(): Trained = {
-    val (prepared, job) = plan()
+    val (prepared, validation, job) = plan()
     // The fit's jobs run in a group (the caller's, or one of its own), so that a failed
     // fit can wait for the tasks its jobs left running before cleaning up after them.
     val callerGroup = Option(sc.getLocalProperty(Training.JobGroup))
     val group = callerGroup.getOrElse(s"stoker-fit-${job.name}")
     if (callerGroup.isEmpty) sc.setLocalProperty(Training.JobGroup, group)
-    try train(prepared, job)
+    try train(prepared, validation, job)
     catch {
       case e: Exception =>
         // A fit that fails or is cancelled leaves its job (cached partitions, the
@@ -78,11 +82,15 @@ private[spark] final class Training(params: StokerEstimator, dataset: Dataset[_]
     } finally if (callerGroup.isEmpty) sc.setLocalProperty(Training.JobGroup, null)
   }
 
-  private def train(prepared: DataFrame, job: TrainJob): Trained = {
+  private def train(prepared: DataFrame, validationRows: Option[DataFrame],
+      job: TrainJob): Trained = {
     // Planned once: every round reuses this RDD, so joins and shuffles upstream run
     // once and later rounds (which read no rows unless a server missed) reuse them.
     val data = TrainingData.of(prepared)
     val jobBroadcast = sc.broadcast(job)
+    val metric = Option(params.getEvalMetric).filter(_.nonEmpty).getOrElse("loss")
+    val validation = validationRows.map(v => new Validation(sc, TrainingData.of(v), jobBroadcast,
+      Training.validationSource(params), metric))
     val checkpoints = Option(params.getCheckpointDir).filter(_.nonEmpty)
       .map(dir => new Checkpoints(dir, sc.hadoopConfiguration))
     val resumed = checkpoints.flatMap(_.latest())
@@ -92,17 +100,30 @@ private[spark] final class Training(params: StokerEstimator, dataset: Dataset[_]
     resumed.foreach { case (r, _, _) =>
       log.info(s"stoker: resuming from the checkpoint of round $r in ${params.getCheckpointDir}")
     }
+    // Early stopping replays a resumed history, so a resumed fit stops where the
+    // uninterrupted one would, and returns the same best round.
+    val stopping = validation.map(_ => new EarlyStopping(metric,
+      Some(params.getEarlyStoppingRounds).filter(_ > 0), params.getEarlyStoppingMinDelta))
+    stopping.foreach(s => history.foreach(h => s.observe(h.round, h.validation)))
+    var best: Option[Array[Byte]] = for {
+      s <- stopping; r <- s.bestRound; c <- checkpoints; bytes <- c.state(r)
+    } yield bytes
+    var stopReason: Option[String] = stopping.flatMap(_.stopReason)
     val total = params.getRounds
     var hosts = Map.empty[Int, String]
     var empty = Set.empty[Int]
+    // The averaged state as tasks receive it: broadcast once for the round's
+    // validation and the next round's training.
+    var shared: Option[SharedState] = None
     Progress.start(params.uid, total, first)
     val description = sc.getLocalProperty("spark.job.description")
     try {
-      for (round <- first until total) {
+      var round = first
+      while (round < total && stopReason.isEmpty) {
         val started = System.nanoTime()
-        val broadcastState = state.map(s => sc.broadcast(broadcastable(s)))
+        if (shared.isEmpty) shared = state.map(s => SharedState.of(sc, broadcastable(s)))
         val last = round == total - 1
-        val rdd = new RoundRDD(data, jobBroadcast, broadcastState, round, last, hosts, empty)
+        val rdd = new RoundRDD(data, jobBroadcast, shared, round, last, hosts, empty)
         sc.setJobDescription(s"stoker fit: round ${round + 1} of $total")
         val depth = Training.forcedDepth(spark).getOrElse(Training.aggregationDepth(
           rdd.getNumPartitions, state.map(_.length.toLong),
@@ -117,7 +138,10 @@ private[spark] final class Training(params: StokerEstimator, dataset: Dataset[_]
             } else {
               rdd.treeAggregate(RoundSum.zero)(RoundSum.add, RoundSum.merge, depth)
             }
-          } finally broadcastState.foreach(_.destroy())
+          } finally {
+            shared.foreach(_.destroy())
+            shared = None
+          }
         sum.refused.foreach(r => throw r.exception)
         val total_sum = sum.sum.getOrElse(throw new InvalidInputException(
           "the training DataFrame has no rows (every partition is empty)"))
@@ -125,15 +149,26 @@ private[spark] final class Training(params: StokerEstimator, dataset: Dataset[_]
         state = Some(averaged)
         hosts = sum.hosts
         empty = sum.empty
+        val metrics = validation.map { v =>
+          sc.setJobDescription(s"stoker fit: validation of round ${round + 1} of $total")
+          shared = Some(SharedState.of(sc, broadcastable(averaged)))
+          v.run(shared.get, round, last)
+        }.getOrElse(scala.collection.immutable.ListMap.empty[String, Double])
         val seconds = (System.nanoTime() - started) / 1e9
         val stats = RoundStats(round, sum.loss, sum.lossFirst, sum.samples, sum.trained,
-          seconds, sum.slowestSeconds)
+          seconds, sum.slowestSeconds, metrics)
         history :+= stats
         checkpoints.foreach(_.save(round, averaged, history))
+        stopping.foreach { s =>
+          if (s.observe(round, metrics)) best = Some(averaged)
+          stopReason = s.stopReason
+        }
         Progress.update(params.uid, stats)
         log.info(s"stoker fit ${round + 1}/$total: $stats")
+        round += 1
       }
     } finally {
+      shared.foreach(_.destroy())
       sc.setJobDescription(description)
       Progress.finish(params.uid)
       jobBroadcast.destroy()
@@ -141,7 +176,20 @@ private[spark] final class Training(params: StokerEstimator, dataset: Dataset[_]
     val finalState = state.getOrElse(throw new StokerException(
       s"checkpoint directory ${params.getCheckpointDir} already holds all $total rounds " +
         "but no state"))
-    Trained(finalState, job.modelBlob, history)
+    // A fit that stopped early left its partitions on the servers (only a last round
+    // releases them).
+    if (stopReason.isDefined && history.lastOption.exists(_.round >= first)) {
+      Servers.onEveryServer(sc, job.server, "drop_job",
+        Envelope(JObject("name" -> JString(job.name))))
+    }
+    val returned = stopping.filter(_.stops).flatMap(_ => best).getOrElse(finalState)
+    val summary = stopping match {
+      case Some(s) => FitSummary(metric, s.bestRound.getOrElse(-1), s.bestValue, history.size,
+        stopReason.isDefined, stopReason.getOrElse(s"completed all $total rounds"))
+      case None => FitSummary.completed(history.size)
+    }
+    stopReason.foreach(r => log.info(s"stoker fit: $r"))
+    Trained(returned, job.modelBlob, history, summary)
   }
 
   /**
@@ -150,7 +198,7 @@ private[spark] final class Training(params: StokerEstimator, dataset: Dataset[_]
    * stay cached until evicted. Returns the rows sent: the data path of a first round.
    */
   def feed(): Long = {
-    val (prepared, job) = plan()
+    val (prepared, _, job) = plan()
     val jobBroadcast = sc.broadcast(job)
     try {
       val data = TrainingData.of(prepared)
@@ -164,9 +212,9 @@ private[spark] final class Training(params: StokerEstimator, dataset: Dataset[_]
   /** One partition state per non-empty partition after one round from `state` (no
    *  averaging): for inspecting what averaging combines. */
   def partitionStates(round: Int, state: Option[Array[Byte]]): Seq[Outcome.Trained] = {
-    val (prepared, job) = plan()
+    val (prepared, _, job) = plan()
     val jobBroadcast = sc.broadcast(job)
-    val stateBroadcast = state.map(sc.broadcast(_))
+    val stateBroadcast = state.map(SharedState.of(sc, _))
     val rdd = new RoundRDD(TrainingData.of(prepared), jobBroadcast, stateBroadcast,
       round, true, Map.empty, Set.empty)
     val outcomes =
@@ -205,7 +253,7 @@ private[spark] final class Training(params: StokerEstimator, dataset: Dataset[_]
       if (withSpec) params.modelSpecJson.map("spec" -> _) else None,
       Some("features" -> JArray(features.map(JString(_)).toList)),
       Some("label" -> JString(params.getLabelCol)),
-      Option(params.getLoss).filter(_.nonEmpty).map(l => "loss" -> JString(l)),
+      params.effectiveLoss.map(l => "loss" -> JString(l)),
       Some("optimizer" -> optimizer),
       // "auto" leaves the choice to the server (its --device, for auto-started servers
       // spark.stoker.server.device).
@@ -219,6 +267,76 @@ private[spark] final class Training(params: StokerEstimator, dataset: Dataset[_]
 }
 
 private[spark] object Training {
+  /**
+   * The training rows and the validation rows (if the params ask for them), each as
+   * `columns`: by `validationIndicatorCol` (true: validation; null counts as false) or a
+   * seeded random split of `validationFraction`. Checks what the params combine.
+   */
+  def split(params: StokerEstimator, dataset: Dataset[_], features: Seq[String],
+      columns: Seq[org.apache.spark.sql.Column]): (DataFrame, Option[DataFrame]) = {
+    import org.apache.spark.sql.functions.{coalesce, col, lit, not}
+    val indicator = Option(params.getValidationIndicatorCol).filter(_.nonEmpty)
+    val fraction = params.getValidationFraction
+    if (indicator.isDefined && fraction > 0) {
+      throw new InvalidInputException(
+        s"both validationIndicatorCol ('${indicator.get}') and validationFraction ($fraction) " +
+          "are set; set one of them")
+    }
+    if (indicator.isEmpty && fraction == 0) {
+      val asked = Seq(
+        params.isSet(params.earlyStoppingRounds) -> "earlyStoppingRounds",
+        params.getEvalMetric.nonEmpty -> "evalMetric").collect { case (true, name) => name }
+      if (asked.nonEmpty) {
+        throw new InvalidInputException(s"${asked.mkString(" and ")} need a validation set: " +
+          "set validationIndicatorCol (a boolean column) or validationFraction")
+      }
+    }
+    checkMetricFitsTask(params, dataset.schema)
+    indicator match {
+      case Some(name) =>
+        val field = dataset.schema.find(_.name == name).getOrElse(throw new InvalidInputException(
+          s"validationIndicatorCol '$name' is not a column; the columns are " +
+            dataset.schema.fieldNames.mkString(", ")))
+        if (field.dataType != org.apache.spark.sql.types.BooleanType) {
+          throw new InvalidInputException(s"validationIndicatorCol '$name' is of type " +
+            s"${field.dataType.simpleString}; it must be boolean (true marks a validation row)")
+        }
+        if (features.contains(name) || name == params.getLabelCol) {
+          throw new InvalidInputException(
+            s"validationIndicatorCol '$name' is also a feature or the label")
+        }
+        val isValidation = coalesce(col(name), lit(false))
+        (dataset.filter(not(isValidation)).select(columns: _*),
+          Some(dataset.filter(isValidation).select(columns: _*)))
+      case None if fraction > 0 =>
+        val parts = dataset.select(columns: _*)
+          .randomSplit(Array(1 - fraction, fraction), params.getSeed)
+        (parts(0), Some(parts(1)))
+      case None => (dataset.select(columns: _*), None)
+    }
+  }
+
+  /** What the validation rows are, for messages. */
+  def validationSource(params: StokerEstimator): String =
+    Option(params.getValidationIndicatorCol).filter(_.nonEmpty)
+      .map(c => s"validationIndicatorCol '$c' is true on no row")
+      .getOrElse(s"validationFraction ${params.getValidationFraction} of the rows")
+
+  /** A regression metric on a classifier or a classifier's on a regressor, caught before
+   *  training where the params tell the task (TorchScript models: after round 0). */
+  private def checkMetricFitsTask(params: StokerEstimator,
+      schema: org.apache.spark.sql.types.StructType): Unit = {
+    val metric = params.getEvalMetric
+    if (metric.isEmpty || metric == "loss") return
+    val classifier = params.classifier(schema)
+    val fits = if (classifier) Validation.ClassifierMetrics else Validation.RegressionMetrics
+    if (!fits.contains(metric)) {
+      val kind = if (classifier) "classifier" else "regression"
+      throw new InvalidInputException(s"evalMetric '$metric' does not apply to a $kind " +
+        s"model; its metrics are ${fits.mkString(", ")}")
+    }
+  }
+
   /** Rows per Arrow record batch when a partition is streamed to its server. */
   val PutBatchRows = 65536
 
