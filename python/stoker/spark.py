@@ -191,6 +191,9 @@ _PARAMS: dict[str, tuple[str, Any, Any]] = {
     # No default: unset means no early stopping (the JVM's param has none either).
     "earlyStoppingRounds": ("rounds without improvement before stopping", _I, None),
     "earlyStoppingMinDelta": ("smallest change that counts as an improvement", _F, 0.0),
+    "outerOptimizer": ("none (plain averaging) or nesterov (DiLoCo's outer step)", _S, "none"),
+    "outerLearningRate": ("outer optimizer step size", _F, 0.7),
+    "outerMomentum": ("outer optimizer momentum", _F, 0.9),
 }
 
 

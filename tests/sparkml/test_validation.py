@@ -217,3 +217,32 @@ def test_bad_validation_inputs_get_clear_errors(labelled):
         StokerEstimator().setValidationFraction(1.5)
     with pytest.raises(stoker.InvalidInputError, match=r"objective must be one of"):
         StokerEstimator(objective="ranking")
+
+
+def test_the_outer_optimizer_steps_from_the_rounds_change(labelled):
+    def fit(**kw):
+        return StokerEstimator(
+            featureCols=["x", "y"],
+            labelCol="label",
+            model=MLP,
+            learningRate=0.01,
+            batchSize=64,
+            localEpochs=2,
+            rounds=4,
+            seed=6,
+            validationIndicatorCol="is_val",
+            **kw,
+        ).fit(labelled)
+
+    plain = fit()
+    # Step size 1 without momentum is plain averaging, to the bit.
+    unit = fit(outerOptimizer="nesterov", outerLearningRate=1.0, outerMomentum=0.0)
+    assert unit.state == plain.state
+    nesterov = fit(outerOptimizer="nesterov")
+    assert nesterov.state != plain.state
+    # Round 0 has no input state on the driver to step from: it averages alike.
+    assert nesterov.history[0]["validation"] == plain.history[0]["validation"]
+    assert nesterov.history[1]["validation"] != plain.history[1]["validation"]
+    assert all(math.isfinite(h["validation"]["loss"]) for h in nesterov.history)
+    with pytest.raises(stoker.InvalidInputError, match="outerMomentum must be in"):
+        StokerEstimator(outerMomentum=1.0)

@@ -11,6 +11,7 @@ pub mod features;
 pub mod ipc;
 pub mod labels;
 mod numeric;
+pub mod outer;
 pub mod predictions;
 pub mod protocol;
 pub mod running_mean;

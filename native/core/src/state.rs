@@ -19,6 +19,9 @@ use crate::error::{Error, Result};
 pub const FORMAT: &str = "stoker.state.v1";
 /// Prefix of optimizer tensors.
 pub const OPTIMIZER_PREFIX: &str = "optimizer/";
+/// Metadata entry naming a state's buffer tensors (comma-separated): tensors
+/// that are neither parameters nor optimizer state (BatchNorm statistics).
+pub const BUFFERS_META: &str = "buffers";
 
 /// Element type of a state tensor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

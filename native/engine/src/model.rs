@@ -232,6 +232,16 @@ impl Model {
         extra.insert("loss".into(), self.loss.to_string());
         extra.insert("model".into(), self.source.clone());
         extra.insert("input_width".into(), self.input_width.to_string());
+        // Which tensors are buffers (BatchNorm statistics), not parameters: what
+        // the driver's outer optimizer must average, never extrapolate.
+        let buffers: Vec<String> = self
+            .network
+            .buffers()
+            .map(|b| b.into_iter().map(|(name, _)| name).collect())
+            .unwrap_or_default();
+        if !buffers.is_empty() {
+            extra.insert(stoker_core::state::BUFFERS_META.into(), buffers.join(","));
+        }
         StateMeta {
             model_id: self.model_id(),
             round,

@@ -425,6 +425,39 @@ pub extern "system" fn Java_dev_stoker_jni_NativeBridge_withSamples0<'caller>(
     .resolve::<ThrowStoker>()
 }
 
+/// `NativeBridge.outerStep0(byte[] previous, byte[] averaged, byte[] momentum
+/// (null before the first step), double lr, double momentumFactor)`: `{next
+/// state, new momentum}` (stoker_core::outer).
+#[unsafe(no_mangle)]
+pub extern "system" fn Java_dev_stoker_jni_NativeBridge_outerStep0<'caller>(
+    mut env: EnvUnowned<'caller>,
+    _class: JClass<'caller>,
+    previous: JByteArray<'caller>,
+    averaged: JByteArray<'caller>,
+    momentum: JByteArray<'caller>,
+    lr: jdouble,
+    mu: jdouble,
+) -> JObjectArray<'caller, JByteArray<'caller>> {
+    env.with_env(|env| -> BridgeResult<_> {
+        let previous = bytes(env, &previous, "previous state")?;
+        let averaged = bytes(env, &averaged, "averaged state")?;
+        let momentum = if momentum.is_null() {
+            None
+        } else {
+            Some(bytes(env, &momentum, "outer momentum")?)
+        };
+        let (next, momentum) =
+            stoker_core::outer::nesterov_step(&previous, &averaged, momentum.as_deref(), lr, mu)?;
+        let out = JObjectArray::<JByteArray>::new(env, 2, JByteArray::null())?;
+        let next = env.byte_array_from_slice(&next)?;
+        out.set_element(env, 0, &next)?;
+        let momentum = env.byte_array_from_slice(&momentum)?;
+        out.set_element(env, 1, &momentum)?;
+        Ok(out)
+    })
+    .resolve::<ThrowStoker>()
+}
+
 /// `NativeBridge.withoutOptimizer0(byte[] state)`: the state without its
 /// optimizer tensors (broadcast when optimizer state is not averaged).
 #[unsafe(no_mangle)]

@@ -89,6 +89,22 @@ public final class NativeBridge {
 
   private static native String evaluationMetrics0(String[] evaluations);
 
+  /**
+   * The outer optimizer's step (Nesterov momentum on the round's averaged change, as in
+   * DiLoCo): from the round's input state {@code previous} and the partitions' mean
+   * {@code averaged}, returns {@code {next state, new momentum}}; {@code momentum} is
+   * null before the first step. Parameters move; optimizer tensors and buffers keep
+   * their averages. lr 1 with momentum 0 is plain averaging.
+   */
+  public static byte[][] outerStep(byte[] previous, byte[] averaged, byte[] momentum,
+      double lr, double momentumFactor) {
+    NativeLoader.ensureLoaded();
+    return outerStep0(previous, averaged, momentum, lr, momentumFactor);
+  }
+
+  private static native byte[][] outerStep0(byte[] previous, byte[] averaged, byte[] momentum,
+      double lr, double momentumFactor);
+
   private static native String nativeVersion0();
 
   private static native byte[] average0(byte[][] states, double[] weights);

@@ -133,6 +133,16 @@ private[spark] final class Checkpoints(dir: String, conf: Configuration) {
     Some((last, Files.read(stateFile(last), conf), history))
   }
 
+  /** The outer optimizer's momentum as of the last saved round, if any. */
+  def momentum(): Option[Array[Byte]] =
+    Some(new Path(root, "outer-momentum.safetensors")).filter(Files.exists(_, conf))
+      .map(Files.read(_, conf))
+
+  /** Saves the outer optimizer's momentum; written before the round's state, so a
+   *  checkpointed round always has the momentum it produced. */
+  def saveMomentum(momentum: Array[Byte]): Unit =
+    Files.write(new Path(root, "outer-momentum.safetensors"), momentum, conf)
+
   /** The state saved after `round`, if it is there. */
   def state(round: Int): Option[Array[Byte]] =
     Some(stateFile(round)).filter(Files.exists(_, conf)).map(Files.read(_, conf))

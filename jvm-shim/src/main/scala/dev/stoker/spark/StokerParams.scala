@@ -107,6 +107,18 @@ trait StokerParams[Self <: StokerParams[Self]] extends Params { self: Self =>
       "set, and return the best round's model; unset: train every round",
     Valid.atLeast("earlyStoppingRounds", 1, " (leave it unset for no early stopping)"))
 
+  final val outerOptimizer: Param[String] = new Param[String](this, "outerOptimizer",
+    "how a round's partition states become the next state: 'none' (their weighted mean) " +
+      "or 'nesterov' (Nesterov momentum on the mean's change, as in DiLoCo)",
+    Valid.oneOf("outerOptimizer", "none", "nesterov"))
+
+  final val outerLearningRate: DoubleParam = new DoubleParam(this, "outerLearningRate",
+    "outer optimizer step size on the round's change (1 with momentum 0: plain averaging)",
+    Valid.above("outerLearningRate", 0.0))
+
+  final val outerMomentum: DoubleParam = new DoubleParam(this, "outerMomentum",
+    "outer optimizer momentum", Valid.fraction("outerMomentum"))
+
   final val earlyStoppingMinDelta: DoubleParam = new DoubleParam(this,
     "earlyStoppingMinDelta",
     "smallest change of evalMetric that counts as an improvement for early stopping",
@@ -137,7 +149,10 @@ trait StokerParams[Self <: StokerParams[Self]] extends Params { self: Self =>
     validationIndicatorCol -> "",
     validationFraction -> 0.0,
     evalMetric -> "",
-    earlyStoppingMinDelta -> 0.0)
+    earlyStoppingMinDelta -> 0.0,
+    outerOptimizer -> "none",
+    outerLearningRate -> 0.7,
+    outerMomentum -> 0.9)
 
   def getFeaturesCol: String = $(featuresCol)
   def getFeatureCols: Array[String] = $(featureCols)
@@ -166,6 +181,9 @@ trait StokerParams[Self <: StokerParams[Self]] extends Params { self: Self =>
   /** The patience, or 0 when early stopping is off (the param is unset). */
   def getEarlyStoppingRounds: Int = get(earlyStoppingRounds).getOrElse(0)
   def getEarlyStoppingMinDelta: Double = $(earlyStoppingMinDelta)
+  def getOuterOptimizer: String = $(outerOptimizer)
+  def getOuterLearningRate: Double = $(outerLearningRate)
+  def getOuterMomentum: Double = $(outerMomentum)
 
   def setFeaturesCol(value: String): Self = set(featuresCol, value)
   def setFeatureCols(value: Array[String]): Self = set(featureCols, value)
@@ -193,6 +211,9 @@ trait StokerParams[Self <: StokerParams[Self]] extends Params { self: Self =>
   def setEvalMetric(value: String): Self = set(evalMetric, value)
   def setEarlyStoppingRounds(value: Int): Self = set(earlyStoppingRounds, value)
   def setEarlyStoppingMinDelta(value: Double): Self = set(earlyStoppingMinDelta, value)
+  def setOuterOptimizer(value: String): Self = set(outerOptimizer, value)
+  def setOuterLearningRate(value: Double): Self = set(outerLearningRate, value)
+  def setOuterMomentum(value: Double): Self = set(outerMomentum, value)
 
   /**
    * The model param as a built-in spec (a JSON object), or None for a TorchScript path.

@@ -109,6 +109,8 @@ private[spark] final class Training(params: StokerEstimator, dataset: Dataset[_]
       s <- stopping; r <- s.bestRound; c <- checkpoints; bytes <- c.state(r)
     } yield bytes
     var stopReason: Option[String] = stopping.flatMap(_.stopReason)
+    val outer = params.getOuterOptimizer == "nesterov"
+    var momentum: Option[Array[Byte]] = if (outer) checkpoints.flatMap(_.momentum()) else None
     val total = params.getRounds
     var hosts = Map.empty[Int, String]
     var empty = Set.empty[Int]
@@ -145,7 +147,18 @@ private[spark] final class Training(params: StokerEstimator, dataset: Dataset[_]
         sum.refused.foreach(r => throw r.exception)
         val total_sum = sum.sum.getOrElse(throw new InvalidInputException(
           "the training DataFrame has no rows (every partition is empty)"))
-        val averaged = NativeBridge.withSamples(total_sum, sum.samples)
+        val mean = NativeBridge.withSamples(total_sum, sum.samples)
+        // The outer optimizer steps from the round's input state; round 0's (the
+        // servers' seeded initial weights) is not on the driver, so it starts at round 1.
+        val averaged = state match {
+          case Some(previous) if outer =>
+            val stepped = NativeBridge.outerStep(previous, mean, momentum.orNull,
+              params.getOuterLearningRate, params.getOuterMomentum)
+            momentum = Some(stepped(1))
+            checkpoints.foreach(_.saveMomentum(stepped(1)))
+            stepped(0)
+          case _ => mean
+        }
         state = Some(averaged)
         hosts = sum.hosts
         empty = sum.empty
