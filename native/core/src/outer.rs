@@ -36,7 +36,7 @@ pub fn nesterov_step(
     lr: f64,
     mu: f64,
 ) -> Result<(Vec<u8>, Vec<u8>)> {
-    if !(lr.is_finite() && lr > 0.0) || !(0.0..1.0).contains(&mu) {
+    if !(lr.is_finite() && lr > 0.0 && (0.0..1.0).contains(&mu)) {
         return Err(Error::invalid(format!(
             "outer learning rate must be positive and momentum in [0, 1); got {lr} and {mu}"
         )));
