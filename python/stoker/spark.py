@@ -194,6 +194,16 @@ _PARAMS: dict[str, tuple[str, Any, Any]] = {
     "outerOptimizer": ("none (plain averaging) or nesterov (DiLoCo's outer step)", _S, "none"),
     "outerLearningRate": ("outer optimizer step size", _F, 0.7),
     "outerMomentum": ("outer optimizer momentum", _F, 0.9),
+    "lrSchedule": ("constant, step or cosine, across rounds and their epochs", _S, "constant"),
+    "warmupRounds": ("rounds of linear warmup", _F, 0.0),
+    "lrStepRounds": ("step schedule: rounds between decays", _I, 1),
+    "lrGamma": ("step schedule: factor at each decay", _F, 0.5),
+    "minLearningRate": ("cosine schedule: rate at the end", _F, 0.0),
+    "classWeights": (
+        "training-loss weight per class (imbalanced labels)",
+        TypeConverters.toListFloat,
+        [],
+    ),
 }
 
 

@@ -246,3 +246,37 @@ def test_the_outer_optimizer_steps_from_the_rounds_change(labelled):
     assert all(math.isfinite(h["validation"]["loss"]) for h in nesterov.history)
     with pytest.raises(stoker.InvalidInputError, match="outerMomentum must be in"):
         StokerEstimator(outerMomentum=1.0)
+
+
+def test_a_cosine_schedule_and_class_weights(labelled):
+    base = {
+        "featureCols": ["x", "y"],
+        "labelCol": "label",
+        "model": MLP,
+        "learningRate": 0.02,
+        "batchSize": 64,
+        "rounds": 4,
+        "seed": 8,
+    }
+    model = StokerEstimator(
+        lrSchedule="cosine", warmupRounds=1.0, minLearningRate=0.002, **base
+    ).fit(labelled)
+    rates = [h["learning_rate"] for h in model.history]
+    # Warmup through round 0 (its last step is near the full rate), then down the
+    # cosine to the floor at the end.
+    assert 0.015 < rates[0] < 0.02, rates
+    assert rates[0] > rates[1] > rates[2] > rates[3], rates
+    assert rates[3] == pytest.approx(0.002, rel=0.05), rates
+    constant = StokerEstimator(**base).fit(labelled)
+    assert {h["learning_rate"] for h in constant.history} == {0.02}
+
+    # Weighting class 1 far above class 0 predicts class 1 more often.
+    def ones(m) -> int:
+        return m.transform(labelled).filter("prediction = 1").count()
+
+    weighted = StokerEstimator(classWeights=[0.05, 1.0], **base).fit(labelled)
+    assert ones(weighted) > ones(constant) + 50
+    with pytest.raises(stoker.InvalidInputError, match="3 class weights for a model with 2"):
+        StokerEstimator(classWeights=[1.0, 1.0, 1.0], **{**base, "rounds": 1}).fit(labelled)
+    with pytest.raises(stoker.InvalidInputError, match=r"lrGamma must be in \(0, 1\]"):
+        StokerEstimator(lrGamma=0.0)

@@ -130,6 +130,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         round,
         partition: 0,
         cancel: None,
+        class_weights: None,
     };
     let interactive = std::io::stderr().is_terminal();
     let quiet = a.quiet;

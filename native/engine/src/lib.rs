@@ -12,6 +12,7 @@ pub mod model;
 pub mod network;
 pub mod optim;
 mod rng;
+pub mod schedule;
 pub mod setup;
 pub mod spec;
 pub mod torch;

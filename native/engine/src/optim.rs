@@ -62,6 +62,8 @@ pub struct OptimizerConfig {
     pub beta2: f64,
     pub eps: f64,
     pub weight_decay: Option<f64>,
+    /// The learning rate's schedule across rounds (constant by default).
+    pub schedule: crate::schedule::Schedule,
 }
 
 impl Default for OptimizerConfig {
@@ -75,6 +77,7 @@ impl Default for OptimizerConfig {
             beta2: 0.999,
             eps: 1e-8,
             weight_decay: None,
+            schedule: Default::default(),
         }
     }
 }
@@ -109,7 +112,7 @@ impl OptimizerConfig {
         if self.nesterov && self.momentum == 0.0 {
             return Err(Error::invalid("nesterov needs a momentum > 0"));
         }
-        Ok(())
+        self.schedule.validate()
     }
 
     fn slots(&self) -> &'static [&'static str] {
@@ -129,6 +132,8 @@ pub struct Optimizer {
     step: i64,
     /// Room for a step's intermediates (see [`Optimizer::step`]).
     scratch: Option<Tensor>,
+    /// The schedule's factor of the learning rate for the next steps.
+    lr_scale: f64,
 }
 
 impl Optimizer {
@@ -149,7 +154,19 @@ impl Optimizer {
             slots,
             step: 0,
             scratch: None,
+            lr_scale: 1.0,
         })
+    }
+
+    /// Scales the learning rate of the steps that follow (the schedule's
+    /// factor at this point of training).
+    pub fn set_lr_scale(&mut self, scale: f64) {
+        self.lr_scale = scale;
+    }
+
+    /// The learning rate the next step uses.
+    pub fn learning_rate(&self) -> f64 {
+        self.config.lr * self.lr_scale
     }
 
     pub fn config(&self) -> &OptimizerConfig {
@@ -195,6 +212,7 @@ impl Optimizer {
         let _guard = tch::no_grad_guard();
         let scratch = self.scratch(params)?;
         let c = &self.config;
+        let lr = c.lr * self.lr_scale;
         let wd = c.weight_decay();
         let t = self.step as i32;
         for ((_, p), slots) in params.iter().zip(self.slots.iter_mut()) {
@@ -229,12 +247,12 @@ impl Optimizer {
                             }
                             None => g.shallow_clone(),
                         };
-                        let _ = direction.f_mul_scalar_out(&s, c.lr)?;
+                        let _ = direction.f_mul_scalar_out(&s, lr)?;
                         let _ = p.f_sub_(&s)?;
                     }
                     OptimizerKind::Adam | OptimizerKind::Adamw => {
                         if c.kind == OptimizerKind::Adamw && wd > 0.0 {
-                            let _ = p.f_mul_scalar_(1.0 - c.lr * wd)?;
+                            let _ = p.f_mul_scalar_(1.0 - lr * wd)?;
                         }
                         let (m, rest) = slots.split_at_mut(1);
                         let (m, v) = (&mut m[0], &mut rest[0]);
@@ -249,7 +267,7 @@ impl Optimizer {
                         let _ = s.f_div_scalar_(bc2.sqrt())?;
                         let _ = s.f_add_scalar_(c.eps)?;
                         let _ = m.f_div_out(&s, &s)?;
-                        let _ = s.f_mul_scalar_(c.lr / bc1)?;
+                        let _ = s.f_mul_scalar_(lr / bc1)?;
                         let _ = p.f_sub_(&s)?;
                     }
                 }

@@ -32,6 +32,9 @@ pub struct TrainOptions {
     /// Checked between steps: when set, training stops with an
     /// `unavailable` error (the caller went away).
     pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// Per-class weights of the training loss (imbalanced labels): one per
+    /// class of a classifier (two for a binary one), none for regression.
+    pub class_weights: Option<Vec<f64>>,
 }
 
 impl Default for TrainOptions {
@@ -45,6 +48,7 @@ impl Default for TrainOptions {
             round: 0,
             partition: 0,
             cancel: None,
+            class_weights: None,
         }
     }
 }
@@ -78,6 +82,8 @@ pub struct TrainReport {
     /// Rows in the dataset (the state's weight when averaging).
     pub samples: usize,
     pub seconds: f64,
+    /// The learning rate of the last step (the schedule's, at the round's end).
+    pub learning_rate: f64,
 }
 
 impl TrainReport {
@@ -173,6 +179,7 @@ impl Trainer {
             Rng::derive(opts.seed, &[opts.round, opts.partition, 0xd0]).next_u64() as i64,
         );
         let device = self.model.device();
+        let weights = self.class_weights(opts.class_weights.as_deref())?;
         let started = Instant::now();
         let mut steps = 0;
         let mut epochs = Vec::new();
@@ -180,6 +187,12 @@ impl Trainer {
             Some(s) => s.div_ceil(rows.div_ceil(opts.batch_size)).max(1),
             None => opts.epochs,
         };
+        // The schedule follows progress through the round (see schedule.rs).
+        let schedule = self.optimizer.config().schedule.clone();
+        let round_steps = opts
+            .max_steps
+            .unwrap_or(epoch_count * rows.div_ceil(opts.batch_size))
+            .max(1);
         for epoch in 0..epoch_count {
             let epoch_start = Instant::now();
             let order = if opts.shuffle {
@@ -215,7 +228,11 @@ impl Trainer {
                 }
                 let len = opts.batch_size.min(rows - start);
                 let (x, y) = batch(data, order.as_ref(), start, len)?;
-                let loss = self.step(&x, &y)?;
+                if !schedule.is_constant() {
+                    let t = opts.round as f64 + steps as f64 / round_steps as f64;
+                    self.optimizer.set_lr_scale(schedule.factor(t));
+                }
+                let loss = self.step(&x, &y, weights.as_ref())?;
                 loss_sum = loss_sum
                     .f_add(
                         &loss
@@ -256,13 +273,45 @@ impl Trainer {
             steps,
             samples: rows,
             seconds: started.elapsed().as_secs_f64(),
+            learning_rate: self.optimizer.learning_rate(),
         })
     }
 
+    /// The class weights as a device tensor, checked against the task.
+    fn class_weights(&self, weights: Option<&[f64]>) -> Result<Option<Tensor>> {
+        let Some(w) = weights else { return Ok(None) };
+        let task = self.model.task();
+        if !task.is_classifier() {
+            return Err(Error::invalid(
+                "class weights apply to classifiers; this model is a regression",
+            ));
+        }
+        if w.len() != task.classes() {
+            return Err(Error::invalid(format!(
+                "{} class weights for a model with {} classes",
+                w.len(),
+                task.classes()
+            )));
+        }
+        if w.iter().any(|v| !(v.is_finite() && *v >= 0.0)) || w.iter().all(|v| *v == 0.0) {
+            return Err(Error::invalid(format!(
+                "class weights must be non-negative and not all zero, got {w:?}"
+            )));
+        }
+        let w: Vec<f32> = w.iter().map(|&v| v as f32).collect();
+        Tensor::f_from_slice(&w)
+            .and_then(|t| t.f_to_device(self.model.device()))
+            .map(Some)
+            .map_err(internal("class weights"))
+    }
+
     /// One optimizer step on a batch; returns the batch's mean loss.
-    fn step(&mut self, x: &Tensor, y: &Tensor) -> Result<Tensor> {
+    fn step(&mut self, x: &Tensor, y: &Tensor, weights: Option<&Tensor>) -> Result<Tensor> {
         let out = self.model.logits(x, true)?;
-        let loss = loss(self.model.loss(), self.model.task(), &out, y)?;
+        let loss = match weights {
+            Some(w) => weighted_loss(self.model.loss(), &out, y, w)?,
+            None => loss(self.model.loss(), self.model.task(), &out, y)?,
+        };
         let params = self.model.network().parameters();
         self.optimizer.zero_grad(params)?;
         loss.f_backward().map_err(internal("backward"))?;
@@ -290,6 +339,31 @@ fn batch(
             .and_then(|x| Ok((x, data.labels.f_narrow(0, start as i64, len as i64)?))),
     };
     r.map_err(internal("selecting a batch"))
+}
+
+/// The loss of a batch with per-class weights: cross-entropy's weighted mean
+/// (PyTorch's `weight=`, normalised by the rows' weights), or for binary
+/// cross-entropy each row weighted by its class's weight, normalised alike.
+fn weighted_loss(loss: Loss, out: &Tensor, y: &Tensor, weights: &Tensor) -> Result<Tensor> {
+    let r = match loss {
+        Loss::CrossEntropy => {
+            out.f_cross_entropy_loss::<&Tensor>(y, Some(weights), Reduction::Mean, -100, 0.0)
+        }
+        Loss::BinaryCrossEntropy => (|| {
+            let rows = weights.f_index_select(0, &y.f_to_kind(Kind::Int64)?)?;
+            let per_row = out
+                .f_view([-1])?
+                .f_binary_cross_entropy_with_logits::<&Tensor>(
+                    y,
+                    Some(&rows),
+                    None,
+                    Reduction::Sum,
+                )?;
+            per_row.f_div(&rows.f_sum(Kind::Float)?)
+        })(),
+        Loss::Mse => return Err(Error::invalid("class weights apply to classifiers")),
+    };
+    r.map_err(internal(format!("computing weighted {loss} loss")))
 }
 
 /// The mean loss of a batch. `out` is `[rows, outputs]`.

@@ -268,6 +268,73 @@ fn evaluation_scores_what_predict_returns_and_the_training_loss() {
 }
 
 #[test]
+fn a_schedule_sets_each_steps_rate_and_class_weights_tilt_the_classes() {
+    use stoker_engine::schedule::{Schedule, ScheduleKind};
+    let train = rings(1000, 21);
+    let cosine = |total: f64| OptimizerConfig {
+        lr: 0.01,
+        schedule: Schedule {
+            kind: ScheduleKind::Cosine,
+            total_rounds: total,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let model = Model::build(&mlp(0.0), Loss::CrossEntropy, 4, Device::Cpu, 5).unwrap();
+    let mut t = Trainer::new(model, cosine(2.0)).unwrap();
+    let data = dataset(&train, t.model().task());
+    let mut opts = options(2, 5);
+    let first = t.train(&data, &opts, &mut |_| {}).unwrap();
+    // Round 0 of 2 ends just before the cosine's midpoint: a little over half the rate.
+    assert!(
+        first.learning_rate > 0.005 && first.learning_rate < 0.0055,
+        "{first:?}"
+    );
+    opts.round = 1;
+    let second = t.train(&data, &opts, &mut |_| {}).unwrap();
+    assert!(second.learning_rate < 0.0001, "{second:?}");
+    let mut constant = trainer(&mlp(0.0), 5);
+    assert_eq!(
+        constant
+            .train(&data, &options(1, 5), &mut |_| {})
+            .unwrap()
+            .learning_rate,
+        0.01
+    );
+
+    // Weighting class 1 a hundred times class 0 makes the model call class 1 more.
+    let ones = |weights: Option<Vec<f64>>| {
+        let mut t = trainer(&mlp(0.0), 5);
+        let opts = TrainOptions {
+            class_weights: weights,
+            ..options(1, 5)
+        };
+        t.train(&data, &opts, &mut |_| {}).unwrap();
+        let layout = FeatureLayout::resolve(&train.schema(), &features(), Some(&train)).unwrap();
+        let out = t
+            .model_mut()
+            .predict_batches(std::slice::from_ref(&train), &layout, 0)
+            .unwrap();
+        out.prediction()
+            .values()
+            .iter()
+            .filter(|&&p| p == 1.0)
+            .count()
+    };
+    assert!(ones(Some(vec![0.01, 1.0])) > ones(None) + 100);
+    let mut t = trainer(&mlp(0.0), 5);
+    let opts = TrainOptions {
+        class_weights: Some(vec![1.0, 2.0, 3.0]),
+        ..options(1, 5)
+    };
+    let e = t.train(&data, &opts, &mut |_| {}).unwrap_err().to_string();
+    assert!(
+        e.contains("3 class weights for a model with 2 classes"),
+        "{e}"
+    );
+}
+
+#[test]
 fn regression_and_binary_models_train() {
     let mut r = Lcg(5);
     let x: Vec<f32> = (0..2000).map(|_| r.normal()).collect();

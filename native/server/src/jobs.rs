@@ -35,6 +35,7 @@ pub struct Job {
     /// setup `stoker train` uses).
     setup: Setup,
     batch_size: usize,
+    class_weights: Option<Vec<f64>>,
     /// Fixed by the first partition: the feature layout and the loss.
     resolved: Mutex<Option<Fixed>>,
     /// Trainers between rounds, reused by the next `train_round` that loads a
@@ -123,6 +124,7 @@ impl Job {
                 )),
             },
             batch_size: req.batch_size,
+            class_weights: req.class_weights,
             resolved: Mutex::new(None),
             idle: Mutex::new(Vec::new()),
             round_input: Mutex::new(None),
@@ -206,6 +208,7 @@ impl Job {
             round: req.round,
             partition: req.partition as u64,
             cancel: Some(cancel),
+            class_weights: self.class_weights.clone(),
         };
         *lock(&partition.last_used) = Instant::now();
         let data = lock(&partition.data);
@@ -224,6 +227,7 @@ impl Job {
             loss_first: report.epochs.first().map(|e| e.loss).unwrap_or(f64::NAN),
             loss_last: report.final_loss(),
             seconds: report.seconds,
+            learning_rate: Some(report.learning_rate),
             needs_state: false,
         };
         Ok((result, state))

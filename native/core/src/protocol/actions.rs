@@ -124,6 +124,10 @@ pub struct CreateJob {
     pub seed: u64,
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
+    /// Per-class weights of the training loss (one per class; two for a
+    /// binary model), for imbalanced labels. Validation is unweighted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_weights: Option<Vec<f64>>,
     /// When a job of this name exists, keep it (and its partitions) instead
     /// of replacing it: what each Spark task sends, so tasks sharing a
     /// server never drop each other's partitions.
@@ -184,6 +188,10 @@ pub struct TrainRoundResult {
     #[serde(deserialize_with = "nan_if_null")]
     pub loss_last: f64,
     pub seconds: f64,
+    /// The learning rate of the round's last step (where the schedule ended
+    /// the round).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learning_rate: Option<f64>,
     /// The request named a `state_id` this server does not hold and sent no
     /// state: nothing was trained; send the state and ask again.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -206,6 +214,7 @@ impl TrainRoundResult {
             loss_first: 0.0,
             loss_last: 0.0,
             seconds: 0.0,
+            learning_rate: None,
             needs_state: true,
         }
     }

@@ -20,6 +20,7 @@ import org.json4s.jackson.JsonMethods
  * @param partitions   partitions that trained
  * @param seconds      wall time of the round on the driver (training and averaging)
  * @param trainSeconds the slowest partition's training time
+ * @param learningRate the learning rate at the round's end (where its schedule left it)
  * @param validation   the averaged state's metrics on the validation set (empty without
  *                     one): loss and, by task, rmse/mse/mae/r2 or logloss/accuracy/auc
  */
@@ -31,7 +32,8 @@ final case class RoundStats(
     partitions: Int,
     seconds: Double,
     trainSeconds: Double,
-    validation: ListMap[String, Double] = ListMap.empty) {
+    validation: ListMap[String, Double] = ListMap.empty,
+    learningRate: Double = Double.NaN) {
 
   /** The validation metrics (Java). */
   def getValidation: java.util.Map[String, java.lang.Double] =
@@ -61,6 +63,7 @@ object RoundStats {
         "partitions" -> JInt(r.partitions),
         "seconds" -> JDouble(r.seconds),
         "train_seconds" -> JDouble(r.trainSeconds),
+        "learning_rate" -> (if (r.learningRate.isNaN) JNothing else JDouble(r.learningRate)),
         "validation" -> (if (r.validation.isEmpty) JNothing else JObject(r.validation.toList
           .map { case (k, v) => k -> (if (v.isNaN) JNull else JDouble(v)) })))
     }.toList)))
@@ -75,7 +78,7 @@ object RoundStats {
         }
         RoundStats(num(o \ "round").toInt, num(o \ "loss"), num(o \ "loss_first"),
           num(o \ "samples").toLong, num(o \ "partitions").toInt, num(o \ "seconds"),
-          num(o \ "train_seconds"), validation)
+          num(o \ "train_seconds"), validation, num(o \ "learning_rate"))
       }
       case other => throw new IllegalStateException(s"history is not a JSON array: $other")
     }

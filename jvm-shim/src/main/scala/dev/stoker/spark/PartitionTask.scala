@@ -39,7 +39,8 @@ private[spark] object Outcome {
       lossLast: Double,
       seconds: Double,
       host: String,
-      state: Array[Byte]) extends Outcome
+      state: Array[Byte],
+      learningRate: Double = Double.NaN) extends Outcome
 
   /** The partition has no rows; it takes no part in training. */
   final case class Empty(partition: Int) extends Outcome
@@ -225,6 +226,7 @@ private[spark] object PartitionTask {
       lossLast = num("loss_last"),
       seconds = num("seconds"),
       host = executorHost,
+      learningRate = num("learning_rate"),
       state = result.blob("state").getOrElse(
         throw new StokerException(s"train_round of partition $partition returned no state"))))
   }

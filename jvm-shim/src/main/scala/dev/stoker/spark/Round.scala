@@ -100,7 +100,8 @@ private[spark] final case class RoundSum(
     hosts: Map[Int, String],
     empty: Set[Int],
     refused: Option[Outcome.Refused],
-    slowestSeconds: Double) {
+    slowestSeconds: Double,
+    learningRate: Double = Double.NaN) {
 
   /** Sample-weighted mean of the partitions' last-epoch losses. */
   def loss: Double = if (samples > 0) lossSum / samples else Double.NaN
@@ -146,7 +147,8 @@ private[spark] object RoundSum {
         hosts = Map(t.partition -> t.host),
         empty = Set.empty,
         refused = None,
-        slowestSeconds = t.seconds))
+        slowestSeconds = t.seconds,
+        learningRate = t.learningRate))
     case e: Outcome.Empty => acc.copy(empty = acc.empty + e.partition)
     case r: Outcome.Refused => acc.copy(refused = acc.refused.orElse(Some(r)))
     case e: Outcome.Evaluated =>
@@ -171,5 +173,7 @@ private[spark] object RoundSum {
     hosts = a.hosts ++ b.hosts,
     empty = a.empty ++ b.empty,
     refused = a.refused.orElse(b.refused),
-    slowestSeconds = math.max(a.slowestSeconds, b.slowestSeconds))
+    slowestSeconds = math.max(a.slowestSeconds, b.slowestSeconds),
+    // Every partition of a round ends it at the same rate (schedule.rs).
+    learningRate = if (a.learningRate.isNaN) b.learningRate else a.learningRate)
 }

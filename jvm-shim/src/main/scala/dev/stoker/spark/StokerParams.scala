@@ -107,6 +107,33 @@ trait StokerParams[Self <: StokerParams[Self]] extends Params { self: Self =>
       "set, and return the best round's model; unset: train every round",
     Valid.atLeast("earlyStoppingRounds", 1, " (leave it unset for no early stopping)"))
 
+  final val lrSchedule: Param[String] = new Param[String](this, "lrSchedule",
+    "learning-rate schedule over the fit's rounds, followed within each round's local " +
+      "epochs: constant, step (times lrGamma every lrStepRounds rounds) or cosine (down to " +
+      "minLearningRate at the last round)",
+    Valid.oneOf("lrSchedule", "constant", "step", "cosine"))
+
+  final val warmupRounds: DoubleParam = new DoubleParam(this, "warmupRounds",
+    "rounds (fractions allowed) of linear warmup from a tenth of the rate, before the schedule",
+    Valid.atLeast("warmupRounds", 0.0))
+
+  final val lrStepRounds: IntParam = new IntParam(this, "lrStepRounds",
+    "step schedule: rounds between decays", Valid.atLeast("lrStepRounds", 1))
+
+  final val lrGamma: DoubleParam = new DoubleParam(this, "lrGamma",
+    "step schedule: the factor at each decay, in (0, 1]",
+    (v: Double) => (v > 0 && v <= 1) || Valid.failed("lrGamma", v, "in (0, 1]"))
+
+  final val minLearningRate: DoubleParam = new DoubleParam(this, "minLearningRate",
+    "cosine schedule: the learning rate at the end (at most learningRate)",
+    Valid.atLeast("minLearningRate", 0.0))
+
+  final val classWeights: DoubleArrayParam = new DoubleArrayParam(this, "classWeights",
+    "training-loss weight of each class (index = class label; two for a binary model), " +
+      "for imbalanced labels; empty: equal. Validation metrics are unweighted",
+    (w: Array[Double]) => w.forall(v => v >= 0 && !v.isNaN && !v.isInfinite) ||
+      Valid.failed("classWeights", w.mkString("[", ", ", "]"), "non-negative numbers"))
+
   final val outerOptimizer: Param[String] = new Param[String](this, "outerOptimizer",
     "how a round's partition states become the next state: 'none' (their weighted mean) " +
       "or 'nesterov' (Nesterov momentum on the mean's change, as in DiLoCo)",
@@ -152,7 +179,13 @@ trait StokerParams[Self <: StokerParams[Self]] extends Params { self: Self =>
     earlyStoppingMinDelta -> 0.0,
     outerOptimizer -> "none",
     outerLearningRate -> 0.7,
-    outerMomentum -> 0.9)
+    outerMomentum -> 0.9,
+    lrSchedule -> "constant",
+    warmupRounds -> 0.0,
+    lrStepRounds -> 1,
+    lrGamma -> 0.5,
+    minLearningRate -> 0.0,
+    classWeights -> Array.empty[Double])
 
   def getFeaturesCol: String = $(featuresCol)
   def getFeatureCols: Array[String] = $(featureCols)
@@ -184,6 +217,12 @@ trait StokerParams[Self <: StokerParams[Self]] extends Params { self: Self =>
   def getOuterOptimizer: String = $(outerOptimizer)
   def getOuterLearningRate: Double = $(outerLearningRate)
   def getOuterMomentum: Double = $(outerMomentum)
+  def getLrSchedule: String = $(lrSchedule)
+  def getWarmupRounds: Double = $(warmupRounds)
+  def getLrStepRounds: Int = $(lrStepRounds)
+  def getLrGamma: Double = $(lrGamma)
+  def getMinLearningRate: Double = $(minLearningRate)
+  def getClassWeights: Array[Double] = $(classWeights)
 
   def setFeaturesCol(value: String): Self = set(featuresCol, value)
   def setFeatureCols(value: Array[String]): Self = set(featureCols, value)
@@ -214,6 +253,12 @@ trait StokerParams[Self <: StokerParams[Self]] extends Params { self: Self =>
   def setOuterOptimizer(value: String): Self = set(outerOptimizer, value)
   def setOuterLearningRate(value: Double): Self = set(outerLearningRate, value)
   def setOuterMomentum(value: Double): Self = set(outerMomentum, value)
+  def setLrSchedule(value: String): Self = set(lrSchedule, value)
+  def setWarmupRounds(value: Double): Self = set(warmupRounds, value)
+  def setLrStepRounds(value: Int): Self = set(lrStepRounds, value)
+  def setLrGamma(value: Double): Self = set(lrGamma, value)
+  def setMinLearningRate(value: Double): Self = set(minLearningRate, value)
+  def setClassWeights(value: Array[Double]): Self = set(classWeights, value)
 
   /**
    * The model param as a built-in spec (a JSON object), or None for a TorchScript path.
@@ -280,8 +325,10 @@ trait StokerParams[Self <: StokerParams[Self]] extends Params { self: Self =>
  * fails where it was written, not at `fit`.
  */
 private[spark] object Valid {
-  private def fail(name: String, value: Any, valid: String): Boolean =
+  def failed(name: String, value: Any, valid: String): Boolean =
     throw new dev.stoker.InvalidInputException(s"$name must be $valid; got $value")
+
+  private def fail(name: String, value: Any, valid: String): Boolean = failed(name, value, valid)
 
   def atLeast(name: String, min: Int, hint: String = ""): Int => Boolean =
     v => v >= min || fail(name, v, s"at least $min$hint")

@@ -169,7 +169,7 @@ private[spark] final class Training(params: StokerEstimator, dataset: Dataset[_]
         }.getOrElse(scala.collection.immutable.ListMap.empty[String, Double])
         val seconds = (System.nanoTime() - started) / 1e9
         val stats = RoundStats(round, sum.loss, sum.lossFirst, sum.samples, sum.trained,
-          seconds, sum.slowestSeconds, metrics)
+          seconds, sum.slowestSeconds, metrics, sum.learningRate)
         history :+= stats
         checkpoints.foreach(_.save(round, averaged, history))
         stopping.foreach { s =>
@@ -255,12 +255,29 @@ private[spark] final class Training(params: StokerEstimator, dataset: Dataset[_]
     Some(Files.read(path, sc.hadoopConfiguration))
   }
 
+  /** The engine's schedule (native/engine/src/schedule.rs) for the params; None: a
+   *  constant rate. */
+  private def schedule: Option[JObject] = {
+    if (params.getLrSchedule == "constant" && params.getWarmupRounds == 0) return None
+    if (params.getMinLearningRate > params.getLearningRate) {
+      throw new InvalidInputException(s"minLearningRate (${params.getMinLearningRate}) is " +
+        s"above learningRate (${params.getLearningRate})")
+    }
+    Some(JObject(
+      "kind" -> JString(params.getLrSchedule),
+      "total_rounds" -> JDouble(params.getRounds.toDouble),
+      "warmup_rounds" -> JDouble(params.getWarmupRounds),
+      "step_rounds" -> JDouble(params.getLrStepRounds.toDouble),
+      "gamma" -> JDouble(params.getLrGamma),
+      "min_factor" -> JDouble(params.getMinLearningRate / params.getLearningRate)))
+  }
+
   private def createJobBody(name: String, features: Seq[String], withSpec: Boolean): JObject = {
-    val optimizer = JObject(
+    val optimizer = JObject(List(
       "name" -> JString(params.getOptimizer),
       "lr" -> JDouble(params.getLearningRate),
       "momentum" -> JDouble(params.getMomentum),
-      "weight_decay" -> JDouble(params.getWeightDecay))
+      "weight_decay" -> JDouble(params.getWeightDecay)) ++ schedule.map("schedule" -> _))
     val fields = List[Option[(String, JValue)]](
       Some("job" -> JString(name)),
       if (withSpec) params.modelSpecJson.map("spec" -> _) else None,
@@ -274,6 +291,8 @@ private[spark] final class Training(params: StokerEstimator, dataset: Dataset[_]
         .map(d => "device" -> JString(d)),
       Some("seed" -> JInt(BigInt(params.getSeed))),
       Some("batch_size" -> JInt(params.getBatchSize)),
+      Some(params.getClassWeights).filter(_.nonEmpty)
+        .map(w => "class_weights" -> JArray(w.map(JDouble(_)).toList)),
       Some("keep_existing" -> JBool(true)))
     JObject(fields.flatten)
   }
