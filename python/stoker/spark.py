@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 import types
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +29,7 @@ from pyspark.ml.util import JavaMLReadable, JavaMLReader, JavaMLWritable
 from pyspark.ml.wrapper import JavaEstimator, JavaModel
 from pyspark.sql import SparkSession
 
-from stoker import _native
+from stoker import _native, tracking
 from stoker.server import find_binary
 
 if TYPE_CHECKING:  # typing.Self is Python 3.11+; annotations are not evaluated
@@ -80,6 +80,13 @@ def _ca_cert_setting(ca_cert: str | os.PathLike | bytes) -> str:
     if isinstance(ca_cert, str):
         return ca_cert
     raise TypeError(f"ca_cert must be PEM text, a path or a URI; got {type(ca_cert).__name__}")
+
+
+def autolog(*, log_models: bool = True, disable: bool = False) -> None:
+    """Logs every later `StokerEstimator.fit` to MLflow's active run (or a run of its
+    own): params, per-round metrics as rounds finish, the summary, the history plot
+    and the model (state + spec, and TorchScript). See stoker/tracking.py."""
+    tracking.autolog(log_models=log_models, disable=disable)
 
 
 def configure(
@@ -320,8 +327,29 @@ class StokerEstimator(JavaEstimator, _StokerParams, _Readable, JavaMLWritable):
             return self._java_obj.feed(dataset._jdf)
 
     def _fit_java(self, dataset: Any) -> Any:
-        with _ProgressBar(self.uid, self.getOrDefault(self.rounds)), _stoker_errors():
+        on_round = getattr(self, "_on_round", None)
+        with (
+            _ProgressBar(self.uid, self.getOrDefault(self.rounds), on_round=on_round),
+            _stoker_errors(),
+        ):
             return super()._fit_java(dataset)
+
+    def _fit(self, dataset: Any) -> StokerModel:
+        # With stoker.spark.autolog() on, the fit logs to MLflow (stoker/tracking.py):
+        # rounds as the progress poller sees them, the rest once the model is back.
+        if not tracking.enabled():
+            return super()._fit(dataset)
+        log = tracking.FitLog(self)
+        self._on_round = log.round
+        try:
+            model = super()._fit(dataset)
+        except BaseException:
+            log.close(failed=True)
+            raise
+        finally:
+            self._on_round = None
+        log.finish(model)
+        return model
 
 
 class StokerModel(JavaModel, _StokerParams, _Readable, JavaMLWritable):
@@ -488,16 +516,24 @@ def _stoker_errors() -> Iterator[None]:
 class _ProgressBar:
     """Polls the driver JVM's Progress for this fit and draws one line on stderr."""
 
-    def __init__(self, uid: str, total: int, interval: float = 0.5) -> None:
+    def __init__(
+        self,
+        uid: str,
+        total: int,
+        interval: float = 0.5,
+        on_round: Callable[[dict], None] | None = None,
+    ) -> None:
         forced = os.environ.get("STOKER_PROGRESS")
         self.enabled = sys.stderr.isatty() if forced is None else forced not in ("0", "")
         self.uid, self.total, self.interval = uid, total, interval
+        # Called with each finished round's statistics the poll sees (MLflow autolog).
+        self.on_round = on_round
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._started = time.monotonic()
 
     def __enter__(self) -> Self:
-        if self.enabled:
+        if self.enabled or self.on_round is not None:
             self._thread = threading.Thread(target=self._run, daemon=True, name="stoker-progress")
             self._thread.start()
         return self
@@ -506,7 +542,8 @@ class _ProgressBar:
         if self._thread is not None:
             self._stop.set()
             self._thread.join()
-            self._draw(final=True)
+            if self.enabled:
+                self._draw(final=True)
 
     def _snapshot(self) -> dict | None:
         from pyspark import SparkContext
@@ -519,10 +556,16 @@ class _ProgressBar:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self._draw()
+            snap = self._snapshot()
+            if self.on_round is not None and snap and snap.get("last"):
+                with contextlib.suppress(Exception):
+                    self.on_round(snap["last"])
+            if self.enabled:
+                self._draw(snap)
 
-    def _draw(self, final: bool = False) -> None:
-        snap = self._snapshot()
+    def _draw(self, snap: dict | None = None, final: bool = False) -> None:
+        if snap is None:
+            snap = self._snapshot()
         done = snap["done"] if snap else 0
         total = snap["total"] if snap else self.total
         width = 24
