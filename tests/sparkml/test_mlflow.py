@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -68,7 +69,7 @@ def test_autolog_logs_params_rounds_summary_plot_and_model(spark, tracking, tmp_
     assert files == {"model/state.safetensors", "model/model.json", "model/model.pt"}
     # The logged TorchScript archive predicts what transform predicts.
     local = tracking.download_artifacts(run_id, "model", str(tmp_path / "dl"))
-    net = torch.jit.load(io.BytesIO(open(f"{local}/model.pt", "rb").read()))
+    net = torch.jit.load(io.BytesIO(Path(local, "model.pt").read_bytes()))
     rows = data.orderBy("id").limit(20).collect()
     x = torch.tensor([[r.x, r.y] for r in rows], dtype=torch.float32)
     ours = torch.softmax(net(x), dim=1)[:, 1].detach().numpy()
@@ -77,7 +78,7 @@ def test_autolog_logs_params_rounds_summary_plot_and_model(spark, tracking, tmp_
         for r in model.transform(data.orderBy("id").limit(20)).select("probability").collect()
     ]
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
-    assert json.loads(open(f"{local}/model.json").read())["hidden"] == [16, 16]
+    assert json.loads(Path(local, "model.json").read_text())["hidden"] == [16, 16]
 
     # Without an active run the fit opens and closes one of its own.
     before = len(tracking.search_runs([run.info.experiment_id]))
