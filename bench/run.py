@@ -29,6 +29,7 @@ MODULES = {
     5: "bench.b5_end_to_end",
     6: "bench.b6_averaging",
     7: "bench.b7_models",
+    8: "bench.b8_target",
 }
 RESULTS = ROOT / "bench" / "results"
 

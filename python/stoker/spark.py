@@ -572,6 +572,11 @@ class _ProgressBar:
         filled = int(width * done / max(total, 1))
         line = f"stoker fit [{'#' * filled}{'.' * (width - filled)}] round {done}/{total}"
         last = (snap or {}).get("last")
+        phase = (snap or {}).get("phase")
+        if phase and not final and (snap or {}).get("running"):
+            # What the fit waits for now: the first round's wait (servers starting,
+            # partitions streaming) says so instead of looking stuck.
+            line += f"  [{phase}]"
         if last:
             rate = last["samples"] / last["seconds"] if last["seconds"] > 0 else 0.0
             line += f"  loss {last['loss']:.4f}"

@@ -60,6 +60,7 @@ private[spark] final class Training(params: StokerEstimator, dataset: Dataset[_]
 
   def run(): Trained = {
     val (prepared, validation, job) = plan()
+    Training.startLocalServer(job.server)
     // The fit's jobs run in a group (the caller's, or one of its own), so that a failed
     // fit can wait for the tasks its jobs left running before cleaning up after them.
     val callerGroup = Option(sc.getLocalProperty(Training.JobGroup))
@@ -127,6 +128,9 @@ private[spark] final class Training(params: StokerEstimator, dataset: Dataset[_]
         val last = round == total - 1
         val rdd = new RoundRDD(data, jobBroadcast, shared, round, last, hosts, empty)
         sc.setJobDescription(s"stoker fit: round ${round + 1} of $total")
+        Progress.phase(params.uid, if (round == first) {
+          s"round ${round + 1}: starting node servers, sending partitions"
+        } else s"round ${round + 1}")
         val depth = Training.forcedDepth(spark).getOrElse(Training.aggregationDepth(
           rdd.getNumPartitions, state.map(_.length.toLong),
           sc.getConf.getSizeAsBytes("spark.driver.maxResultSize", "1g")))
@@ -164,6 +168,7 @@ private[spark] final class Training(params: StokerEstimator, dataset: Dataset[_]
         empty = sum.empty
         val metrics = validation.map { v =>
           sc.setJobDescription(s"stoker fit: validation of round ${round + 1} of $total")
+          Progress.phase(params.uid, s"validation of round ${round + 1}")
           shared = Some(SharedState.of(sc, broadcastable(averaged)))
           v.run(shared.get, round, last)
         }.getOrElse(scala.collection.immutable.ListMap.empty[String, Double])
@@ -300,6 +305,28 @@ private[spark] final class Training(params: StokerEstimator, dataset: Dataset[_]
 
 private[spark] object Training {
   /**
+   * Starts this node's auto-started server (when `target` names none) on a thread of its
+   * own, so its start (3-4 s: a process and libtorch loading) overlaps the first
+   * round's query instead of following it. Tasks on this host (local and
+   * local-cluster masters, executors beside the driver) find it running; one that
+   * asks first waits for the same start (LocalServer's lock), none starts a second.
+   * A failed start is the task's to report: it tries again and says why.
+   */
+  def startLocalServer(target: ServerTarget): Unit = if (target.address.trim.isEmpty) {
+    val t = new Thread(() => {
+      try {
+        Servers.configureLocal()
+        dev.stoker.server.LocalServer.ensure()
+      } catch {
+        case e: Exception => LoggerFactory.getLogger(classOf[StokerEstimator])
+          .debug(s"stoker: early start of the node's server failed: $e")
+      }
+    }, "stoker-server-start")
+    t.setDaemon(true)
+    t.start()
+  }
+
+  /**
    * The training rows and the validation rows (if the params ask for them), each as
    * `columns`: by `validationIndicatorCol` (true: validation; null counts as false) or a
    * seeded random split of `validationFraction`. Checks what the params combine.
@@ -431,7 +458,8 @@ private[spark] object Training {
  */
 object Progress {
   /** Rounds done of the total, and the last round's statistics. */
-  final case class Snapshot(total: Int, done: Int, last: Option[RoundStats], running: Boolean)
+  final case class Snapshot(total: Int, done: Int, last: Option[RoundStats], running: Boolean,
+      phase: String = "")
 
   private val fits = new ConcurrentHashMap[String, Snapshot]()
 
@@ -444,11 +472,16 @@ object Progress {
   def json(uid: String): String = get(uid).map { s =>
     val last = s.last.map(r => RoundStats.toJson(Seq(r)).stripPrefix("[").stripSuffix("]"))
       .getOrElse("null")
-    s"""{"total": ${s.total}, "done": ${s.done}, "running": ${s.running}, "last": $last}"""
+    s"""{"total": ${s.total}, "done": ${s.done}, "running": ${s.running}, "last": $last, """ +
+      s""""phase": ${Envelope.compact(JString(s.phase))}}"""
   }.orNull
 
   private[spark] def start(uid: String, total: Int, done: Int): Unit =
     fits.put(uid, Snapshot(total, done, None, running = true))
+
+  /** What the fit is doing now ("round 1: starting node servers, sending partitions"). */
+  private[spark] def phase(uid: String, text: String): Unit =
+    fits.computeIfPresent(uid, (_, s) => s.copy(phase = text))
 
   private[spark] def update(uid: String, stats: RoundStats): Unit =
     fits.computeIfPresent(uid, (_, s) => s.copy(done = stats.round + 1, last = Some(stats)))
