@@ -128,12 +128,13 @@ impl WeightedSum {
             &state.meta.model_id,
             state.tensors.iter().map(|t| t.name.as_str()),
         )?;
+        let samples = total_samples(self.meta.samples, state.meta.samples, &what)?;
         for t in &state.tensors {
             let sum = self.slot(&what, &t.name, t.dtype, &t.shape)?;
             add_scaled(sum, t.dtype, &t.data, weight);
         }
         self.weight += weight;
-        self.meta.samples += state.meta.samples;
+        self.meta.samples = samples;
         self.count += 1;
         Ok(())
     }
@@ -161,6 +162,7 @@ impl WeightedSum {
             &other.meta.model_id,
             other.tensors.iter().map(|t| t.name.as_str()),
         )?;
+        let samples = total_samples(self.meta.samples, other.meta.samples, what)?;
         for t in &other.tensors {
             let sum = self.slot(what, &t.name, t.dtype, &t.shape)?;
             for (a, b) in sum.iter_mut().zip(&t.sum) {
@@ -168,7 +170,7 @@ impl WeightedSum {
             }
         }
         self.weight += other.weight;
-        self.meta.samples += other.meta.samples;
+        self.meta.samples = samples;
         self.count += other.count;
         Ok(())
     }
@@ -317,6 +319,17 @@ where
     }
     let sum = sum.ok_or_else(|| Error::invalid("no states to average"))?;
     Ok(sum.average()?)
+}
+
+/// The sample counts of two states together, checked before anything is
+/// added: a state's metadata claiming more samples than a u64 can sum is
+/// corrupt, not a weight (found by the fuzzer: it wrapped in release builds).
+fn total_samples(a: u64, b: u64, what: &str) -> Result<u64> {
+    a.checked_add(b).ok_or_else(|| {
+        Error::invalid(format!(
+            "{what}: its 'samples' metadata ({b}) overflows the total ({a}); the state is corrupt"
+        ))
+    })
 }
 
 #[cfg(test)]

@@ -157,7 +157,8 @@ mod tests {
         let e = read_labels(&[b], "y", Task::Multiclass { classes: 3 }).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidInput);
         assert!(e.message().contains("'y' has 3 at row 2"), "{e}");
-        assert!(e.message().contains("3 classes"), "{e}");
+        assert!(e.message().contains("3-class classifier"), "{e}");
+        assert!(e.message().contains("objective 'regression'"), "{e}");
     }
 
     #[test]

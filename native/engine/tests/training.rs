@@ -421,7 +421,7 @@ fn label_out_of_range_names_column_row_and_classes() {
     .unwrap();
     assert_eq!(e.kind(), ErrorKind::InvalidInput);
     assert!(e.message().contains("'y' has 5 at row 7"), "{e}");
-    assert!(e.message().contains("2 classes"), "{e}");
+    assert!(e.message().contains("2-class classifier"), "{e}");
 }
 
 #[test]

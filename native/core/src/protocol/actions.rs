@@ -350,7 +350,7 @@ mod tests {
         );
         let names: std::collections::HashSet<_> = ACTIONS.iter().map(|(n, _)| *n).collect();
         assert_eq!(names.len(), ACTIONS.len());
-        assert_eq!(ACTIONS.len(), 8);
+        assert_eq!(ACTIONS.len(), 9);
     }
 
     #[test]
