@@ -83,7 +83,10 @@ def test_label_out_of_range(cli, tmp_path, spec):
     cols = good_table()
     cols["y"][9] = 3
     assert_error(
-        train(cli, write(tmp_path, cols), spec), EXIT_INVALID, "'y' has 3 at row 9", "3-class classifier"
+        train(cli, write(tmp_path, cols), spec),
+        EXIT_INVALID,
+        "'y' has 3 at row 9",
+        "3-class classifier",
     )
 
 
