@@ -130,9 +130,11 @@ impl ScoreHistogram {
 
     fn push(&mut self, key: u32, positives: u64, negatives: u64) {
         if self.keys.last() == Some(&key) {
+            // Saturating: counts past u64 are no real validation set (a hostile
+            // server's), and must not wrap into small ones.
             let last = self.keys.len() - 1;
-            self.positives[last] += positives;
-            self.negatives[last] += negatives;
+            self.positives[last] = self.positives[last].saturating_add(positives);
+            self.negatives[last] = self.negatives[last].saturating_add(negatives);
         } else {
             self.keys.push(key);
             self.positives.push(positives);
@@ -317,7 +319,12 @@ impl Evaluation {
                 self.task, other.task
             )));
         }
-        let rows = self.rows + other.rows;
+        let overflow = || Error::invalid("evaluations hold more rows than a u64 counts");
+        let rows = self.rows.checked_add(other.rows).ok_or_else(overflow)?;
+        let correct = self
+            .correct
+            .checked_add(other.correct)
+            .ok_or_else(overflow)?;
         let (na, nb) = (self.rows as f64, other.rows as f64);
         let (label_mean, label_m2) = if rows == 0 {
             (0.0, 0.0)
@@ -337,7 +344,7 @@ impl Evaluation {
             absolute_error_sum: self.absolute_error_sum + other.absolute_error_sum,
             label_mean,
             label_m2,
-            correct: self.correct + other.correct,
+            correct,
             log_loss_sum: self.log_loss_sum + other.log_loss_sum,
             scores: self.scores.merge(&other.scores),
         })

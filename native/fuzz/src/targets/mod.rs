@@ -18,6 +18,7 @@ mod action_json;
 mod data;
 mod descriptor;
 mod envelope;
+mod evaluation;
 mod flight_data;
 mod ipc_features;
 mod state;
@@ -47,6 +48,7 @@ pub fn all() -> Vec<Target> {
         ipc_features::target(),
         descriptor::target(),
         state::target(),
+        evaluation::target(),
     ]
 }
 
