@@ -162,6 +162,19 @@ fn bytes_prefix(
     Ok(out)
 }
 
+/// `parts` as a Java `byte[][]`, one array per part.
+fn byte_arrays<'a>(
+    env: &mut Env<'a>,
+    parts: &[&[u8]],
+) -> BridgeResult<JObjectArray<'a, JByteArray<'a>>> {
+    let out = JObjectArray::<JByteArray>::new(env, parts.len(), JByteArray::null())?;
+    for (i, part) in parts.iter().enumerate() {
+        let array = env.byte_array_from_slice(part)?;
+        out.set_element(env, i, &array)?;
+    }
+    Ok(out)
+}
+
 /// `NativeBridge.connect(String uri, String token, String caPem, int
 /// livenessSeconds)`: a client handle. `token` and `caPem` may be null (no
 /// token; for `grpc+tls://`, the operating system's root certificates);
@@ -268,14 +281,11 @@ pub extern "system" fn Java_dev_stoker_jni_NativeBridge_actionParts<'caller>(
         }
         let out = client::action(handle, &kind, body)?;
         let (json, ranges) = Envelope::split(&out)?;
-        let parts = JObjectArray::<JByteArray>::new(env, ranges.len() + 1, JByteArray::null())?;
-        let text = env.byte_array_from_slice(json.to_string().as_bytes())?;
-        parts.set_element(env, 0, &text)?;
-        for (i, (_, range)) in ranges.into_iter().enumerate() {
-            let blob = env.byte_array_from_slice(&out[range])?;
-            parts.set_element(env, i + 1, &blob)?;
-        }
-        Ok(parts)
+        let text = json.to_string();
+        let parts: Vec<&[u8]> = std::iter::once(text.as_bytes())
+            .chain(ranges.into_iter().map(|(_, range)| &out[range]))
+            .collect();
+        byte_arrays(env, &parts)
     })
     .resolve::<ThrowStoker>()
 }
@@ -448,12 +458,7 @@ pub extern "system" fn Java_dev_stoker_jni_NativeBridge_outerStep0<'caller>(
         };
         let (next, momentum) =
             stoker_core::outer::nesterov_step(&previous, &averaged, momentum.as_deref(), lr, mu)?;
-        let out = JObjectArray::<JByteArray>::new(env, 2, JByteArray::null())?;
-        let next = env.byte_array_from_slice(&next)?;
-        out.set_element(env, 0, &next)?;
-        let momentum = env.byte_array_from_slice(&momentum)?;
-        out.set_element(env, 1, &momentum)?;
-        Ok(out)
+        byte_arrays(env, &[&next, &momentum])
     })
     .resolve::<ThrowStoker>()
 }

@@ -195,10 +195,7 @@ impl Job {
         input: Option<&Bytes>,
         cancel: Arc<std::sync::atomic::AtomicBool>,
     ) -> Result<(TrainRoundResult, State)> {
-        let mut trainer = self.loaded(input)?;
-        let fixed = lock(&self.resolved)
-            .clone()
-            .ok_or_else(|| Error::new(ErrorKind::CacheMiss, "job has no partitions yet"))?;
+        let (mut trainer, fixed) = self.loaded(input)?;
         let opts = TrainOptions {
             epochs: req.epochs,
             max_steps: req.steps,
@@ -242,7 +239,7 @@ impl Job {
         input: Option<&Bytes>,
     ) -> Result<EvaluateResult> {
         let started = Instant::now();
-        let mut trainer = self.loaded(input)?;
+        let (mut trainer, _) = self.loaded(input)?;
         *lock(&partition.last_used) = Instant::now();
         let data = lock(&partition.data);
         let evaluation = stoker_engine::evaluate(trainer.model_mut(), &data)
@@ -267,12 +264,13 @@ impl Job {
     }
 
     /// A trainer holding the input state (a kept one when there is one), or
-    /// the job's seeded initial weights when there is no input.
-    fn loaded(&self, input: Option<&Bytes>) -> Result<Trainer> {
+    /// the job's seeded initial weights when there is no input, with the
+    /// job's fixed layout and loss.
+    fn loaded(&self, input: Option<&Bytes>) -> Result<(Trainer, Fixed)> {
         let fixed = lock(&self.resolved)
             .clone()
             .ok_or_else(|| Error::new(ErrorKind::CacheMiss, "job has no partitions yet"))?;
-        match input {
+        let trainer = match input {
             Some(bytes) => {
                 let state = State::from_shared(bytes)?;
                 let mut trainer = match self.reusable() {
@@ -282,11 +280,12 @@ impl Job {
                 trainer
                     .load_state(&state)
                     .map_err(|e| e.context("input state"))?;
-                Ok(trainer)
+                trainer
             }
             // Round 0 starts from the job's seeded initial weights.
-            None => self.setup.trainer(&fixed),
-        }
+            None => self.setup.trainer(&fixed)?,
+        };
+        Ok((trainer, fixed))
     }
 
     /// An idle trainer of this job, if one is kept. Only built-in networks are

@@ -37,6 +37,15 @@ object Envelope {
   /** `json` as compact text. */
   def compact(json: JValue): String = JsonMethods.compact(JsonMethods.render(json))
 
+  /** A JSON number as a double (a server's `null` for NaN, or a missing field: NaN). */
+  def number(v: JValue): Double = v match {
+    case JDouble(d) => d
+    case JInt(n) => n.toDouble
+    case JLong(n) => n.toDouble
+    case JDecimal(d) => d.toDouble
+    case _ => Double.NaN
+  }
+
   def parseObject(text: String): JObject = JsonMethods.parse(text) match {
     case o: JObject => o
     case other => throw new IllegalStateException(s"expected a JSON object, got $other")

@@ -69,7 +69,7 @@ object RoundStats {
     }.toList)))
 
   def fromJson(text: String): Seq[RoundStats] = {
-    def num(v: JValue): Double = Validation.number(v)
+    def num(v: JValue): Double = Envelope.number(v)
     JsonMethods.parse(text) match {
       case JArray(items) => items.map { o =>
         val validation = o \ "validation" match {

@@ -113,12 +113,8 @@ private[spark] object PartitionTask {
       val result = Envelope.call(client, "evaluate", Envelope(body, blobs))
       if (result.json \ "needs_state" == JBool(true)) None
       else {
-        val rows = result.json \ "rows" match {
-          case JInt(n) => n.toLong
-          case JLong(n) => n
-          case _ => 0L
-        }
-        Some(Outcome.Evaluated(partition, rows, Envelope.compact(result.json \ "evaluation"),
+        val rows = Envelope.number(result.json \ "rows")
+        Some(Outcome.Evaluated(partition, if (rows.isNaN) 0L else rows.toLong, Envelope.compact(result.json \ "evaluation"),
           executorHost))
       }
     }
@@ -212,12 +208,7 @@ private[spark] object PartitionTask {
     val blobs = if (withBytes) state.map(s => "state" -> s.value).toSeq else Nil
     val result = Envelope.call(client, "train_round", Envelope(body, blobs))
     if (result.json \ "needs_state" == JBool(true)) return None
-    def num(field: String): Double = result.json \ field match {
-      case JInt(n) => n.toDouble
-      case JDouble(d) => d
-      case JLong(n) => n.toDouble
-      case _ => Double.NaN
-    }
+    def num(field: String): Double = Envelope.number(result.json \ field)
     Some(Outcome.Trained(
       partition = partition,
       samples = num("samples").toLong,

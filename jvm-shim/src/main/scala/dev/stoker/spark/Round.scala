@@ -12,11 +12,36 @@ import org.apache.spark.sql.stoker.{ArrowBatches, ColumnarBatches}
 import org.apache.spark.sql.vectorized.ColumnarBatch
 
 /**
- * One round as a Spark stage: one task per data partition, each yielding its
- * [[Outcome]]. The data partition is computed only when the task's server misses it,
- * so rounds after the first read no rows from Spark. Tasks prefer the host whose
- * server already holds their partition.
+ * A stage of a fit over its cached partitions: one task per data partition, each
+ * yielding its [[Outcome]] from this node's server. The data partition is computed
+ * only when the server misses it, so stages after the first read no rows from Spark;
+ * a partition known to be empty takes no part; tasks prefer the host whose server
+ * already holds their partition. Subclasses say what the task asks the server.
  */
+private[spark] abstract class PartitionStage(
+    data: TrainingData,
+    job: Broadcast[TrainJob],
+    hosts: Map[Int, String],
+    empty: Set[Int])
+  extends RDD[Outcome](data.rdd)(ClassTag(classOf[Outcome])) {
+
+  /** The task of partition `p`: `rows` computes the partition's Arrow stream. */
+  protected def run(job: TrainJob, p: Int, rows: () => (IpcBuffer, Long)): Outcome
+
+  override protected def getPartitions: Array[Partition] = firstParent[Any].partitions
+
+  override def compute(split: Partition, context: TaskContext): Iterator[Outcome] = {
+    val p = split.index
+    if (empty.contains(p)) return Iterator(Outcome.Empty(p))
+    Iterator(run(job.value, p, () => data.ipc(firstParent[Any].iterator(split, context),
+      job.value)))
+  }
+
+  override protected def getPreferredLocations(split: Partition): Seq[String] =
+    hosts.get(split.index).toSeq
+}
+
+/** One round's training as a Spark stage ([[PartitionStage]]). */
 private[spark] final class RoundRDD(
     data: TrainingData,
     job: Broadcast[TrainJob],
@@ -25,19 +50,10 @@ private[spark] final class RoundRDD(
     last: Boolean,
     hosts: Map[Int, String],
     empty: Set[Int])
-  extends RDD[Outcome](data.rdd)(ClassTag(classOf[Outcome])) {
+  extends PartitionStage(data, job, hosts, empty) {
 
-  override protected def getPartitions: Array[Partition] = firstParent[Any].partitions
-
-  override def compute(split: Partition, context: TaskContext): Iterator[Outcome] = {
-    val p = split.index
-    if (empty.contains(p)) return Iterator(Outcome.Empty(p))
-    Iterator(PartitionTask.train(job.value, p, round, last, state.map(_.input),
-      () => data.ipc(firstParent[Any].iterator(split, context), job.value)))
-  }
-
-  override protected def getPreferredLocations(split: Partition): Seq[String] =
-    hosts.get(split.index).toSeq
+  override protected def run(job: TrainJob, p: Int, rows: () => (IpcBuffer, Long)): Outcome =
+    PartitionTask.train(job, p, round, last, state.map(_.input), rows)
 }
 
 /**

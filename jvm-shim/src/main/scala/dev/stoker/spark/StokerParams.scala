@@ -328,28 +328,26 @@ private[spark] object Valid {
   def failed(name: String, value: Any, valid: String): Boolean =
     throw new dev.stoker.InvalidInputException(s"$name must be $valid; got $value")
 
-  private def fail(name: String, value: Any, valid: String): Boolean = failed(name, value, valid)
-
   def atLeast(name: String, min: Int, hint: String = ""): Int => Boolean =
-    v => v >= min || fail(name, v, s"at least $min$hint")
+    v => v >= min || failed(name, v, s"at least $min$hint")
 
   def atLeast(name: String, min: Long): Long => Boolean =
-    v => v >= min || fail(name, v, s"at least $min")
+    v => v >= min || failed(name, v, s"at least $min")
 
   def atLeast(name: String, min: Double): Double => Boolean =
-    v => v >= min || fail(name, v, s"at least $min")
+    v => v >= min || failed(name, v, s"at least $min")
 
   def above(name: String, min: Double): Double => Boolean =
-    v => v > min || fail(name, v, s"greater than $min")
+    v => v > min || failed(name, v, s"greater than $min")
 
   /** In [0, 1). */
   def fraction(name: String): Double => Boolean =
-    v => (v >= 0.0 && v < 1.0) || fail(name, v, "in [0, 1)")
+    v => (v >= 0.0 && v < 1.0) || failed(name, v, "in [0, 1)")
 
   def oneOf(name: String, values: String*): String => Boolean =
-    v => values.contains(v) || fail(name, s"'$v'",
+    v => values.contains(v) || failed(name, s"'$v'",
       "one of " + values.map(x => if (x.isEmpty) "'' (empty)" else s"'$x'").mkString(", "))
 
   def nonEmpty(name: String): String => Boolean =
-    v => v.trim.nonEmpty || fail(name, "an empty string", "non-empty")
+    v => v.trim.nonEmpty || failed(name, "an empty string", "non-empty")
 }

@@ -1,21 +1,18 @@
 package dev.stoker.spark
 
 import scala.collection.immutable.ListMap
-import scala.reflect.ClassTag
 
 import dev.stoker.InvalidInputException
-import dev.stoker.jni.NativeBridge
-import org.apache.spark.{Partition, SparkContext, TaskContext}
+import dev.stoker.jni.{IpcBuffer, NativeBridge}
+import org.apache.spark.SparkContext
 import org.apache.spark.broadcast.Broadcast
-import org.apache.spark.rdd.RDD
 import org.json4s._
 import org.json4s.jackson.JsonMethods
 
 /**
- * One round's validation as a Spark stage: one task per validation partition, each
- * scoring the round's averaged state on its node's server, where the partition stays
- * cached like a training partition (sent once, computed from Spark only when the
- * server misses it). Tasks prefer the host whose server holds their partition.
+ * One round's validation as a Spark stage ([[PartitionStage]] over the validation
+ * partitions): each task scores the round's averaged state on its node's server, where
+ * the partition stays cached like a training partition.
  */
 private[spark] final class ValidationRDD(
     data: TrainingData,
@@ -25,19 +22,10 @@ private[spark] final class ValidationRDD(
     last: Boolean,
     hosts: Map[Int, String],
     empty: Set[Int])
-  extends RDD[Outcome](data.rdd)(ClassTag(classOf[Outcome])) {
+  extends PartitionStage(data, job, hosts, empty) {
 
-  override protected def getPartitions: Array[Partition] = firstParent[Any].partitions
-
-  override def compute(split: Partition, context: TaskContext): Iterator[Outcome] = {
-    val p = split.index
-    if (empty.contains(p)) return Iterator(Outcome.Empty(p))
-    Iterator(PartitionTask.evaluate(job.value, p, round, last, state.input,
-      () => data.ipc(firstParent[Any].iterator(split, context), job.value)))
-  }
-
-  override protected def getPreferredLocations(split: Partition): Seq[String] =
-    hosts.get(split.index).toSeq
+  override protected def run(job: TrainJob, p: Int, rows: () => (IpcBuffer, Long)): Outcome =
+    PartitionTask.evaluate(job, p, round, last, state.input, rows)
 }
 
 /**
@@ -68,7 +56,7 @@ private[spark] final class Validation(
     val merged = JsonMethods.parse(NativeBridge.evaluationMetrics(
       scored.sortBy(_.partition).map(_.evaluation)))
     val metrics = merged \ "metrics" match {
-      case JObject(fields) => ListMap(fields.map { case (k, v) => k -> Validation.number(v) }: _*)
+      case JObject(fields) => ListMap(fields.map { case (k, v) => k -> Envelope.number(v) }: _*)
       case other => throw new IllegalStateException(s"evaluation metrics are not an object: $other")
     }
     if (!metrics.contains(evalMetric)) {
@@ -91,14 +79,6 @@ private[spark] object Validation {
   val ClassifierMetrics: Seq[String] = Seq("loss", "logloss", "accuracy", "auc")
   val Metrics: Seq[String] = (RegressionMetrics ++ ClassifierMetrics).distinct
   val HigherIsBetter: Set[String] = Set("accuracy", "auc", "r2")
-
-  def number(v: JValue): Double = v match {
-    case JDouble(d) => d
-    case JInt(n) => n.toDouble
-    case JLong(n) => n.toDouble
-    case JDecimal(d) => d.toDouble
-    case _ => Double.NaN
-  }
 }
 
 /**
@@ -173,8 +153,8 @@ object FitSummary {
     FitSummary(
       j \ "eval_metric" match { case JString(s) => s; case _ => "" },
       j \ "best_round" match { case JInt(n) => n.toInt; case _ => -1 },
-      Validation.number(j \ "best_value"),
-      Validation.number(j \ "rounds").toInt,
+      Envelope.number(j \ "best_value"),
+      Envelope.number(j \ "rounds").toInt,
       j \ "stopped_early" == JBool(true),
       j \ "stop_reason" match { case JString(s) => s; case _ => "" })
   }
