@@ -71,6 +71,16 @@ impl Dataset {
         self.rows
     }
 
+    /// New handles on the same tensors (no copy of the data).
+    pub fn shallow_clone(&self) -> Dataset {
+        Dataset {
+            features: self.features.shallow_clone(),
+            labels: self.labels.shallow_clone(),
+            rows: self.rows,
+            width: self.width,
+        }
+    }
+
     pub fn width(&self) -> usize {
         self.width
     }

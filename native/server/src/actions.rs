@@ -120,11 +120,11 @@ impl Service {
         req: TrainRound,
         blobs: Blobs,
     ) -> Result<Vec<ActionResult>> {
-        let job = self.jobs.get(&req.job)?;
+        let (job, data) = self.jobs.with_data(&req.job)?;
         let Some(state) = input_state(&job, req.state_id.as_deref(), &blobs) else {
             return answer(json_of(&TrainRoundResult::needs_state(&req))?);
         };
-        let key = PartitionKey::train(req.job.clone(), req.partition, req.version.clone());
+        let key = PartitionKey::train(data, req.partition, req.version.clone());
         let part = self.jobs.partition(&key)?;
         let release = req.release;
         let started = std::time::Instant::now();
@@ -176,12 +176,12 @@ impl Service {
     }
 
     async fn evaluate(self: Arc<Self>, req: Evaluate, blobs: Blobs) -> Result<Vec<ActionResult>> {
-        let job = self.jobs.get(&req.job)?;
+        let (job, data) = self.jobs.with_data(&req.job)?;
         let Some(state) = input_state(&job, req.state_id.as_deref(), &blobs) else {
             return answer(json_of(&EvaluateResult::needs_state(&req))?);
         };
         let key = PartitionKey {
-            job: req.job.clone(),
+            job: data,
             split: req.split,
             partition: req.partition,
             version: req.version.clone(),

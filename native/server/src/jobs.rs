@@ -31,6 +31,10 @@ mod tests;
 /// What `create_job` asked for, checked.
 pub struct Job {
     pub name: String,
+    /// The job whose cached partitions this one trains and validates on
+    /// (`create_job`'s `data`): a search's trials share one copy. None: its
+    /// own.
+    pub data: Option<String>,
     /// The model, columns, loss, optimizer, device and seed (the same
     /// setup `stoker train` uses).
     setup: Setup,
@@ -107,8 +111,17 @@ impl Job {
                 "create_job needs at least one feature column",
             ));
         }
+        if let Some(data) = &req.data {
+            if data.is_empty() || data.contains('/') || *data == req.job {
+                return Err(Error::invalid(format!(
+                    "job '{}': data job '{data}' must be another job's name (non-empty, no '/')",
+                    req.job
+                )));
+            }
+        }
         Ok(Job {
             name: req.job,
+            data: req.data,
             setup: Setup {
                 source,
                 features: req.features,
@@ -172,6 +185,18 @@ impl Job {
         })
     }
 
+    /// The feature layout and loss the job's partitions fixed, if any arrived.
+    pub fn fixed(&self) -> Option<Fixed> {
+        lock(&self.resolved).clone()
+    }
+
+    /// Takes the layout and loss of the job whose partitions this one
+    /// trains on (kept if already fixed: every put to that job is checked
+    /// against the first).
+    pub fn adopt(&self, fixed: Fixed) {
+        lock(&self.resolved).get_or_insert(fixed);
+    }
+
     /// Keeps `state` as the input state named `id`, replacing the last one.
     pub fn remember_input(&self, id: &str, state: &Bytes) {
         *lock(&self.round_input) = Some((id.to_string(), state.clone()));
@@ -207,10 +232,8 @@ impl Job {
             cancel: Some(cancel),
             class_weights: self.class_weights.clone(),
         };
-        *lock(&partition.last_used) = Instant::now();
-        let data = lock(&partition.data);
+        let data = partition.dataset();
         let report = trainer.train(&data, &opts, &mut |_| {})?;
-        drop(data);
         let state = self
             .setup
             .state(&trainer, &fixed, req.round, report.samples as u64)?;
@@ -240,11 +263,9 @@ impl Job {
     ) -> Result<EvaluateResult> {
         let started = Instant::now();
         let (mut trainer, _) = self.loaded(input)?;
-        *lock(&partition.last_used) = Instant::now();
-        let data = lock(&partition.data);
+        let data = partition.dataset();
         let evaluation = stoker_engine::evaluate(trainer.model_mut(), &data)
             .map_err(|e| e.context(format!("evaluating {}", partition.key)))?;
-        drop(data);
         self.keep(trainer);
         let metrics = evaluation
             .metrics()?
@@ -315,6 +336,18 @@ impl Job {
             ))
         })?;
         self.setup.trainer(&fixed)?.state(0, 0)?.to_bytes()
+    }
+}
+
+impl Partition {
+    /// The partition's tensors for one round, marked used now. A shallow
+    /// copy (new handles on the same storage): the lock is held for the
+    /// copy only, so several trials' rounds read one partition at once
+    /// (libtorch reads of a tensor no one writes are thread-safe, and
+    /// training never writes its dataset).
+    fn dataset(&self) -> Dataset {
+        *lock(&self.last_used) = Instant::now();
+        lock(&self.data).shallow_clone()
     }
 }
 
@@ -414,6 +447,27 @@ impl Jobs {
         if !parts.keys().any(|(j, _, _)| *j == key.job) {
             lock(&self.jobs).remove(&key.job);
         }
+    }
+
+    /// The job `name` and the name of the job whose partitions it trains
+    /// on (its own, or its `data` job's, whose layout it adopts). A data job
+    /// this server lacks is `not_found`, as a missing job is: the caller
+    /// creates both and sends the partitions.
+    pub fn with_data(&self, name: &str) -> Result<(Arc<Job>, String)> {
+        let job = self.get(name)?;
+        let Some(data) = job.data.clone() else {
+            return Ok((job, name.to_string()));
+        };
+        let source = lock(&self.jobs).get(&data).cloned().ok_or_else(|| {
+            Error::not_found(format!(
+                "job '{name}' trains on the partitions of job '{data}', which this server does \
+                 not have; create it with create_job first"
+            ))
+        })?;
+        if let Some(fixed) = source.fixed() {
+            job.adopt(fixed);
+        }
+        Ok((job, data))
     }
 
     pub fn get(&self, name: &str) -> Result<Arc<Job>> {

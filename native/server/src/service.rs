@@ -94,6 +94,7 @@ impl Service {
         self.counters
             .rows_in
             .fetch_add(rows as u64, Ordering::Relaxed);
+        self.counters.partitions_in.fetch_add(1, Ordering::Relaxed);
         self.counters
             .put_latency
             .observe(started.elapsed().as_secs_f64());

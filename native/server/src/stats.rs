@@ -15,6 +15,9 @@ use crate::Service;
 /// the model's batcher, per-tier ones with the registry).
 pub struct Counters {
     pub rows_in: AtomicU64,
+    /// Partitions cached by DoPut (training and validation; a re-send after
+    /// an eviction or restart counts again).
+    pub partitions_in: AtomicU64,
     pub rows_predicted: AtomicU64,
     pub train_rounds: AtomicU64,
     /// Rounds stopped early because their caller went away.
@@ -33,6 +36,7 @@ impl Default for Counters {
     fn default() -> Self {
         Counters {
             rows_in: AtomicU64::new(0),
+            partitions_in: AtomicU64::new(0),
             rows_predicted: AtomicU64::new(0),
             train_rounds: AtomicU64::new(0),
             train_rounds_abandoned: AtomicU64::new(0),
@@ -72,6 +76,11 @@ impl Counters {
         };
         vec![
             read("rows_in", "Training rows received by DoPut.", &self.rows_in),
+            read(
+                "partitions_in",
+                "Partitions cached by DoPut (training and validation).",
+                &self.partitions_in,
+            ),
             read(
                 "rows_predicted",
                 "Rows predicted by DoExchange.",

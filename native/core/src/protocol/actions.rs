@@ -133,6 +133,13 @@ pub struct CreateJob {
     /// server never drop each other's partitions.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub keep_existing: bool,
+    /// Train and validate on the partitions cached for this other job
+    /// instead of partitions of its own: the trials of a search are jobs
+    /// that share one cached copy of the data (docs/tuning.md). Partitions
+    /// are put under that job's name; this job adopts its feature layout
+    /// and loss.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
 }
 
 fn default_batch_size() -> usize {

@@ -3,7 +3,8 @@
 //! covers tokens on every RPC;
 //! `serving` covers concurrent streams, model tiers and callers that leave;
 //! `tls` covers certificates and the errors of a TLS misconfiguration;
-//! `limits` covers sizes a client asks for that do not fit the server.
+//! `limits` covers sizes a client asks for that do not fit the server;
+//! `trials` covers jobs sharing another job's partitions.
 
 mod actions;
 mod auth;
@@ -11,4 +12,5 @@ mod common;
 mod limits;
 mod serving;
 mod tls;
+mod trials;
 mod validation;
