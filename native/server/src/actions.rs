@@ -127,6 +127,7 @@ impl Service {
         let key = PartitionKey::train(data, req.partition, req.version.clone());
         let part = self.jobs.partition(&key)?;
         let release = req.release;
+        let releasing = job.clone();
         let started = std::time::Instant::now();
         // If the client goes away, this future is dropped and the guard
         // stops the round at its next step instead of letting it hold the
@@ -164,7 +165,7 @@ impl Service {
         cancel.disarm();
         let (result, out) = trained?;
         if release {
-            self.jobs.release(&key);
+            self.jobs.release_after(&releasing, &key);
         }
         self.counters.train_rounds.fetch_add(1, Ordering::Relaxed);
         self.counters
@@ -188,9 +189,10 @@ impl Service {
         };
         let part = self.jobs.partition(&key)?;
         let release = req.release;
+        let releasing = job.clone();
         let result = blocking(move || job.evaluate(&part, &req, state.as_ref())).await?;
         if release {
-            self.jobs.release(&key);
+            self.jobs.release_after(&releasing, &key);
         }
         self.counters.evaluations.fetch_add(1, Ordering::Relaxed);
         tracing::info!(job = %result.job, partition = result.partition, round = result.round,

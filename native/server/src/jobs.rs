@@ -202,6 +202,13 @@ impl Job {
         *lock(&self.round_input) = Some((id.to_string(), state.clone()));
     }
 
+    /// Drops the trainers kept between rounds and the input state: a
+    /// paused trial holds nothing but its definition.
+    pub fn free(&self) {
+        lock(&self.idle).clear();
+        *lock(&self.round_input) = None;
+    }
+
     /// The input state named `id`, if it is the one this job holds.
     pub fn input(&self, id: &str) -> Option<Bytes> {
         lock(&self.round_input)
@@ -478,12 +485,29 @@ impl Jobs {
         })
     }
 
+    /// Drops a job and its partitions, and the jobs that train on them (a
+    /// search's trials go with its data job).
     pub fn drop_job(&self, name: &str) -> Result<()> {
-        lock(&self.jobs)
-            .remove(name)
-            .ok_or_else(|| Error::not_found(format!("no job named '{name}'")))?;
+        {
+            let mut jobs = lock(&self.jobs);
+            jobs.remove(name)
+                .ok_or_else(|| Error::not_found(format!("no job named '{name}'")))?;
+            jobs.retain(|_, j| j.data.as_deref() != Some(name));
+        }
         lock(&self.partitions).retain(|(j, _, _), _| j != name);
         Ok(())
+    }
+
+    /// What a request's `release` asks after it: `key`'s partition leaves
+    /// the cache (and the job with its last one), or, for a job that trains
+    /// on another job's partitions, the job frees its models and input
+    /// state, leaving the shared data to the other trials.
+    pub fn release_after(&self, job: &Job, key: &PartitionKey) {
+        if job.data.is_some() {
+            job.free();
+        } else {
+            self.release(key);
+        }
     }
 
     /// Caches a partition, replacing any earlier put of the same (job,

@@ -160,7 +160,9 @@ pub struct TrainRound {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub steps: Option<usize>,
     /// Drop the partition from the cache after this round (the caller's
-    /// last round), instead of leaving it to the LRU budget.
+    /// last round), instead of leaving it to the LRU budget. A job training
+    /// on another job's data (a trial) frees its models and input state
+    /// instead: the data stays for the other trials.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub release: bool,
     /// Names the input state, the same for every partition of a round. The
@@ -244,7 +246,8 @@ pub struct Evaluate {
     /// evaluations and the next round's training, so a server keeps one copy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_id: Option<String>,
-    /// Drop the partition from the cache afterwards (the last evaluation).
+    /// Drop the partition from the cache afterwards (the last evaluation);
+    /// for a trial, free its models and input state (as `train_round`'s).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub release: bool,
 }

@@ -2,7 +2,7 @@
 //! `data`): the trials of a search share one copy of the data, train on it
 //! at once, and each keeps its own model and optimizer.
 
-use stoker_core::protocol::{CreateJob, Evaluate, Split};
+use stoker_core::protocol::{CreateJob, Evaluate, Split, TrainRound};
 use stoker_core::ErrorKind;
 use stoker_server::start;
 
@@ -62,10 +62,19 @@ async fn trials_share_the_data_jobs_partitions() {
     assert_eq!(data["partitions"], 2, "{stats}");
     // Dropping a trial leaves the data (and the other trial) in place.
     client.drop_job("fast").await.unwrap();
-    client
-        .train_round(&round("slow", 0, 1), None)
-        .await
-        .unwrap();
+    // A trial's release frees its models, not the shared data.
+    let last = TrainRound {
+        release: true,
+        ..round("slow", 0, 1)
+    };
+    client.train_round(&last, None).await.unwrap();
+    let stats = client.stats().await.unwrap();
+    let data = stats["jobs"].as_array().unwrap().iter().find(|j| j["name"] == "data");
+    assert_eq!(data.unwrap()["partitions"], 2, "{stats}");
+    // Dropping the data job drops the trials that train on it.
+    client.drop_job("data").await.unwrap();
+    let stats = client.stats().await.unwrap();
+    assert_eq!(stats["jobs"].as_array().unwrap().len(), 0, "{stats}");
     server.stop().await.unwrap();
 }
 

@@ -7,7 +7,11 @@ import org.apache.spark.{SparkEnv, TaskContext, TaskKilledException}
 import org.apache.spark.sql.types.StructType
 import org.json4s._
 
-/** What every task of one `fit` shares (broadcast once per fit). */
+/**
+ * What every task of one `fit` (or one trial of a search) shares, broadcast once. A
+ * trial's job trains on the partitions of its search's `data` job: they are put under
+ * that job's name, and a server that lost it gets it back before the trial's.
+ */
 private[spark] final case class TrainJob(
     name: String,
     createJob: JObject,
@@ -17,7 +21,12 @@ private[spark] final case class TrainJob(
     epochs: Int,
     server: ServerTarget,
     batchRows: Int,
-    dataVersion: String)
+    dataVersion: String,
+    data: Option[TrainJob] = None) {
+
+  /** The job whose partitions the tasks put and train on. */
+  def dataName: String = data.map(_.name).getOrElse(name)
+}
 
 /**
  * A round's input state as a task sees it: the id every partition of the round sends,
@@ -48,6 +57,9 @@ private[spark] object Outcome {
   /** A validation partition scored: its rows and the server's `evaluation` sums (JSON). */
   final case class Evaluated(partition: Int, rows: Long, evaluation: String, host: String)
     extends Outcome
+
+  /** A partition sent to its server's cache (a search's feed): its rows. */
+  final case class Fed(partition: Int, rows: Long, host: String) extends Outcome
 
   /**
    * The server refused the partition's data or state (invalid input): returned, not
@@ -182,10 +194,11 @@ private[spark] object PartitionTask {
     }
 
   /** Sends one partition (creating the job if needed); returns its rows. */
-  def feed(job: TrainJob, partition: Int, data: (IpcBuffer, Long)): Long =
+  def feed(job: TrainJob, partition: Int, data: (IpcBuffer, Long),
+      validation: Boolean = false): Long =
     Servers.withClient(job.server) { client =>
       createJob(client, job)
-      if (put(client, job, partition, validation = false, data)) data._2 else 0L
+      if (put(client, job, partition, validation, data)) data._2 else 0L
     }
 
   private def trainOnce(
@@ -223,6 +236,7 @@ private[spark] object PartitionTask {
   }
 
   private def createJob(client: NativeClient, job: TrainJob): Unit = {
+    job.data.foreach(createJob(client, _))
     Envelope.call(client, "create_job",
       Envelope(job.createJob, job.modelBlob.map("model" -> _).toSeq))
   }
@@ -235,8 +249,8 @@ private[spark] object PartitionTask {
       validation: Boolean,
       data: (IpcBuffer, Long)): Boolean = {
     if (data._2 == 0) return false
-    if (validation) client.putValidationPartition(job.name, partition, job.dataVersion, data._1)
-    else client.putPartition(job.name, partition, job.dataVersion, data._1)
+    if (validation) client.putValidationPartition(job.dataName, partition, job.dataVersion, data._1)
+    else client.putPartition(job.dataName, partition, job.dataVersion, data._1)
     true
   }
 

@@ -57,6 +57,29 @@ private[spark] final class RoundRDD(
 }
 
 /**
+ * Sends each partition to its node's server cache under `job` (training or validation
+ * rows) without training: a search's feed, so that its trials, training at once, find
+ * every partition cached instead of each sending it.
+ */
+private[spark] final class FeedRDD(data: TrainingData, job: Broadcast[TrainJob],
+    validation: Boolean)
+  extends PartitionStage(data, job, Map.empty, Set.empty) {
+
+  override protected def run(job: TrainJob, p: Int, rows: () => (IpcBuffer, Long)): Outcome = {
+    val ipc = rows()
+    if (ipc._2 == 0) return Outcome.Empty(p)
+    try Outcome.Fed(p, PartitionTask.feed(job, p, ipc, validation), PartitionTask.executorHost)
+    catch {
+      // The same data meets the same refusal: fail the search at once, not after retries.
+      case e: dev.stoker.InvalidInputException =>
+        Outcome.Refused(p, "invalid_input", e.getMessage, validation)
+      case e: dev.stoker.ResourceExhaustedException =>
+        Outcome.Refused(p, "resource_exhausted", e.getMessage, validation)
+    }
+  }
+}
+
+/**
  * An averaged state as tasks receive it: broadcast once, named by an id fixed on the
  * driver, so that a server's later tasks (of the round's validation, then of the next
  * round's training: the same state) send the name instead of the state.
@@ -167,8 +190,8 @@ private[spark] object RoundSum {
         learningRate = t.learningRate))
     case e: Outcome.Empty => acc.copy(empty = acc.empty + e.partition)
     case r: Outcome.Refused => acc.copy(refused = acc.refused.orElse(Some(r)))
-    case e: Outcome.Evaluated =>
-      throw new IllegalStateException(s"a training round got an evaluation: $e")
+    case other @ (_: Outcome.Evaluated | _: Outcome.Fed) =>
+      throw new IllegalStateException(s"a training round got $other")
   }
 
   /** Spark's aggregate lets a combine step modify and return its first argument: the

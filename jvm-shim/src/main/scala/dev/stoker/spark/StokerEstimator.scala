@@ -35,8 +35,13 @@ class StokerEstimator(override val uid: String)
     Features.columns(dataset.schema, getFeatureCols, getFeaturesCol)
     Features.label(dataset.schema, getLabelCol)
     val trained = new Training(this, dataset).run()
-    val model = copyValues(new StokerModel(uid, trained.state, trained.modelBlob,
-      trained.history, trained.summary).setParent(this))
+    model(trained.state, trained.modelBlob, trained.history, trained.summary)
+  }
+
+  /** The model of a trained state with these params, registered on the node servers. */
+  private[spark] def model(state: Array[Byte], blob: Option[Array[Byte]],
+      history: Seq[RoundStats], summary: FitSummary): StokerModel = {
+    val model = copyValues(new StokerModel(uid, state, blob, history, summary).setParent(this))
     model.preRegister()
     model
   }

@@ -4,7 +4,6 @@ import java.util.UUID
 import java.util.concurrent.ConcurrentHashMap
 
 import dev.stoker.{InvalidInputException, StokerException}
-import dev.stoker.jni.NativeBridge
 import org.apache.hadoop.fs.Path
 import org.apache.spark.sql.{DataFrame, Dataset, SparkSession}
 import org.apache.spark.sql.stoker.ArrowBatches
@@ -20,10 +19,8 @@ private[spark] final case class Trained(
     summary: FitSummary)
 
 /**
- * The driver's round loop (docs/spark.md, How `fit` works): broadcast the state,
- * one task per partition trains on its node's server, the driver merges the states into
- * their sample-weighted mean with native code as they arrive (or, for many partitions,
- * treeAggregate merges them on executors first), checkpoints and records the round.
+ * A fit: plans the data and the job, runs [[Rounds]] round after round, checkpoints and
+ * records each, stops early when validation says so, and cleans up after a failure.
  */
 private[spark] final class Training(params: StokerEstimator, dataset: Dataset[_]) {
   private val log = LoggerFactory.getLogger(classOf[StokerEstimator])
@@ -33,7 +30,7 @@ private[spark] final class Training(params: StokerEstimator, dataset: Dataset[_]
 
   /** The columns sent to the server (training rows, then validation rows if any) and
    *  the job every task shares. */
-  private def plan(): (DataFrame, Option[DataFrame], TrainJob) = {
+  private[spark] def plan(): (DataFrame, Option[DataFrame], TrainJob) = {
     val (featureColumns, featureNames) = Features.columns(dataset.schema,
       params.getFeatureCols, params.getFeaturesCol)
     val label = Features.label(dataset.schema, params.getLabelCol)
@@ -56,6 +53,22 @@ private[spark] final class Training(params: StokerEstimator, dataset: Dataset[_]
       batchRows = Training.PutBatchRows,
       dataVersion = "1")
     (prepared, validation, job)
+  }
+
+  /**
+   * A trial's job in a search: these params' model, optimizer and local epochs, trained
+   * on the partitions the search put once for `data` (the search's [[plan]]).
+   */
+  private[spark] def trialJob(name: String, data: TrainJob): TrainJob = {
+    val features = (data.createJob \ "features") match {
+      case JArray(values) => values.collect { case JString(f) => f }
+      case _ => Nil
+    }
+    val blob = readModel()
+    val body = JObject(createJobBody(name, features, blob.isEmpty).obj :+
+      ("data" -> JString(data.name)))
+    data.copy(name = name, createJob = body, modelBlob = blob, epochs = params.getLocalEpochs,
+      data = Some(data))
   }
 
   def run(): Trained = {
@@ -110,75 +123,25 @@ private[spark] final class Training(params: StokerEstimator, dataset: Dataset[_]
       s <- stopping; r <- s.bestRound; c <- checkpoints; bytes <- c.state(r)
     } yield bytes
     var stopReason: Option[String] = stopping.flatMap(_.stopReason)
-    val outer = params.getOuterOptimizer == "nesterov"
-    var momentum: Option[Array[Byte]] = if (outer) checkpoints.flatMap(_.momentum()) else None
+    val rounds = new Rounds(params, spark, data, jobBroadcast, validation, "stoker fit",
+      Some(params.uid))
+    if (params.getOuterOptimizer == "nesterov") rounds.momentum = checkpoints.flatMap(_.momentum())
     val total = params.getRounds
-    var hosts = Map.empty[Int, String]
-    var empty = Set.empty[Int]
-    // The averaged state as tasks receive it: broadcast once for the round's
-    // validation and the next round's training.
-    var shared: Option[SharedState] = None
     Progress.start(params.uid, total, first)
     val description = sc.getLocalProperty("spark.job.description")
     try {
       var round = first
       while (round < total && stopReason.isEmpty) {
-        val started = System.nanoTime()
-        if (shared.isEmpty) shared = state.map(s => SharedState.of(sc, broadcastable(s)))
-        val last = round == total - 1
-        val rdd = new RoundRDD(data, jobBroadcast, shared, round, last, hosts, empty)
-        sc.setJobDescription(s"stoker fit: round ${round + 1} of $total")
-        Progress.phase(params.uid, if (round == first) {
-          s"round ${round + 1}: starting node servers, sending partitions"
-        } else s"round ${round + 1}")
-        val depth = Training.forcedDepth(spark).getOrElse(Training.aggregationDepth(
-          rdd.getNumPartitions, state.map(_.length.toLong),
-          sc.getConf.getSizeAsBytes("spark.driver.maxResultSize", "1g")))
-        val sum =
-          try {
-            if (depth == 1) {
-              val merged = new InOrderMerge()
-              sc.runJob(rdd, (outcomes: Iterator[Outcome]) =>
-                outcomes.foldLeft(RoundSum.zero)(RoundSum.add), merged.offer _)
-              merged.result
-            } else {
-              rdd.treeAggregate(RoundSum.zero)(RoundSum.add, RoundSum.merge, depth)
-            }
-          } finally {
-            shared.foreach(_.destroy())
-            shared = None
-          }
-        sum.refused.foreach(r => throw r.exception)
-        val total_sum = sum.sum.getOrElse(throw new InvalidInputException(
-          "the training DataFrame has no rows (every partition is empty)"))
-        val mean = NativeBridge.withSamples(total_sum, sum.samples)
-        // The outer optimizer steps from the round's input state; round 0's (the
-        // servers' seeded initial weights) is not on the driver, so it starts at round 1.
-        val averaged = state match {
-          case Some(previous) if outer =>
-            val stepped = NativeBridge.outerStep(previous, mean, momentum.orNull,
-              params.getOuterLearningRate, params.getOuterMomentum)
-            momentum = Some(stepped(1))
-            checkpoints.foreach(_.saveMomentum(stepped(1)))
-            stepped(0)
-          case _ => mean
-        }
+        val (averaged, stats) = rounds.run(round, total, state, last = round == total - 1,
+          first = round == first)
         state = Some(averaged)
-        hosts = sum.hosts
-        empty = sum.empty
-        val metrics = validation.map { v =>
-          sc.setJobDescription(s"stoker fit: validation of round ${round + 1} of $total")
-          Progress.phase(params.uid, s"validation of round ${round + 1}")
-          shared = Some(SharedState.of(sc, broadcastable(averaged)))
-          v.run(shared.get, round, last)
-        }.getOrElse(scala.collection.immutable.ListMap.empty[String, Double])
-        val seconds = (System.nanoTime() - started) / 1e9
-        val stats = RoundStats(round, sum.loss, sum.lossFirst, sum.samples, sum.trained,
-          seconds, sum.slowestSeconds, metrics, sum.learningRate)
         history :+= stats
-        checkpoints.foreach(_.save(round, averaged, history))
+        checkpoints.foreach { c =>
+          rounds.momentum.foreach(c.saveMomentum)
+          c.save(round, averaged, history)
+        }
         stopping.foreach { s =>
-          if (s.observe(round, metrics)) best = Some(averaged)
+          if (s.observe(round, stats.validation)) best = Some(averaged)
           stopReason = s.stopReason
         }
         Progress.update(params.uid, stats)
@@ -186,7 +149,7 @@ private[spark] final class Training(params: StokerEstimator, dataset: Dataset[_]
         round += 1
       }
     } finally {
-      shared.foreach(_.destroy())
+      rounds.close()
       sc.setJobDescription(description)
       Progress.finish(params.uid)
       jobBroadcast.destroy()
@@ -244,10 +207,6 @@ private[spark] final class Training(params: StokerEstimator, dataset: Dataset[_]
     outcomes.collectFirst { case r: Outcome.Refused => r }.foreach(r => throw r.exception)
     outcomes.collect { case t: Outcome.Trained => t }.sortBy(_.partition)
   }
-
-  /** The state as broadcast: without optimizer tensors unless they are averaged. */
-  private def broadcastable(state: Array[Byte]): Array[Byte] =
-    if (params.getAverageOptimizerState) state else NativeBridge.withoutOptimizer(state)
 
   /** The TorchScript archive's bytes, read on the driver (any Hadoop file system). */
   private def readModel(): Option[Array[Byte]] = {
@@ -482,6 +441,10 @@ object Progress {
   /** What the fit is doing now ("round 1: starting node servers, sending partitions"). */
   private[spark] def phase(uid: String, text: String): Unit =
     fits.computeIfPresent(uid, (_, s) => s.copy(phase = text))
+
+  /** A search's progress: `done` trials of the total, `stats` the latest trial round. */
+  private[spark] def searched(uid: String, done: Int, stats: RoundStats, text: String): Unit =
+    fits.computeIfPresent(uid, (_, s) => s.copy(done = done, last = Some(stats), phase = text))
 
   private[spark] def update(uid: String, stats: RoundStats): Unit =
     fits.computeIfPresent(uid, (_, s) => s.copy(done = stats.round + 1, last = Some(stats)))

@@ -38,9 +38,12 @@ private[spark] final class Validation(
     data: TrainingData,
     job: Broadcast[TrainJob],
     source: String,
-    evalMetric: String) {
-  private var hosts = Map.empty[Int, String]
-  private var empty = Set.empty[Int]
+    evalMetric: String,
+    /** Where the partitions are cached already (a search's feed), and which are empty. */
+    private var hosts: Map[Int, String] = Map.empty,
+    private var empty: Set[Int] = Set.empty,
+    /** Whether an undefined metric fails (a fit) or ranks last (a search's trial). */
+    undefinedFails: Boolean = true) {
 
   /** The validation metrics of `state`, the average after `round`. */
   def run(state: SharedState, round: Int, last: Boolean): ListMap[String, Double] = {
@@ -64,7 +67,7 @@ private[spark] final class Validation(
       throw new InvalidInputException(s"evalMetric '$evalMetric' does not apply to this " +
         s"$task model; its metrics are ${metrics.keys.mkString(", ")}")
     }
-    if (metrics(evalMetric).isNaN) {
+    if (metrics(evalMetric).isNaN && undefinedFails) {
       throw new InvalidInputException(s"evalMetric '$evalMetric' is undefined on the " +
         s"validation set ($source)" + (if (evalMetric == "auc") ": it holds one class only"
         else "") + "; choose another evalMetric or another validation set")

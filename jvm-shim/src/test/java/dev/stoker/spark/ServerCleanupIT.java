@@ -40,8 +40,9 @@ class ServerCleanupIT {
 
   /** The node's server, as Spark's tasks find it (the session's run directory). */
   static JsonNode stats() throws IOException {
-    LocalServer.configure("stoker.run.dir", spark.conf().get("spark.stoker.server.runDir"));
-    LocalServer.configure("stoker.bin", spark.conf().get("spark.stoker.server.bin"));
+    SparkSession session = SparkCluster.session();
+    LocalServer.configure("stoker.run.dir", session.conf().get("spark.stoker.server.runDir"));
+    LocalServer.configure("stoker.bin", session.conf().get("spark.stoker.server.bin"));
     try (NativeClient client = LocalServer.ensure().connect()) {
       return new ObjectMapper().readTree(client.action("stats", "{}"));
     }
