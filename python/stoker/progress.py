@@ -27,10 +27,14 @@ class ProgressBar:
         total: int,
         interval: float = 0.5,
         on_round: Callable[[dict], None] | None = None,
+        what: str = "stoker fit",
+        unit: str = "round",
     ) -> None:
         forced = os.environ.get("STOKER_PROGRESS")
         self.enabled = sys.stderr.isatty() if forced is None else forced not in ("0", "")
         self.uid, self.total, self.interval = uid, total, interval
+        # "stoker fit ... round 3/10", or a search's "stoker tuner ... trial 3/16".
+        self.what, self.unit = what, unit
         # Called with each finished round's statistics the poll sees (MLflow autolog).
         self.on_round = on_round
         self._stop = threading.Event()
@@ -75,7 +79,8 @@ class ProgressBar:
         total = snap["total"] if snap else self.total
         width = 24
         filled = int(width * done / max(total, 1))
-        line = f"stoker fit [{'#' * filled}{'.' * (width - filled)}] round {done}/{total}"
+        bar = "#" * filled + "." * (width - filled)
+        line = f"{self.what} [{bar}] {self.unit} {done}/{total}"
         last = (snap or {}).get("last")
         phase = (snap or {}).get("phase")
         if phase and not final and (snap or {}).get("running"):

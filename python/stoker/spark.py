@@ -31,7 +31,14 @@ from stoker import _native, tracking
 from stoker.progress import ProgressBar
 from stoker.server import find_binary
 
-__all__ = ["StokerEstimator", "StokerModel", "configure", "jar_path"]
+__all__ = [
+    "StokerEstimator",
+    "StokerModel",
+    "StokerTuner",
+    "StokerTunerModel",
+    "configure",
+    "jar_path",
+]
 
 _JAVA_PACKAGE = "dev.stoker.spark"
 
@@ -520,3 +527,7 @@ def _alias_java_package() -> None:
 
 
 _alias_java_package()
+
+# The search's stages live in stoker/tuning.py; they are reached here too, as saved
+# pipelines look for every dev.stoker.spark stage in this module.
+from stoker.tuning import StokerTuner, StokerTunerModel
