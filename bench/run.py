@@ -30,6 +30,7 @@ MODULES = {
     6: "bench.b6_averaging",
     7: "bench.b7_models",
     8: "bench.b8_target",
+    9: "bench.b9_tuning",
 }
 RESULTS = ROOT / "bench" / "results"
 
