@@ -26,7 +26,10 @@ async fn trials_share_the_data_jobs_partitions() {
         .await
         .unwrap();
     for (name, lr) in [("fast", 0.05), ("slow", 0.0001)] {
-        client.create_job(&trial(name, "data", lr), None).await.unwrap();
+        client
+            .create_job(&trial(name, "data", lr), None)
+            .await
+            .unwrap();
     }
     // Both trials train on partition 0 at once, on two connections.
     let mut other = connect(&server, None).await;
@@ -69,7 +72,11 @@ async fn trials_share_the_data_jobs_partitions() {
     };
     client.train_round(&last, None).await.unwrap();
     let stats = client.stats().await.unwrap();
-    let data = stats["jobs"].as_array().unwrap().iter().find(|j| j["name"] == "data");
+    let data = stats["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["name"] == "data");
     assert_eq!(data.unwrap()["partitions"], 2, "{stats}");
     // Dropping the data job drops the trials that train on it.
     client.drop_job("data").await.unwrap();
@@ -82,7 +89,10 @@ async fn trials_share_the_data_jobs_partitions() {
 async fn a_trial_without_its_data_job_is_not_found_and_without_data_a_miss() {
     let server = start(config()).await.unwrap();
     let mut client = connect(&server, None).await;
-    client.create_job(&trial("t", "absent", 0.01), None).await.unwrap();
+    client
+        .create_job(&trial("t", "absent", 0.01), None)
+        .await
+        .unwrap();
     let e = client
         .train_round(&round("t", 0, 0), None)
         .await

@@ -83,7 +83,7 @@ private[spark] final class Search(tuner: StokerTuner, estimator: StokerEstimator
     if (callerGroup.isEmpty) sc.setLocalProperty(Training.JobGroup, group)
     try {
       search(trials, prepared, validationRows.getOrElse(throw new IllegalStateException(
-        "a search without validation rows")), dataJob, metric, space)
+        "a search without validation rows")), dataJob, metric, Training.validationSource(base))
     } finally {
       try {
         Training.awaitTasks(sc, group, Training.CleanupWaitMs)
@@ -96,11 +96,10 @@ private[spark] final class Search(tuner: StokerTuner, estimator: StokerEstimator
 
   private def search(trials: IndexedSeq[Trial], prepared: org.apache.spark.sql.DataFrame,
       validationRows: org.apache.spark.sql.DataFrame, dataJob: TrainJob, metric: String,
-      space: SearchSpace): Searched = {
+      source: String): Searched = {
     val started = System.nanoTime()
     val data = TrainingData.of(prepared)
     val validationData = TrainingData.of(validationRows)
-    val source = Training.validationSource(estimator)
     val dataBroadcast = sc.broadcast(dataJob)
     val description = sc.getLocalProperty("spark.job.description")
     Progress.start(tuner.uid, trials.size, 0)
