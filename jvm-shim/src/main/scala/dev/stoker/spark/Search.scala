@@ -35,8 +35,10 @@ private[spark] final class Search(tuner: StokerTuner, estimator: StokerEstimator
   /** One trial as the search drives it; guarded by the thread running its step. */
   private final class Trial(val index: Int, val config: ListMap[String, JValue],
       val estimator: StokerEstimator, val job: TrainJob) {
-    var state: Option[Array[Byte]] = None
-    var momentum: Option[Array[Byte]] = None
+    // Read and written by the thread running the trial's step; once the trial can take
+    // no further step, another thread may release them (`forget`).
+    @volatile var state: Option[Array[Byte]] = None
+    @volatile var momentum: Option[Array[Byte]] = None
     var history: Vector[RoundStats] = Vector.empty
     var seconds = 0.0
     @volatile var failure: Option[String] = None
@@ -120,6 +122,17 @@ private[spark] final class Search(tuner: StokerTuner, estimator: StokerEstimator
       Some(started + (tuner.getTimeoutSeconds * 1e9).toLong)
     } else None
 
+    // A trial that finished the top rung takes no further step, and only the best of
+    // them becomes the model: the others' states leave the driver's memory at once.
+    // (One below the top may still be promoted, so its state stays.)
+    val top = asha.rungs.size - 1
+    def forgetBeaten(): Unit = asha.best.foreach {
+      case (best, rung, _) if rung == top =>
+        trials.filter(t => t.index != best && asha.metrics(t.index).size - 1 == top)
+          .foreach { t => t.state = None; t.momentum = None }
+      case _ => ()
+    }
+
     def step(s: Asha.Step): Unit = {
       val trial = trials(s.trial)
       val target = asha.rungs(s.rung)
@@ -152,6 +165,7 @@ private[spark] final class Search(tuner: StokerTuner, estimator: StokerEstimator
         val value = trial.history.last.validation.getOrElse(metric, Double.NaN)
         lock.synchronized {
           asha.report(trial.index, s.rung, value)
+          forgetBeaten()
           steps += 1
           Progress.searched(tuner.uid, asha.counts.head, trial.history.last,
             f"trial ${trial.index + 1} reached rung ${s.rung} ($target rounds): $metric " +
@@ -164,6 +178,8 @@ private[spark] final class Search(tuner: StokerTuner, estimator: StokerEstimator
         case e @ (_: InvalidInputException | _: ResourceExhaustedException) =>
           log.warn(s"$label failed: ${e.getMessage}")
           trial.failure = Some(e.getMessage)
+          trial.state = None
+          trial.momentum = None
           lock.synchronized { asha.fail(trial.index); lock.notifyAll() }
         case e: Throwable =>
           lock.synchronized {
@@ -215,7 +231,6 @@ private[spark] final class Search(tuner: StokerTuner, estimator: StokerEstimator
     val (bestIndex, bestRung, bestValue) = asha.best.getOrElse(throw new InvalidInputException(
       s"every trial of the search failed; the first: " +
         trials.flatMap(_.failure).headOption.getOrElse("none ran (timeoutSeconds)")))
-    val top = asha.rungs.size - 1
     val records = trials.map { t =>
       val reached = asha.metrics(t.index)
       val status = t.failure.map(m => s"failed: $m").getOrElse {
@@ -232,7 +247,8 @@ private[spark] final class Search(tuner: StokerTuner, estimator: StokerEstimator
     val summary = FitSummary(metric, winner.history.last.round, bestValue, winner.rounds,
       stoppedEarly = false, s"best of ${trials.size} trials: trial $bestIndex at rung " +
         s"$bestRung (${winner.rounds} rounds)")
-    val model = winner.estimator.model(winner.state.get, winner.job.modelBlob, winner.history,
+    val model = winner.estimator.model(winner.state.getOrElse(throw new IllegalStateException(
+      s"the best trial $bestIndex holds no state")), winner.job.modelBlob, winner.history,
       summary)
     log.info(s"stoker tuner: ${summary.stopReason}; $metric $bestValue; trials per rung " +
       s"${asha.counts.mkString(", ")}; ${(System.nanoTime() - started) / 1e9} s")

@@ -93,8 +93,8 @@ class TreeAggregationIT {
     assertEquals(PARTITIONS, train.rdd().getNumPartitions());
 
     StokerModel flat = fit(1);
-    List<String> flatStages = awaitStages("runJob at Training.scala", 2);
-    assertEquals(2, flatStages.stream().filter(s -> s.startsWith("runJob at Training.scala"))
+    List<String> flatStages = awaitStages("runJob at Rounds.scala", 2);
+    assertEquals(2, flatStages.stream().filter(s -> s.startsWith("runJob at Rounds.scala"))
         .count(), flatStages.toString());
     assertFalse(flatStages.stream().anyMatch(s -> s.startsWith("treeAggregate")),
         flatStages.toString());
@@ -102,9 +102,9 @@ class TreeAggregationIT {
     StokerModel tree = fit(2);
     // Per round, a stage that trains and merges on the executors, and one that merges
     // their partial means.
-    List<String> treeStages = awaitStages("treeAggregate at Training.scala", 4);
+    List<String> treeStages = awaitStages("treeAggregate at Rounds.scala", 4);
     assertEquals(4, treeStages.stream()
-        .filter(s -> s.startsWith("treeAggregate at Training.scala")).count(),
+        .filter(s -> s.startsWith("treeAggregate at Rounds.scala")).count(),
         treeStages.toString());
 
     for (StokerModel m : List.of(flat, tree)) {
