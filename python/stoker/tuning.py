@@ -110,6 +110,14 @@ class StokerTuner(JavaEstimator, _TunerParams, JavaMLWritable):
             self._estimator = StokerEstimator._from_java(java.getEstimator())
         return self._estimator
 
+    def copy(self, extra: Any = None) -> StokerTuner:
+        """A copy with its own copy of the estimator (as CrossValidator copies its)."""
+        that = super().copy(extra)
+        estimator = self.getEstimator()
+        if estimator is not None:
+            that._estimator = estimator.copy()
+        return that
+
     def _transfer_params_to_java(self) -> None:
         super()._transfer_params_to_java()
         estimator = getattr(self, "_estimator", None)

@@ -12,7 +12,8 @@ import scala.collection.mutable
  * finished there and not yet promoted trains on to the next rung; otherwise a new trial
  * starts at rung 0; otherwise nothing, until a running step reports. A trial is never
  * waited for: a rung promotes as soon as enough trials have finished it, which is what
- * keeps every worker busy where synchronous halving waits for the slowest trial.
+ * keeps every worker busy where synchronous halving waits for the slowest trial. A
+ * search always ends with a trial at the top rung ([[toTheTop]]).
  * With one rung it is plain grid or random search: every trial trains all rounds.
  */
 private[spark] final class Asha(val rungs: Seq[Int], eta: Int, trials: Int,
@@ -22,6 +23,7 @@ private[spark] final class Asha(val rungs: Seq[Int], eta: Int, trials: Int,
   private val results = Array.fill(rungs.size)(mutable.LinkedHashMap.empty[Int, Double])
   private val promoted = Array.fill(rungs.size)(mutable.Set.empty[Int])
   private val running = mutable.Set.empty[Int]
+  private val failed = mutable.Set.empty[Int]
   private var started = 0
   private var closed = false
 
@@ -31,7 +33,7 @@ private[spark] final class Asha(val rungs: Seq[Int], eta: Int, trials: Int,
 
   /** Trials that finished rung `k`, best first (ties: the earlier trial). */
   private def ranked(k: Int): Seq[Int] =
-    results(k).toSeq.sortWith { case ((ta, a), (tb, b)) =>
+    results(k).toSeq.filterNot { case (t, _) => failed.contains(t) }.sortWith { case ((ta, a), (tb, b)) =>
       better(a, b) || (!better(b, a) && ta < tb)
     }.map(_._1)
 
@@ -40,7 +42,23 @@ private[spark] final class Asha(val rungs: Seq[Int], eta: Int, trials: Int,
     (rungs.size - 2 to 0 by -1).iterator.flatMap { k =>
       ranked(k).take(results(k).size / eta).find(t => !promoted(k).contains(t))
         .map(t => Asha.Step(t, k + 1))
-    }.nextOption().orElse(if (started < trials) Some(Asha.Step(started, 0)) else None)
+    }.nextOption()
+      .orElse(if (started < trials) Some(Asha.Step(started, 0)) else None)
+      .orElse(if (running.isEmpty) toTheTop else None)
+  }
+
+  /**
+   * With nothing left to run and no trial at the top rung, the best unpromoted trial of
+   * the highest rung reached goes on: a rung of fewer than eta trials promotes none by
+   * the rule above, and a search over few configurations would otherwise end without
+   * any trial trained for maxRounds (8 trials, eta 3: 2 reach rung 1, none rung 2).
+   */
+  private def toTheTop: Option[Asha.Step] = {
+    val top = rungs.size - 1
+    if (results(top).nonEmpty) return None
+    (top - 1 to 0 by -1).find(results(_).nonEmpty).flatMap { k =>
+      ranked(k).find(t => !promoted(k).contains(t)).map(t => Asha.Step(t, k + 1))
+    }
   }
 
   /** The next step to run, now marked running; None: nothing to do until one reports. */
@@ -56,8 +74,12 @@ private[spark] final class Asha(val rungs: Seq[Int], eta: Int, trials: Int,
     running -= trial
   }
 
-  /** Trial `trial` failed its step: it takes no further part. */
-  def fail(trial: Int): Unit = running -= trial
+  /** Trial `trial` failed its step: it takes no further part (its results still count
+   *  in the rungs' 1/eta, but it is never promoted again nor the best). */
+  def fail(trial: Int): Unit = {
+    running -= trial
+    failed += trial
+  }
 
   /** No step starts from now on (the time budget ran out, or the search failed). */
   def close(): Unit = closed = true
@@ -76,7 +98,7 @@ private[spark] final class Asha(val rungs: Seq[Int], eta: Int, trials: Int,
 
   /** The best trial of the highest rung any trial finished, with its metric. */
   def best: Option[(Int, Int, Double)] =
-    results.indices.reverse.find(results(_).nonEmpty).map { k =>
+    results.indices.reverse.find(ranked(_).nonEmpty).map { k =>
       val t = ranked(k).head
       (t, k, results(k)(t))
     }

@@ -83,17 +83,23 @@ private[spark] final class Search(tuner: StokerTuner, estimator: StokerEstimator
     val callerGroup = Option(sc.getLocalProperty(Training.JobGroup))
     val group = callerGroup.getOrElse(s"stoker-search-${dataJob.name}")
     if (callerGroup.isEmpty) sc.setLocalProperty(Training.JobGroup, group)
-    try {
-      search(trials, prepared, validationRows.getOrElse(throw new IllegalStateException(
-        "a search without validation rows")), dataJob, metric, Training.validationSource(base))
-    } finally {
-      try {
-        Training.awaitTasks(sc, group, Training.CleanupWaitMs)
-        // The data job goes with its trials' jobs (drop_job drops the jobs training on it).
-        Servers.onEveryServer(sc, dataJob.server, "drop_job",
-          Envelope(JObject("name" -> JString(dataJob.name))))
-      } finally if (callerGroup.isEmpty) sc.setLocalProperty(Training.JobGroup, null)
+    // The data job goes with its trials' jobs (drop_job drops the jobs training on it).
+    def cleanUp(): Unit = {
+      Training.awaitTasks(sc, group, Training.CleanupWaitMs)
+      Servers.onEveryServer(sc, dataJob.server, "drop_job",
+        Envelope(JObject("name" -> JString(dataJob.name))))
     }
+    try {
+      val found = search(trials, prepared, validationRows.getOrElse(throw new
+        IllegalStateException("a search without validation rows")), dataJob, metric,
+        Training.validationSource(base))
+      cleanUp()
+      found
+    } catch {
+      case e: Exception =>
+        try cleanUp() catch { case cleanup: Exception => e.addSuppressed(cleanup) }
+        throw e
+    } finally if (callerGroup.isEmpty) sc.setLocalProperty(Training.JobGroup, null)
   }
 
   private def search(trials: IndexedSeq[Trial], prepared: org.apache.spark.sql.DataFrame,
@@ -105,10 +111,16 @@ private[spark] final class Search(tuner: StokerTuner, estimator: StokerEstimator
     val dataBroadcast = sc.broadcast(dataJob)
     val description = sc.getLocalProperty("spark.job.description")
     Progress.start(tuner.uid, trials.size, 0)
-    val (hosts, empty) = feed(data, dataBroadcast, validation = false, "training")
-    val (validationHosts, validationEmpty) =
-      feed(validationData, dataBroadcast, validation = true, "validation")
-    dataBroadcast.destroy()
+    val ((hosts, empty), (validationHosts, validationEmpty)) =
+      try {
+        (feed(data, dataBroadcast, validation = false, "training"),
+          feed(validationData, dataBroadcast, validation = true, "validation"))
+      } catch {
+        case e: Throwable =>
+          Progress.finish(tuner.uid)
+          sc.setJobDescription(description)
+          throw e
+      } finally dataBroadcast.destroy()
     if (validationHosts.isEmpty) {
       throw new InvalidInputException(s"the validation set is empty: $source selects no row")
     }
@@ -116,7 +128,7 @@ private[spark] final class Search(tuner: StokerTuner, estimator: StokerEstimator
     val asha = new Asha(Asha.rungs(tuner.getMinRounds, tuner.getMaxRounds, eta,
       tuner.getScheduler == "asha"), eta, trials.size, Validation.HigherIsBetter(metric))
     val lock = new Object
-    var failure: Option[Throwable] = None
+    @volatile var failure: Option[Throwable] = None
     var steps = 0
     val deadline = if (tuner.getTimeoutSeconds > 0) {
       Some(started + (tuner.getTimeoutSeconds * 1e9).toLong)
@@ -146,6 +158,8 @@ private[spark] final class Search(tuner: StokerTuner, estimator: StokerEstimator
         rounds.momentum = trial.momentum
         try {
           while (trial.rounds < target) {
+            // A search that failed elsewhere stops its other trials at the next round.
+            failure.foreach(e => throw new Search.Aborted(e))
             // Scored where the scheduler compares (the rung's last round), which also
             // frees the trial's models on the servers until a promotion (its job's
             // release; the shared partitions stay).
@@ -181,7 +195,14 @@ private[spark] final class Search(tuner: StokerTuner, estimator: StokerEstimator
           trial.state = None
           trial.momentum = None
           lock.synchronized { asha.fail(trial.index); lock.notifyAll() }
+          // A round that failed kept its input state on the servers (only a step's
+          // end frees it): the failed trial's job goes now, not with the search.
+          Servers.onEveryServer(sc, trial.job.server, "drop_job",
+            Envelope(JObject("name" -> JString(trial.job.name))))
+        case _: Search.Aborted =>
+          lock.synchronized { asha.fail(trial.index); lock.notifyAll() }
         case e: Throwable =>
+          if (e.isInstanceOf[InterruptedException]) Thread.currentThread().interrupt()
           lock.synchronized {
             failure = failure.orElse(Some(e))
             asha.fail(trial.index)
@@ -272,6 +293,9 @@ private[spark] final class Search(tuner: StokerTuner, estimator: StokerEstimator
 }
 
 private[spark] object Search {
+  /** Ends a trial's step because another trial failed the search. */
+  final class Aborted(cause: Throwable) extends RuntimeException(cause)
+
   /** Rows held out for scoring when the estimator sets no validation split. */
   val DefaultValidationFraction = 0.2
 }

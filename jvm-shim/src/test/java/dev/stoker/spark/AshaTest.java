@@ -58,6 +58,27 @@ class AshaTest {
     assertEquals(3, asha.best().get()._2());
   }
 
+  /**
+   * Few trials: 8 with eta 3 leave 2 at rung 1, too few to promote one by the rule, so
+   * once nothing runs the best of them goes on to maxRounds.
+   */
+  @Test
+  void aSearchOfFewTrialsStillTrainsOneToTheTopRung() {
+    Asha asha = asha(8, 3, rungs(1, 6, 3, true));
+    List<String> steps = new ArrayList<>();
+    Option<Asha.Step> next = asha.next();
+    while (next.isDefined()) {
+      Asha.Step s = next.get();
+      steps.add(s.trial() + "@" + s.rung());
+      asha.report(s.trial(), s.rung(), s.trial());
+      next = asha.next();
+    }
+    assertEquals(List.of(8, 2, 1),
+        CollectionConverters.asJava(asha.counts()).stream().map(c -> (Integer) c).toList());
+    assertEquals("0@2", steps.get(steps.size() - 1));
+    assertEquals(2, asha.best().get()._2());
+  }
+
   /** A trial that fails takes no further part; the rest of the search goes on. */
   @Test
   void aFailedTrialIsLeftOutAndTheSearchFinishes() {
@@ -75,6 +96,21 @@ class AshaTest {
     assertEquals(4, steps);
     assertTrue(asha.finished());
     assertEquals(0, asha.metrics(0).size());
+  }
+
+  /** A trial that fails after a promotion is never the best, though its result counts. */
+  @Test
+  void aTrialThatFailedIsNeverTheBest() {
+    Asha asha = asha(2, 2, rungs(1, 2, 2, true));
+    asha.next();
+    asha.report(0, 0, 0.1);
+    asha.next();
+    asha.report(1, 0, 0.5);
+    Asha.Step promoted = asha.next().get();
+    assertEquals(0, promoted.trial());
+    asha.fail(0);
+    assertEquals(1, asha.best().get()._1());
+    assertEquals(0, asha.best().get()._2());
   }
 
   /** Two workers: a free worker starts a new trial rather than wait for a rung to fill. */

@@ -155,6 +155,13 @@ class TunerIT {
     text = assertThrows(InvalidInputException.class,
         () -> tuner().setSpace("{\"learningRate\": {\"grid\": [-1]}}").fit(data)).getMessage();
     assertTrue(text.contains("learningRate must be greater than 0.0"), text);
+    text = assertThrows(InvalidInputException.class,
+        () -> tuner().setSpace("{\"model.num_classes\": {\"grid\": [2, 3]}}").fit(data))
+        .getMessage();
+    assertTrue(text.contains("'model.num_classes' cannot be searched: it changes the task"), text);
+    text = assertThrows(InvalidInputException.class,
+        () -> tuner().setSpace("{\"batchSize\": {\"grid\": [32.5]}}").fit(data)).getMessage();
+    assertTrue(text.contains("'batchSize' takes whole numbers, not 32.5"), text);
     text = assertThrows(InvalidInputException.class, () -> tuner().setNumTrials(0)).getMessage();
     assertTrue(text.contains("numTrials must be at least 1"), text);
     text = assertThrows(InvalidInputException.class, () -> tuner().setMaxRounds(0)).getMessage();
