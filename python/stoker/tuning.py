@@ -80,18 +80,16 @@ class StokerTuner(JavaEstimator, _TunerParams, JavaMLWritable):
         self._set_params(**{k: v for k, v in self._input_kwargs.items() if k != "estimator"})
 
     def _set_params(self, **kwargs: Any) -> StokerTuner:
-        from stoker.spark import _stoker_errors, _unknown_params
+        # The estimator's rules: unknown names suggest the closest, the JVM's
+        # validators check each value now (numTrials=0 fails here).
+        from stoker.spark import _StokerParams
 
-        unknown = set(kwargs) - set(self._NAMES)
-        if unknown:
-            raise TypeError(_unknown_params(sorted(unknown), self._NAMES))
-        values = {k: v for k, v in kwargs.items() if v is not None}
-        self._set(**values)
-        for name in values:
-            # The JVM's validators check each value now (numTrials=0 fails here).
-            with _stoker_errors():
-                self._make_java_param_pair(self.getParam(name), self._paramMap[self.getParam(name)])
-        return self
+        return _StokerParams._set_params(self, **kwargs)
+
+    def _checked_set(self, **kwargs: Any) -> StokerTuner:
+        from stoker.spark import _StokerParams
+
+        return _StokerParams._checked_set(self, **kwargs)
 
     @keyword_only
     def setParams(self, **kwargs: Any) -> StokerTuner:

@@ -25,8 +25,11 @@ use stoker_engine::{
     Budget, Dataset, DeviceSpec, Fixed, OptimizerConfig, Rows, Setup, TrainOptions, Trainer,
 };
 
+mod reservation;
 #[cfg(test)]
 mod tests;
+
+pub use reservation::Reservation;
 
 /// What `create_job` asked for, checked.
 pub struct Job {
@@ -376,35 +379,6 @@ pub struct Jobs {
     pub evictions: std::sync::atomic::AtomicU64,
 }
 
-/// Bytes a DoPut holds while it streams; given back when dropped.
-pub struct Reservation {
-    pool: Arc<std::sync::atomic::AtomicUsize>,
-    budget: usize,
-    held: usize,
-}
-
-impl Reservation {
-    /// Takes `bytes` more from the shared pool; false (taking nothing) when
-    /// the pool would exceed the budget.
-    pub fn add(&mut self, bytes: usize) -> bool {
-        use std::sync::atomic::Ordering;
-        let before = self.pool.fetch_add(bytes, Ordering::AcqRel);
-        if before + bytes > self.budget {
-            self.pool.fetch_sub(bytes, Ordering::AcqRel);
-            return false;
-        }
-        self.held += bytes;
-        true
-    }
-}
-
-impl Drop for Reservation {
-    fn drop(&mut self) {
-        self.pool
-            .fetch_sub(self.held, std::sync::atomic::Ordering::AcqRel);
-    }
-}
-
 /// Summary of a job for listings.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct JobInfo {
@@ -592,11 +566,7 @@ impl Jobs {
 
     /// A reservation against the budget for a partition streaming in.
     pub fn reserve_incoming(&self) -> Reservation {
-        Reservation {
-            pool: self.incoming.clone(),
-            budget: self.budget,
-            held: 0,
-        }
+        Reservation::new(self.incoming.clone(), self.budget)
     }
 
     pub fn cached_bytes(&self) -> usize {

@@ -79,6 +79,19 @@ private[spark] final class FeedRDD(data: TrainingData, job: Broadcast[TrainJob],
   }
 }
 
+private[spark] object FeedRDD {
+  /** Sends every partition of `data` under `job`; the partitions fed (with their rows
+   *  and hosts) and those that are empty. A refusal fails the call. */
+  def run(sc: org.apache.spark.SparkContext, data: TrainingData, job: Broadcast[TrainJob],
+      validation: Boolean): (Seq[Outcome.Fed], Set[Int]) = {
+    val outcomes = sc.runJob(new FeedRDD(data, job, validation),
+      (it: Iterator[Outcome]) => it.next())
+    outcomes.collectFirst { case r: Outcome.Refused => r }.foreach(r => throw r.exception)
+    (outcomes.collect { case f: Outcome.Fed => f }.toSeq,
+      outcomes.collect { case e: Outcome.Empty => e.partition }.toSet)
+  }
+}
+
 /**
  * An averaged state as tasks receive it: broadcast once, named by an id fixed on the
  * driver, so that a server's later tasks (of the round's validation, then of the next

@@ -86,8 +86,7 @@ private[spark] final class Search(tuner: StokerTuner, estimator: StokerEstimator
     // The data job goes with its trials' jobs (drop_job drops the jobs training on it).
     def cleanUp(): Unit = {
       Training.awaitTasks(sc, group, Training.CleanupWaitMs)
-      Servers.onEveryServer(sc, dataJob.server, "drop_job",
-        Envelope(JObject("name" -> JString(dataJob.name))))
+      Servers.dropJob(sc, dataJob.server, dataJob.name)
     }
     try {
       val found = search(trials, prepared, validationRows.getOrElse(throw new
@@ -197,8 +196,7 @@ private[spark] final class Search(tuner: StokerTuner, estimator: StokerEstimator
           lock.synchronized { asha.fail(trial.index); lock.notifyAll() }
           // A round that failed kept its input state on the servers (only a step's
           // end frees it): the failed trial's job goes now, not with the search.
-          Servers.onEveryServer(sc, trial.job.server, "drop_job",
-            Envelope(JObject("name" -> JString(trial.job.name))))
+          Servers.dropJob(sc, trial.job.server, trial.job.name)
         case _: Search.Aborted =>
           lock.synchronized { asha.fail(trial.index); lock.notifyAll() }
         case e: Throwable =>
@@ -284,11 +282,8 @@ private[spark] final class Search(tuner: StokerTuner, estimator: StokerEstimator
       what: String): (Map[Int, String], Set[Int]) = {
     sc.setJobDescription(s"stoker tuner: sending the $what partitions to the servers")
     Progress.phase(tuner.uid, s"sending the $what partitions to the servers")
-    val outcomes = sc.runJob(new FeedRDD(data, job, validation),
-      (it: Iterator[Outcome]) => it.next())
-    outcomes.collectFirst { case r: Outcome.Refused => r }.foreach(r => throw r.exception)
-    (outcomes.collect { case f: Outcome.Fed => f.partition -> f.host }.toMap,
-      outcomes.collect { case e: Outcome.Empty => e.partition }.toSet)
+    val (fed, empty) = FeedRDD.run(sc, data, job, validation)
+    (fed.map(f => f.partition -> f.host).toMap, empty)
   }
 }
 

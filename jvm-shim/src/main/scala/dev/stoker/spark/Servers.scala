@@ -207,6 +207,11 @@ private[spark] object Servers {
     }
   }
 
+  /** Drops job `name` (its partitions, and the jobs that train on them) on every server. */
+  def dropJob(sc: SparkContext, target: ServerTarget, name: String): Int =
+    onEveryServer(sc, target, "drop_job",
+      Envelope(org.json4s.JObject("name" -> org.json4s.JString(name))))
+
   /**
    * One server's part of [[onEveryServer]]: `target`, or this node's auto-started server
    * if it is running. True when the server was reached.

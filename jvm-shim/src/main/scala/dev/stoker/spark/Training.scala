@@ -89,8 +89,7 @@ private[spark] final class Training(params: StokerEstimator, dataset: Dataset[_]
         // short of that once Spark has killed them), so they end first.
         try {
           Training.awaitTasks(sc, group, Training.CleanupWaitMs)
-          Servers.onEveryServer(sc, job.server, "drop_job",
-            Envelope(JObject("name" -> JString(job.name))))
+          Servers.dropJob(sc, job.server, job.name)
         } catch { case cleanup: Exception => e.addSuppressed(cleanup) }
         throw e
     } finally if (callerGroup.isEmpty) sc.setLocalProperty(Training.JobGroup, null)
@@ -160,8 +159,7 @@ private[spark] final class Training(params: StokerEstimator, dataset: Dataset[_]
     // A fit that stopped early left its partitions on the servers (only a last round
     // releases them).
     if (stopReason.isDefined && history.lastOption.exists(_.round >= first)) {
-      Servers.onEveryServer(sc, job.server, "drop_job",
-        Envelope(JObject("name" -> JString(job.name))))
+      Servers.dropJob(sc, job.server, job.name)
     }
     val returned = stopping.filter(_.stops).flatMap(_ => best).getOrElse(finalState)
     val summary = stopping match {
@@ -181,13 +179,9 @@ private[spark] final class Training(params: StokerEstimator, dataset: Dataset[_]
   def feed(): Long = {
     val (prepared, _, job) = plan()
     val jobBroadcast = sc.broadcast(job)
-    try {
-      val data = TrainingData.of(prepared)
-      data.rdd.mapPartitionsWithIndex { (p, partition: Iterator[Any]) =>
-        Iterator(PartitionTask.feed(jobBroadcast.value, p, data.ipc(partition,
-          jobBroadcast.value)))
-      }.sum().toLong
-    } finally jobBroadcast.destroy()
+    try FeedRDD.run(sc, TrainingData.of(prepared), jobBroadcast, validation = false)._1
+      .map(_.rows).sum
+    finally jobBroadcast.destroy()
   }
 
   /** One partition state per non-empty partition after one round from `state` (no
