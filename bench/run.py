@@ -31,6 +31,7 @@ MODULES = {
     7: "bench.b7_models",
     8: "bench.b8_target",
     9: "bench.b9_tuning",
+    10: "bench.b10_linalg",
 }
 RESULTS = ROOT / "bench" / "results"
 

@@ -531,3 +531,20 @@ _alias_java_package()
 # The search's stages live in stoker/tuning.py; they are reached here too, as saved
 # pipelines look for every dev.stoker.spark stage in this module.
 from stoker.tuning import StokerTuner, StokerTunerModel
+
+# The matrix stages live in stoker/linalg.py, which needs this module first; saved
+# pipelines find them here (dev.stoker.spark) through the module's __getattr__.
+_LINALG_STAGES = (
+    "StokerPCA",
+    "StokerPCAModel",
+    "StokerLinearRegression",
+    "StokerLinearRegressionModel",
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LINALG_STAGES:
+        from stoker import linalg
+
+        return getattr(linalg, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,7 +13,7 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Schema};
 
 use crate::error::{Error, Result};
-use crate::numeric::{describe_non_finite, first_null, is_numeric, Values};
+use crate::numeric::{describe_non_finite, first_null, is_numeric, Element, Values};
 use crate::vectors::{spark_vector_size, write_list, write_spark_vector};
 
 /// How one feature column is laid out.
@@ -164,11 +164,11 @@ impl FeatureLayout {
     /// Copies `batch` into `out` (row-major, `batch.num_rows() * width`
     /// values). `first_row` is the index of the batch's first row in the
     /// whole input, so errors name the row the user sees.
-    pub fn write_batch(
+    pub fn write_batch<E: Element>(
         &self,
         batch: &RecordBatch,
         first_row: usize,
-        out: &mut [f32],
+        out: &mut [E],
     ) -> Result<()> {
         let rows = batch.num_rows();
         if out.len() != rows * self.width {
@@ -226,11 +226,11 @@ impl FeatureLayout {
     /// Like [`FeatureLayout::to_dense`], into a caller-provided buffer (for
     /// example the storage of a freshly allocated tensor). `first_row` is
     /// the input row number of the first batch's first row, for errors.
-    pub fn write_batches(
+    pub fn write_batches<E: Element>(
         &self,
         batches: &[RecordBatch],
         first_row: usize,
-        out: &mut [f32],
+        out: &mut [E],
     ) -> Result<()> {
         let mut row = 0;
         for batch in batches {
@@ -247,9 +247,9 @@ impl FeatureLayout {
 }
 
 /// Where one column's values go in the row-major output.
-pub(crate) struct Target<'a> {
+pub(crate) struct Target<'a, E: Element> {
     pub(crate) column: &'a str,
-    pub(crate) out: &'a mut [f32],
+    pub(crate) out: &'a mut [E],
     pub(crate) width: usize,
     pub(crate) offset: usize,
     pub(crate) first_row: usize,
@@ -257,7 +257,7 @@ pub(crate) struct Target<'a> {
     pub(crate) vector: bool,
 }
 
-impl Target<'_> {
+impl<E: Element> Target<'_, E> {
     pub(crate) fn null_error(&self, row: usize) -> Error {
         Error::invalid(format!(
             "feature column '{}' has a null at row {}; fill or drop nulls before training or prediction",
@@ -268,19 +268,19 @@ impl Target<'_> {
 
     #[inline]
     pub(crate) fn put(&mut self, row: usize, element: usize, v: f64) -> Result<()> {
-        let x = v as f32;
-        if !x.is_finite() {
+        let x = E::from_f64(v);
+        if !x.finite() {
             return Err(self.value_error(row, element, v));
         }
         self.out[row * self.width + self.offset + element] = x;
         Ok(())
     }
 
-    /// The error for a value that is not finite as a float32.
+    /// The error for a value that is not finite as an `E`.
     #[cold]
     pub(crate) fn value_error(&self, row: usize, element: usize, v: f64) -> Error {
         let what = if v.is_finite() {
-            format!("{v:e}, beyond float32 range,")
+            format!("{v:e}, beyond {} range,", E::NAME)
         } else {
             describe_non_finite(v).to_string()
         };
@@ -298,14 +298,14 @@ impl Target<'_> {
 }
 
 /// A scalar column's values once they are known to convert: no nulls, every
-/// value finite as a float32.
-fn checked_scalar<'a>(array: &'a dyn Array, t: &Target<'_>) -> Result<Values<'a>> {
+/// value finite as an `E`.
+fn checked_scalar<'a, E: Element>(array: &'a dyn Array, t: &Target<'_, E>) -> Result<Values<'a>> {
     let rows = array.len();
     if let Some(row) = first_null(array.logical_nulls().as_ref(), 0..rows) {
         return Err(t.null_error(row));
     }
     let values = Values::of(array, &format!("feature column '{}'", t.column))?;
-    if let Some((row, v)) = values.first_non_finite() {
+    if let Some((row, v)) = values.first_non_finite_as::<E>() {
         return Err(t.value_error(row, 0, v));
     }
     Ok(values)
@@ -319,7 +319,12 @@ const BLOCK_ROWS: usize = 256;
 
 /// Writes checked scalar columns (each with its offset in a row) into the
 /// row-major `out` of `rows` rows of `width` values.
-fn interleave(columns: &[(usize, Values<'_>)], rows: usize, width: usize, out: &mut [f32]) {
+fn interleave<E: Element>(
+    columns: &[(usize, Values<'_>)],
+    rows: usize,
+    width: usize,
+    out: &mut [E],
+) {
     let mut start = 0;
     while start < rows {
         let end = (start + BLOCK_ROWS).min(rows);

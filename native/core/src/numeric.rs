@@ -55,6 +55,56 @@ impl Number for half::f16 {
     }
 }
 
+/// The float a dense buffer holds: f32 for training and inference, f64 for
+/// the matrix work that asks for it. Values reach it from f64 (what the
+/// readers yield) or straight from their Arrow type.
+pub trait Element: Copy + Default + Send + Sync + 'static {
+    /// The name errors use ("float32").
+    const NAME: &'static str;
+    fn of<T: Number>(x: T) -> Self;
+    fn from_f64(v: f64) -> Self;
+    fn finite(self) -> bool;
+    fn one() -> Self;
+}
+
+impl Element for f32 {
+    const NAME: &'static str = "float32";
+    #[inline]
+    fn of<T: Number>(x: T) -> f32 {
+        x.to_f32()
+    }
+    #[inline]
+    fn from_f64(v: f64) -> f32 {
+        v as f32
+    }
+    #[inline]
+    fn finite(self) -> bool {
+        self.is_finite()
+    }
+    fn one() -> f32 {
+        1.0
+    }
+}
+
+impl Element for f64 {
+    const NAME: &'static str = "float64";
+    #[inline]
+    fn of<T: Number>(x: T) -> f64 {
+        x.to_f64()
+    }
+    #[inline]
+    fn from_f64(v: f64) -> f64 {
+        v
+    }
+    #[inline]
+    fn finite(self) -> bool {
+        self.is_finite()
+    }
+    fn one() -> f64 {
+        1.0
+    }
+}
+
 /// A numeric array's values, borrowed with their concrete type.
 pub enum Values<'a> {
     I8(&'a [i8]),
@@ -151,26 +201,26 @@ impl<'a> Values<'a> {
 }
 
 impl Values<'_> {
-    /// The first value that is not finite as a float32 (NaN, an infinity, or a
-    /// float64 beyond float32's range), with its index. Integers and booleans
-    /// always are.
-    pub fn first_non_finite(&self) -> Option<(usize, f64)> {
-        fn find<T: Number>(v: &[T]) -> Option<(usize, f64)> {
+    /// The first value that is not finite as an `E` (NaN, an infinity, or,
+    /// for float32, a float64 beyond its range), with its index. Integers and
+    /// booleans always are.
+    pub fn first_non_finite_as<E: Element>(&self) -> Option<(usize, f64)> {
+        fn find<T: Number, E: Element>(v: &[T]) -> Option<(usize, f64)> {
             // Chunks are checked without an early exit, which the compiler
             // vectorizes; only a chunk holding a bad value is searched.
             const CHUNK: usize = 64;
             for (c, chunk) in v.chunks(CHUNK).enumerate() {
-                if !chunk.iter().fold(true, |ok, x| ok & x.to_f32().is_finite()) {
-                    let i = chunk.iter().position(|x| !x.to_f32().is_finite())?;
+                if !chunk.iter().fold(true, |ok, x| ok & E::of(*x).finite()) {
+                    let i = chunk.iter().position(|x| !E::of(*x).finite())?;
                     return Some((c * CHUNK + i, chunk[i].to_f64()));
                 }
             }
             None
         }
         match self {
-            Values::F16(v) => find(v),
-            Values::F32(v) => find(v),
-            Values::F64(v) => find(v),
+            Values::F16(v) => find::<_, E>(v),
+            Values::F32(v) => find::<_, E>(v),
+            Values::F64(v) => find::<_, E>(v),
             _ => None,
         }
     }
@@ -178,16 +228,16 @@ impl Values<'_> {
     /// Writes the values at `rows` into one place of each row of `block`: the
     /// value of row `rows.start + i` to `block[i * width + offset]`.
     #[inline]
-    pub fn write_strided(
+    pub fn write_strided<E: Element>(
         &self,
         rows: std::ops::Range<usize>,
-        block: &mut [f32],
+        block: &mut [E],
         width: usize,
         offset: usize,
     ) {
-        fn run<T: Number>(v: &[T], block: &mut [f32], width: usize, offset: usize) {
+        fn run<T: Number, E: Element>(v: &[T], block: &mut [E], width: usize, offset: usize) {
             for (row, x) in block.chunks_exact_mut(width).zip(v) {
-                row[offset] = x.to_f32();
+                row[offset] = E::of(*x);
             }
         }
         match self {
@@ -204,7 +254,7 @@ impl Values<'_> {
             Values::F64(v) => run(&v[rows], block, width, offset),
             Values::Bool(b) => {
                 for (row, i) in block.chunks_exact_mut(width).zip(rows) {
-                    row[offset] = if b.value(i) { 1.0 } else { 0.0 };
+                    row[offset] = if b.value(i) { E::one() } else { E::default() };
                 }
             }
         }

@@ -11,7 +11,7 @@ use arrow::datatypes::{DataType, Field};
 
 use crate::error::{Error, Result};
 use crate::features::Target;
-use crate::numeric::{first_null, Values};
+use crate::numeric::{first_null, Element, Values};
 
 /// A column of Spark ML vectors as Spark's Arrow conversion lays out
 /// `VectorUDT`: one `(type, size, indices, values)` struct per row, type 0
@@ -86,7 +86,11 @@ pub(crate) fn list_ranges(array: &dyn Array) -> Result<(Vec<ElementRange>, &dyn 
     })
 }
 
-pub(crate) fn write_list(array: &dyn Array, width: usize, mut t: Target<'_>) -> Result<()> {
+pub(crate) fn write_list<E: Element>(
+    array: &dyn Array,
+    width: usize,
+    mut t: Target<'_, E>,
+) -> Result<()> {
     if let Some(row) = first_null(array.logical_nulls().as_ref(), 0..array.len()) {
         return Err(t.null_error(row));
     }
@@ -149,10 +153,10 @@ pub(crate) fn spark_vector_size(a: &StructArray, column: &str, row: usize) -> Re
 /// Spark ML vectors: type 1 is dense (all values in `values`), type 0 is
 /// sparse (`size`, `indices`, `values`); missing entries of a sparse vector
 /// are zero.
-pub(crate) fn write_spark_vector(
+pub(crate) fn write_spark_vector<E: Element>(
     a: Option<&StructArray>,
     width: usize,
-    mut t: Target<'_>,
+    mut t: Target<'_, E>,
 ) -> Result<()> {
     let a = a.ok_or_else(|| Error::internal("Spark vector column is not a struct"))?;
     if let Some(row) = first_null(a.logical_nulls().as_ref(), 0..a.len()) {
@@ -201,7 +205,7 @@ pub(crate) fn write_spark_vector(
                 )));
             }
             for e in 0..width {
-                t.out[row * t.width + t.offset + e] = 0.0;
+                t.out[row * t.width + t.offset + e] = E::default();
             }
             let idx = &indices.values()[istart..istart + ilen];
             values.for_each(start..start + len, |i, v| {

@@ -29,7 +29,7 @@ impl Dataset {
     ) -> Result<Dataset> {
         let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
         let labels = read_labels(batches, label, task)?;
-        let features = filled_matrix(rows, layout.width(), |buf| {
+        let features = filled_matrix::<f32>(rows, layout.width(), |buf| {
             layout.write_batches(batches, 0, buf)
         })?;
         Self::from_parts(features, labels, device)

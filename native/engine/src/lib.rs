@@ -8,6 +8,7 @@ mod buffers;
 pub mod data;
 pub mod device;
 pub mod evaluate;
+pub mod linalg;
 pub mod model;
 pub mod network;
 pub mod optim;

@@ -379,7 +379,7 @@ impl Model {
     ) -> Result<Outputs> {
         self.check_width(layout.width())?;
         let rows = batches.iter().map(|b| b.num_rows()).sum();
-        let x = filled_matrix(rows, layout.width(), |buf| {
+        let x = filled_matrix::<f32>(rows, layout.width(), |buf| {
             layout.write_batches(batches, first_row, buf)
         })?;
         self.predict_tensor(&x)

@@ -27,22 +27,24 @@ pub fn internal(context: impl std::fmt::Display) -> impl FnOnce(TchError) -> Err
     err(ErrorKind::Internal, context)
 }
 
-/// A new contiguous CPU f32 tensor of `rows x width`, filled by `fill`
-/// straight into the tensor's storage: the one host copy on the way from
-/// Arrow to the device.
-pub fn filled_matrix(
+/// A new contiguous CPU tensor of `rows x width` elements of `E` (f32 for
+/// training and inference, f64 for matrix work that asks for it), filled by
+/// `fill` straight into the tensor's storage: the one host copy on the way
+/// from Arrow to the device.
+pub fn filled_matrix<E: stoker_core::Element + tch::kind::Element>(
     rows: usize,
     width: usize,
-    fill: impl FnOnce(&mut [f32]) -> stoker_core::Result<()>,
+    fill: impl FnOnce(&mut [E]) -> stoker_core::Result<()>,
 ) -> stoker_core::Result<Tensor> {
-    let t = Tensor::f_empty([rows as i64, width as i64], (Kind::Float, Device::Cpu))
+    let t = Tensor::f_empty([rows as i64, width as i64], (E::KIND, Device::Cpu))
         .map_err(internal("allocating the feature matrix"))?;
     let len = rows * width;
     if len > 0 {
-        // SAFETY: `t` was just allocated as a contiguous CPU float tensor of
-        // exactly `len` elements; no other reference to its storage exists
-        // while the slice lives, and the slice does not outlive `t`.
-        let data = unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, len) };
+        // SAFETY: `t` was just allocated as a contiguous CPU tensor of kind
+        // `E::KIND` (tch's kind for exactly this Rust type) with `len`
+        // elements; no other reference to its storage exists while the
+        // slice lives, and the slice does not outlive `t`.
+        let data = unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut E, len) };
         fill(data)?;
     }
     Ok(t)

@@ -463,6 +463,45 @@ pub extern "system" fn Java_dev_stoker_jni_NativeBridge_outerStep0<'caller>(
     .resolve::<ThrowStoker>()
 }
 
+/// `NativeBridge.linalgCombine0(byte[] a, byte[] b)`: matrix result `b`
+/// (moments or a product, docs/linalg.md) folded into `a`, as new bytes
+/// (stoker_core::linalg::combine).
+#[unsafe(no_mangle)]
+pub extern "system" fn Java_dev_stoker_jni_NativeBridge_linalgCombine0<'caller>(
+    mut env: EnvUnowned<'caller>,
+    _class: JClass<'caller>,
+    a: JByteArray<'caller>,
+    b: JByteArray<'caller>,
+) -> JByteArray<'caller> {
+    env.with_env(|env| -> BridgeResult<_> {
+        let a = bytes(env, &a, "matrix result")?;
+        let b = bytes(env, &b, "matrix result")?;
+        Ok(env.byte_array_from_slice(&stoker_core::linalg::combine(&a, &b)?)?)
+    })
+    .resolve::<ThrowStoker>()
+}
+
+/// `NativeBridge.linalgValues0(byte[] product)`: a combined product's (or
+/// sums') values, row-major, and its row count last.
+#[unsafe(no_mangle)]
+pub extern "system" fn Java_dev_stoker_jni_NativeBridge_linalgValues0<'caller>(
+    mut env: EnvUnowned<'caller>,
+    _class: JClass<'caller>,
+    product: JByteArray<'caller>,
+) -> JDoubleArray<'caller> {
+    env.with_env(|env| -> BridgeResult<_> {
+        let p = read_pinned(env, &product, "matrix product", |b| {
+            stoker_core::linalg::Product::from_bytes(b)
+        })?;
+        let mut values = p.values;
+        values.push(p.rows as f64);
+        let out = env.new_double_array(values.len())?;
+        out.set_region(env, 0, &values)?;
+        Ok(out)
+    })
+    .resolve::<ThrowStoker>()
+}
+
 /// `NativeBridge.withoutOptimizer0(byte[] state)`: the state without its
 /// optimizer tensors (broadcast when optimizer state is not averaged).
 #[unsafe(no_mangle)]

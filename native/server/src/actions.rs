@@ -47,7 +47,7 @@ impl Blobs {
     }
 }
 
-fn answer(json: serde_json::Value) -> Result<Vec<ActionResult>> {
+pub(crate) fn answer(json: serde_json::Value) -> Result<Vec<ActionResult>> {
     Ok(vec![ActionResult::one(Envelope::new(json)?.encode()?)])
 }
 
@@ -98,6 +98,7 @@ impl Service {
                 answer(serde_json::json!({"unloaded": req.name, "version": req.version}))
             }
             Action::ExportModel(req) => export_model(req, blobs, self.models.budget()).await,
+            Action::Linalg(req) => self.linalg(req, blobs).await,
         }
     }
 

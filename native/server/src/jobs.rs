@@ -25,9 +25,12 @@ use stoker_engine::{
     Budget, Dataset, DeviceSpec, Fixed, OptimizerConfig, Rows, Setup, TrainOptions, Trainer,
 };
 
+mod matrix;
 mod reservation;
 #[cfg(test)]
 mod tests;
+
+use matrix::MatrixWork;
 
 pub use reservation::Reservation;
 
@@ -38,11 +41,8 @@ pub struct Job {
     /// (`create_job`'s `data`): a search's trials share one copy. None: its
     /// own.
     pub data: Option<String>,
-    /// The model, columns, loss, optimizer, device and seed (the same
-    /// setup `stoker train` uses).
-    setup: Setup,
-    batch_size: usize,
-    class_weights: Option<Vec<f64>>,
+    /// What the job does with its partitions: train, or matrix work.
+    work: Work,
     /// Fixed by the first partition: the feature layout and the loss.
     resolved: Mutex<Option<Fixed>>,
     /// Trainers between rounds, reused by the next `train_round` that loads a
@@ -59,6 +59,26 @@ pub struct Job {
     round_input: Mutex<Option<(String, Bytes)>>,
 }
 
+/// A training job's model and how it trains, or a matrix job's columns.
+enum Work {
+    Train(Training),
+    Matrix(MatrixWork),
+}
+
+struct Training {
+    /// The model, columns, loss, optimizer, device and seed (the same
+    /// setup `stoker train` uses).
+    setup: Setup,
+    batch_size: usize,
+    class_weights: Option<Vec<f64>>,
+}
+
+/// What a cached partition holds: training rows, or a matrix job's matrix.
+enum Cached {
+    Rows(Dataset),
+    Matrix(stoker_engine::linalg::Matrix),
+}
+
 /// Trainers a job keeps between rounds (about the rounds a node runs at once).
 const IDLE_TRAINERS: usize = 4;
 
@@ -67,7 +87,7 @@ pub struct Partition {
     pub key: PartitionKey,
     pub rows: usize,
     pub bytes: usize,
-    data: Mutex<Dataset>,
+    data: Mutex<Cached>,
     last_used: Mutex<Instant>,
 }
 
@@ -86,6 +106,9 @@ impl Job {
                 "job name '{}' must be non-empty and have no '/'",
                 req.job
             )));
+        }
+        if req.matrix.is_some() {
+            return Job::matrix(req, default_device);
         }
         let source = ModelSource::one_of(
             req.spec.as_ref(),
@@ -125,7 +148,7 @@ impl Job {
         Ok(Job {
             name: req.job,
             data: req.data,
-            setup: Setup {
+            work: Work::Train(Training { setup: Setup {
                 source,
                 features: req.features,
                 label: req.label,
@@ -141,6 +164,7 @@ impl Job {
             },
             batch_size: req.batch_size,
             class_weights: req.class_weights,
+            }),
             resolved: Mutex::new(None),
             idle: Mutex::new(Vec::new()),
             round_input: Mutex::new(None),
@@ -155,7 +179,11 @@ impl Job {
             .iter()
             .find(|b| b.num_rows() > 0)
             .ok_or_else(|| Error::invalid(format!("{key} has no rows")))?;
-        let mine = self
+        let train = match &self.work {
+            Work::Train(t) => t,
+            Work::Matrix(m) => return m.prepare(key, first, batches),
+        };
+        let mine = train
             .setup
             .fix(std::slice::from_ref(first), Rows::Partition)?;
         // The first partition fixes the job's layout and loss, but only once
@@ -173,8 +201,8 @@ impl Job {
             }
             None => mine,
         };
-        let task = self.setup.model(&fixed)?.task();
-        let data = self
+        let task = train.setup.model(&fixed)?.task();
+        let data = train
             .setup
             .dataset(&fixed, batches, task)
             .map_err(|e| e.context(key.to_string()))?;
@@ -183,7 +211,7 @@ impl Job {
             rows: data.rows(),
             bytes: data.bytes(),
             key,
-            data: Mutex::new(data),
+            data: Mutex::new(Cached::Rows(data)),
             last_used: Mutex::new(Instant::now()),
         })
     }
@@ -230,21 +258,22 @@ impl Job {
         input: Option<&Bytes>,
         cancel: Arc<std::sync::atomic::AtomicBool>,
     ) -> Result<(TrainRoundResult, State)> {
+        let train = self.training()?;
         let (mut trainer, fixed) = self.loaded(input)?;
         let opts = TrainOptions {
             epochs: req.epochs,
             max_steps: req.steps,
-            batch_size: self.batch_size,
+            batch_size: train.batch_size,
             shuffle: true,
-            seed: self.setup.seed,
+            seed: train.setup.seed,
             round: req.round,
             partition: req.partition as u64,
             cancel: Some(cancel),
-            class_weights: self.class_weights.clone(),
+            class_weights: train.class_weights.clone(),
         };
-        let data = partition.dataset();
+        let data = partition.dataset()?;
         let report = trainer.train(&data, &opts, &mut |_| {})?;
-        let state = self
+        let state = train
             .setup
             .state(&trainer, &fixed, req.round, report.samples as u64)?;
         self.keep(trainer);
@@ -273,7 +302,7 @@ impl Job {
     ) -> Result<EvaluateResult> {
         let started = Instant::now();
         let (mut trainer, _) = self.loaded(input)?;
-        let data = partition.dataset();
+        let data = partition.dataset()?;
         let evaluation = stoker_engine::evaluate(trainer.model_mut(), &data)
             .map_err(|e| e.context(format!("evaluating {}", partition.key)))?;
         self.keep(trainer);
@@ -298,6 +327,7 @@ impl Job {
     /// the job's seeded initial weights when there is no input, with the
     /// job's fixed layout and loss.
     fn loaded(&self, input: Option<&Bytes>) -> Result<(Trainer, Fixed)> {
+        let setup = &self.training()?.setup;
         let fixed = lock(&self.resolved)
             .clone()
             .ok_or_else(|| Error::new(ErrorKind::CacheMiss, "job has no partitions yet"))?;
@@ -306,7 +336,7 @@ impl Job {
                 let state = State::from_shared(bytes)?;
                 let mut trainer = match self.reusable() {
                     Some(t) => t,
-                    None => self.setup.trainer(&fixed)?,
+                    None => setup.trainer(&fixed)?,
                 };
                 trainer
                     .load_state(&state)
@@ -314,7 +344,7 @@ impl Job {
                 trainer
             }
             // Round 0 starts from the job's seeded initial weights.
-            None => self.setup.trainer(&fixed)?,
+            None => setup.trainer(&fixed)?,
         };
         Ok((trainer, fixed))
     }
@@ -345,7 +375,22 @@ impl Job {
                 self.name
             ))
         })?;
-        self.setup.trainer(&fixed)?.state(0, 0)?.to_bytes()
+        self.training()?
+            .setup
+            .trainer(&fixed)?
+            .state(0, 0)?
+            .to_bytes()
+    }
+
+    /// The job's training setup; a matrix job has none.
+    fn training(&self) -> Result<&Training> {
+        match &self.work {
+            Work::Train(t) => Ok(t),
+            Work::Matrix(_) => Err(Error::invalid(format!(
+                "job '{}' is a matrix job (linalg); it does not train or evaluate a model",
+                self.name
+            ))),
+        }
     }
 }
 
@@ -355,9 +400,15 @@ impl Partition {
     /// copy only, so several trials' rounds read one partition at once
     /// (libtorch reads of a tensor no one writes are thread-safe, and
     /// training never writes its dataset).
-    fn dataset(&self) -> Dataset {
+    fn dataset(&self) -> Result<Dataset> {
         *lock(&self.last_used) = Instant::now();
-        lock(&self.data).shallow_clone()
+        match &*lock(&self.data) {
+            Cached::Rows(d) => Ok(d.shallow_clone()),
+            Cached::Matrix(_) => Err(Error::invalid(format!(
+                "{} is a matrix job's partition; it holds no training rows",
+                self.key
+            ))),
+        }
     }
 }
 

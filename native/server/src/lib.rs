@@ -16,6 +16,7 @@ pub mod fastpath;
 pub mod handler;
 pub mod histogram;
 pub mod jobs;
+pub mod linalg;
 pub mod metrics;
 pub mod model_root;
 pub mod models;

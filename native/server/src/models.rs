@@ -137,7 +137,7 @@ impl ServedModel {
                 layout.width()
             )));
         }
-        filled_matrix(batch.num_rows(), layout.width(), |buf| {
+        filled_matrix::<f32>(batch.num_rows(), layout.width(), |buf| {
             layout.write_batches(std::slice::from_ref(batch), first_row, buf)
         })
     }

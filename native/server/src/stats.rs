@@ -24,6 +24,10 @@ pub struct Counters {
     pub train_rounds_abandoned: AtomicU64,
     /// `evaluate` actions answered (validation partitions scored).
     pub evaluations: AtomicU64,
+    /// `linalg` kernels run on cached partitions (moments, products).
+    pub linalg_kernels: AtomicU64,
+    /// `linalg` solves on matrices a request carried (eigen, QR, least squares).
+    pub linalg_solves: AtomicU64,
     pub requests_failed: AtomicU64,
     /// Model registrations that did not load within the load timeout.
     pub model_loads_timed_out: AtomicU64,
@@ -41,6 +45,8 @@ impl Default for Counters {
             train_rounds: AtomicU64::new(0),
             train_rounds_abandoned: AtomicU64::new(0),
             evaluations: AtomicU64::new(0),
+            linalg_kernels: AtomicU64::new(0),
+            linalg_solves: AtomicU64::new(0),
             requests_failed: AtomicU64::new(0),
             model_loads_timed_out: AtomicU64::new(0),
             exchange_latency: Histogram::new(LATENCY_BOUNDS),
@@ -96,6 +102,16 @@ impl Counters {
                 "evaluations",
                 "Partitions scored by evaluate (validation).",
                 &self.evaluations,
+            ),
+            read(
+                "linalg_kernels",
+                "Matrix kernels run on cached partitions (linalg moments, product).",
+                &self.linalg_kernels,
+            ),
+            read(
+                "linalg_solves",
+                "Dense matrix solves run (linalg eigen, orthonormalize, ritz, least_squares, matrix).",
+                &self.linalg_solves,
             ),
             read(
                 "requests_failed",

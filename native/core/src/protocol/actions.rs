@@ -17,6 +17,7 @@ pub mod action {
     pub const EXPORT_MODEL: &str = "export_model";
     pub const HEALTH: &str = "health";
     pub const STATS: &str = "stats";
+    pub const LINALG: &str = "linalg";
 }
 
 /// Every action's name and what ListActions says of it, in the order
@@ -30,6 +31,7 @@ pub const ACTIONS: &[(&str, &str)] = &[
     (action::UNLOAD_MODEL, "Forget a model version (or all versions): {name, version?}"),
     (action::EXPORT_MODEL, "A trained model as TorchScript for torch.jit.load: {spec?} or a 'model' blob, with its 'state' blob; returns a 'torchscript' blob"),
     (action::HEALTH, "Server status, version and device"),
+    (action::LINALG, "Matrix work (docs/linalg.md): {op: moments | product, job, partition, version} on a cached partition of a matrix job, or {op: eigen | orthonormalize | ritz | least_squares | matrix, ...} on blobs; float64 results"),
     (action::STATS, "Counters: rows in and predicted, rounds, cache bytes and evictions, jobs, models"),
 ];
 
@@ -48,6 +50,7 @@ pub enum Action {
     RegisterModel(RegisterModel),
     UnloadModel(Named),
     ExportModel(ExportModel),
+    Linalg(super::Linalg),
 }
 
 impl Action {
@@ -65,6 +68,7 @@ impl Action {
             action::REGISTER_MODEL => Action::RegisterModel(body(kind, json)?),
             action::UNLOAD_MODEL => Action::UnloadModel(body(kind, json)?),
             action::EXPORT_MODEL => Action::ExportModel(body(kind, json)?),
+            action::LINALG => Action::Linalg(body(kind, json)?),
             other => {
                 return Err(Error::invalid(format!(
                     "unknown action '{other}'; ListActions names the actions this server knows"
@@ -85,6 +89,7 @@ impl Action {
             Action::RegisterModel(_) => action::REGISTER_MODEL,
             Action::UnloadModel(_) => action::UNLOAD_MODEL,
             Action::ExportModel(_) => action::EXPORT_MODEL,
+            Action::Linalg(_) => action::LINALG,
         }
     }
 }
@@ -140,6 +145,10 @@ pub struct CreateJob {
     /// and loss.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<String>,
+    /// A matrix job (docs/linalg.md): partitions are cached as a dense
+    /// matrix of `features` for `linalg` kernels; no model, no label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matrix: Option<super::MatrixOptions>,
 }
 
 fn default_batch_size() -> usize {

@@ -25,8 +25,10 @@ use crate::error::{Error, Result};
 
 mod actions;
 mod envelope;
+mod linalg;
 
 pub use actions::*;
+pub use linalg::{Linalg, MatrixOptions, OnPartition};
 pub use envelope::{Envelope, ENVELOPE_MAGIC};
 
 /// Column names from a comma-separated list, as the `x-stoker-keep` header,

@@ -47,6 +47,28 @@ public final class NativeBridge {
     merge0(mean, meanWeight, other, otherWeight);
   }
 
+  /**
+   * Matrix result {@code b} (the moments or product a server's {@code linalg} kernel
+   * returned, docs/linalg.md) folded into {@code a}, as new bytes. The caller fixes the
+   * order (partition order), so that reruns give the same bits.
+   *
+   * @throws dev.stoker.InvalidInputException if either is corrupt or they describe
+   *     different columns or shapes
+   */
+  public static byte[] linalgCombine(byte[] a, byte[] b) {
+    NativeLoader.ensureLoaded();
+    return linalgCombine0(a, b);
+  }
+
+  /**
+   * The values of a combined matrix product or column sums (row-major), followed by the
+   * number of rows they cover.
+   */
+  public static double[] linalgValues(byte[] product) {
+    NativeLoader.ensureLoaded();
+    return linalgValues0(product);
+  }
+
   /** The merged mean as a round's state: a copy with its {@code samples} metadata set. */
   public static byte[] withSamples(byte[] mean, long samples) {
     NativeLoader.ensureLoaded();
@@ -115,6 +137,10 @@ public final class NativeBridge {
   private static native byte[] withSamples0(byte[] mean, long samples);
 
   private static native byte[] withoutOptimizer0(byte[] state);
+
+  private static native byte[] linalgCombine0(byte[] a, byte[] b);
+
+  private static native double[] linalgValues0(byte[] product);
 
   private static native String meta0(byte[] state);
 

@@ -16,9 +16,11 @@ import org.apache.spark.sql.types._
  */
 private[spark] object Features {
 
-  /** The feature columns to send (named as in the DataFrame) and their names. */
-  def columns(schema: StructType, featureCols: Array[String], featuresCol: String)
-      : (Seq[Column], Seq[String]) = {
+  /** The feature columns to send (named as in the DataFrame) and their names. A Spark
+   *  ML Vector becomes an array of `elementType` (float32 for models; float64 where a
+   *  matrix job asks for it). */
+  def columns(schema: StructType, featureCols: Array[String], featuresCol: String,
+      elementType: String = "float32"): (Seq[Column], Seq[String]) = {
     if (featureCols.nonEmpty) {
       val dup = featureCols.diff(featureCols.distinct)
       if (dup.nonEmpty) {
@@ -38,7 +40,7 @@ private[spark] object Features {
       val f = field(schema, featuresCol, "features")
       val column = f.dataType match {
         case dt if dt == SQLDataTypes.VectorType =>
-          vector_to_array(col(featuresCol), "float32").as(featuresCol)
+          vector_to_array(col(featuresCol), elementType).as(featuresCol)
         case ArrayType(_: DecimalType, _) => throw decimal("features", featuresCol)
         case ArrayType(_: NumericType, _) => col(featuresCol)
         case other => throw new InvalidInputException(
@@ -46,6 +48,30 @@ private[spark] object Features {
             "Spark ML Vector or an array of numbers (or set featureCols to numeric columns)")
       }
       (Seq(column), Seq(featuresCol))
+    }
+  }
+
+  /**
+   * The number of values per row the `columns` that [[columns]] chose make: one per
+   * numeric column, or a vector column's size (from its ML attributes, else its first
+   * row: one small Spark job).
+   */
+  def width(dataset: org.apache.spark.sql.Dataset[_], columns: Seq[Column],
+      names: Seq[String]): Int = {
+    val schema = dataset.schema
+    val numeric = names.forall(n => schema.find(_.name == n).exists(_.dataType match {
+      case _: NumericType => true
+      case _ => false
+    }))
+    if (numeric) return names.length
+    val field = schema(names.head)
+    val declared = org.apache.spark.ml.attribute.AttributeGroup.fromStructField(field).size
+    if (declared >= 0) return declared
+    dataset.select(columns.head).head(1).headOption match {
+      case Some(row) if !row.isNullAt(0) => row.getSeq[Any](0).length
+      case Some(_) => throw new InvalidInputException(
+        s"features column '${names.head}' has a null in its first row; fill or drop nulls")
+      case None => throw new InvalidInputException("the DataFrame has no rows")
     }
   }
 

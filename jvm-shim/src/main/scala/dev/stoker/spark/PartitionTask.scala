@@ -58,6 +58,10 @@ private[spark] object Outcome {
   final case class Evaluated(partition: Int, rows: Long, evaluation: String, host: String)
     extends Outcome
 
+  /** A matrix kernel's result on a partition (docs/linalg.md): its rows and bytes. */
+  final case class Computed(partition: Int, rows: Long, result: Array[Byte], host: String)
+    extends Outcome
+
   /** A partition sent to its server's cache (a search's feed): its rows. */
   final case class Fed(partition: Int, rows: Long, host: String) extends Outcome
 
@@ -129,6 +133,30 @@ private[spark] object PartitionTask {
         Some(Outcome.Evaluated(partition, if (rows.isNaN) 0L else rows.toLong, Envelope.compact(result.json \ "evaluation"),
           executorHost))
       }
+    }
+
+  /**
+   * A task's side of a matrix pass: run the `linalg` kernel `body` (its `op` and
+   * arguments) on this partition of a matrix job, sending the partition (and creating
+   * the job) only when the server lacks them, as [[train]] does.
+   */
+  def linalg(
+      job: TrainJob,
+      partition: Int,
+      body: JObject,
+      blobs: Seq[(String, Array[Byte])],
+      release: Boolean,
+      data: () => (IpcBuffer, Long)): Outcome =
+    recovering(job, partition, validation = false, data) { (client, _) =>
+      val request = JObject(body.obj ++ List(
+        "job" -> JString(job.name),
+        "partition" -> JInt(partition),
+        "version" -> JString(job.dataVersion),
+        "release" -> JBool(release)))
+      val result = Envelope.call(client, "linalg", Envelope(request, blobs))
+      Some(Outcome.Computed(partition, Envelope.number(result.json \ "rows").toLong,
+        result.blob("result").getOrElse(throw new StokerException(
+          s"linalg of partition $partition returned no result")), executorHost))
     }
 
   /**

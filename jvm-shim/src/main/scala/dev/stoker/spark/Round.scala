@@ -161,26 +161,27 @@ private[spark] final case class RoundSum(
 }
 
 /**
- * The driver's merge of a round's per-partition results, in partition order whatever
- * order they arrive in: merging float32 means is not associative in its last bits, so a
- * fixed order is what makes a rerun reproduce the same state. A result that arrives
- * ahead of its turn waits (the driver holds it, as Spark already has).
+ * The driver's merge of per-partition results (a round's states, a matrix kernel's
+ * moments), in partition order whatever order they arrive in: merging floats is not
+ * associative in its last bits, so a fixed order is what makes a rerun reproduce the
+ * same bits. A result that arrives ahead of its turn waits (the driver holds it, as
+ * Spark already has).
  */
-private[spark] final class InOrderMerge {
-  private val pending = scala.collection.mutable.Map.empty[Int, RoundSum]
+private[spark] final class InOrderMerge[T](zero: T, merge: (T, T) => T) {
+  private val pending = scala.collection.mutable.Map.empty[Int, T]
   private var next = 0
-  private var merged = RoundSum.zero
+  private var merged = zero
 
   /** Spark's result handler: called once per partition, on the scheduler's thread. */
-  def offer(partition: Int, sum: RoundSum): Unit = synchronized {
-    pending(partition) = sum
+  def offer(partition: Int, value: T): Unit = synchronized {
+    pending(partition) = value
     while (pending.contains(next)) {
-      merged = RoundSum.merge(merged, pending.remove(next).get)
+      merged = merge(merged, pending.remove(next).get)
       next += 1
     }
   }
 
-  def result: RoundSum = synchronized(merged)
+  def result: T = synchronized(merged)
 }
 
 private[spark] object RoundSum {
@@ -203,7 +204,7 @@ private[spark] object RoundSum {
         learningRate = t.learningRate))
     case e: Outcome.Empty => acc.copy(empty = acc.empty + e.partition)
     case r: Outcome.Refused => acc.copy(refused = acc.refused.orElse(Some(r)))
-    case other @ (_: Outcome.Evaluated | _: Outcome.Fed) =>
+    case other @ (_: Outcome.Evaluated | _: Outcome.Fed | _: Outcome.Computed) =>
       throw new IllegalStateException(s"a training round got $other")
   }
 

@@ -68,7 +68,7 @@ private[spark] final class Rounds(
     val sum =
       try {
         if (depth == 1) {
-          val merged = new InOrderMerge()
+          val merged = new InOrderMerge(RoundSum.zero, RoundSum.merge)
           sc.runJob(rdd, (outcomes: Iterator[Outcome]) =>
             outcomes.foldLeft(RoundSum.zero)(RoundSum.add), merged.offer _)
           merged.result
