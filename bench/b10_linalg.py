@@ -71,79 +71,80 @@ def rel_diff(a, b) -> float:
 
 
 def run(ctx: Context) -> list[Result]:
-    from pyspark.ml.feature import PCA
-    from pyspark.ml.regression import LinearRegression
-    from pyspark.mllib.linalg.distributed import RowMatrix
-    from stoker import linalg
-
     spark = spark_session()
     shapes = [(ctx.size(50_000, 1_000_000), 256), (ctx.size(10_000, 200_000), 2048)]
     results: list[Result] = []
     for rows, width in shapes:
         df = table(spark, rows, width)
         df.count()
-        case = f"{rows:,} x {width:,} float64"
-
-        def stoker_pca():
-            m = linalg.StokerPCA(inputCol="features", k=K, method="exact").fit(df)
-            return m.pc
-
-        def spark_pca():
-            m = PCA(inputCol="features", outputCol="p", k=K).fit(df)
-            return m.pc.toArray()
-
-        def stoker_svd():
-            return linalg.svd(df, "features", K, method="exact")[0]
-
-        def spark_svd():
-            vectors = df.select("features").rdd.map(lambda r: r[0])
-            from pyspark.mllib.linalg import Vectors as OldVectors
-
-            rm = RowMatrix(vectors.map(lambda v: OldVectors.fromML(v)))
-            return np.array(rm.computeSVD(K, computeU=False).s.toArray())
-
-        def stoker_lsq():
-            return linalg.lstsq(df, "features", "y")["coefficients"]
-
-        def spark_lsq():
-            m = LinearRegression(
-                solver="normal", standardization=False, regParam=0.0, labelCol="y"
-            ).fit(df)
-            return m.coefficients.toArray()
-
-        pairs = {
-            "PCA k=16": (stoker_pca, spark_pca, "Spark ML PCA"),
-            "SVD k=16": (stoker_svd, spark_svd, "RowMatrix.computeSVD"),
-            "least squares": (stoker_lsq, spark_lsq, "LinearRegression(normal)"),
-        }
-        for what, (ours, theirs, peer) in pairs.items():
-            ours()  # warm-up: servers started, JIT, the first put's buffers
-            theirs()
-            times: dict[str, list[float]] = {"stoker": [], peer: []}
-            answers = {}
-            for _ in range(max(1, min(ctx.repeats, 3))):
-                for name, fn in (("stoker", ours), (peer, theirs)):
-                    started = time.perf_counter()
-                    answers[name] = fn()
-                    times[name].append(time.perf_counter() - started)
-            a, b = np.asarray(answers["stoker"]), np.asarray(answers[peer])
-            if a.ndim == 2:  # components: compare up to sign
-                a = a * np.sign(np.sum(a * b, axis=0))
-            diff = rel_diff(b, a)
-            for name, secs in times.items():
-                results.append(
-                    Result(
-                        bench=BENCH,
-                        case=f"{what}, {case}",
-                        variant=f"stoker {what}" if name == "stoker" else peer,
-                        unit="seconds",
-                        value=statistics.median(secs),
-                        spread=(min(secs), max(secs)),
-                        samples=secs,
-                        lower_is_better=True,
-                        role="stoker" if name == "stoker" else "peer",
-                        extra={"max_rel_diff_vs_peer": f"{diff:.1e}"},
-                    )
-                )
+        results += compare(df, f"{rows:,} x {width:,} float64", max(1, min(ctx.repeats, 3)))
         df.unpersist()
+    return results
+
+
+def compare(df, case: str, repeats: int) -> list[Result]:
+    """Each computation on `df`, stoker and its Spark ML peer alternating."""
+    from pyspark.ml.feature import PCA
+    from pyspark.ml.regression import LinearRegression
+    from pyspark.mllib.linalg import Vectors as OldVectors
+    from pyspark.mllib.linalg.distributed import RowMatrix
+    from stoker import linalg
+
+    def stoker_pca():
+        return linalg.StokerPCA(inputCol="features", k=K, method="exact").fit(df).pc
+
+    def spark_pca():
+        return PCA(inputCol="features", outputCol="p", k=K).fit(df).pc.toArray()
+
+    def stoker_svd():
+        return linalg.svd(df, "features", K, method="exact")[0]
+
+    def spark_svd():
+        rm = RowMatrix(df.select("features").rdd.map(lambda r: OldVectors.fromML(r[0])))
+        return np.array(rm.computeSVD(K, computeU=False).s.toArray())
+
+    def stoker_lsq():
+        return linalg.lstsq(df, "features", "y")["coefficients"]
+
+    def spark_lsq():
+        m = LinearRegression(
+            solver="normal", standardization=False, regParam=0.0, labelCol="y"
+        ).fit(df)
+        return m.coefficients.toArray()
+
+    pairs = {
+        "PCA k=16": (stoker_pca, spark_pca, "Spark ML PCA"),
+        "SVD k=16": (stoker_svd, spark_svd, "RowMatrix.computeSVD"),
+        "least squares": (stoker_lsq, spark_lsq, "LinearRegression(normal)"),
+    }
+    results = []
+    for what, (ours, theirs, peer) in pairs.items():
+        ours()  # warm-up: servers started, JIT, the first put's buffers
+        theirs()
+        times: dict[str, list[float]] = {"stoker": [], peer: []}
+        answers = {}
+        for _ in range(repeats):
+            for name, fn in (("stoker", ours), (peer, theirs)):
+                started = time.perf_counter()
+                answers[name] = fn()
+                times[name].append(time.perf_counter() - started)
+        a, b = np.asarray(answers["stoker"]), np.asarray(answers[peer])
+        if a.ndim == 2:  # components: compare up to sign
+            a = a * np.sign(np.sum(a * b, axis=0))
+        diff = rel_diff(b, a)
+        for name, secs in times.items():
+            results.append(
+                Result(
+                    bench=BENCH,
+                    case=f"{what}, {case}",
+                    variant=f"stoker {what}" if name == "stoker" else peer,
+                    unit="seconds",
+                    value=statistics.median(secs),
+                    spread=(min(secs), max(secs)),
+                    samples=secs,
+                    lower_is_better=True,
+                    role="stoker" if name == "stoker" else "peer",
+                    extra={"max_rel_diff_vs_peer": f"{diff:.1e}"},
+                )
+            )
     return results

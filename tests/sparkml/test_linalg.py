@@ -32,9 +32,7 @@ def table(spark):
         .withColumn("c", F.col("z3") * 0.5 + F.col("z2") * 0.2)
         .withColumn("d", F.col("z2") * 0.1 - 7)
         .withColumn("k", F.lit(2.5))
-        .withColumn(
-            "y", F.col("a") * 1.5 - F.col("c") * 4 + F.col("d") + 2 + F.randn(14) * 0.05
-        )
+        .withColumn("y", F.col("a") * 1.5 - F.col("c") * 4 + F.col("d") + 2 + F.randn(14) * 0.05)
     )
     df = VectorAssembler(inputCols=COLUMNS, outputCol="features").transform(df)
     return df.repartition(3, "id").cache()
@@ -114,7 +112,7 @@ def test_more_columns_than_rows(spark):
     df = spark.createDataFrame([[float(v) for v in row] for row in x], [f"w{j}" for j in range(20)])
     names = [f"w{j}" for j in range(20)]
     close(np.cov(x, rowvar=False), linalg.covariance(df.repartition(2), names), 1e-5)
-    w, v = np.linalg.eigh(np.cov(x, rowvar=False))
+    _, v = np.linalg.eigh(np.cov(x, rowvar=False))
     model = StokerPCA(inputCols=names, k=3).fit(df.repartition(2))
     same_columns(v[:, ::-1][:, :3], model.pc, 1e-5)
     fit = linalg.lstsq(df, names[:19], "w19")

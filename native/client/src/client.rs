@@ -159,6 +159,20 @@ impl Client {
         }
     }
 
+    /// A `linalg` op (docs/linalg.md) with its blobs; the result envelope
+    /// (JSON and blobs).
+    pub async fn linalg(
+        &mut self,
+        req: &stoker_core::protocol::Linalg,
+        blobs: Vec<(&str, Vec<u8>)>,
+    ) -> Result<Envelope> {
+        let mut env = Envelope::new(req)?;
+        for (name, bytes) in blobs {
+            env = env.with_blob(name, bytes);
+        }
+        self.action(action::LINALG, env).await
+    }
+
     pub async fn health(&mut self) -> Result<serde_json::Value> {
         Ok(self.action(action::HEALTH, Envelope::default()).await?.json)
     }

@@ -83,12 +83,12 @@ impl Matrix {
         let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
         let width = layout.width();
         let host = match precision {
-            Precision::Float32 => filled_matrix::<f32>(rows, width, |buf| {
-                layout.write_batches(batches, 0, buf)
-            })?,
-            Precision::Float64 => filled_matrix::<f64>(rows, width, |buf| {
-                layout.write_batches(batches, 0, buf)
-            })?,
+            Precision::Float32 => {
+                filled_matrix::<f32>(rows, width, |buf| layout.write_batches(batches, 0, buf))?
+            }
+            Precision::Float64 => {
+                filled_matrix::<f64>(rows, width, |buf| layout.write_batches(batches, 0, buf))?
+            }
         };
         let values = host
             .f_to_device(device)
@@ -350,9 +350,7 @@ pub fn orthonormalize(z: &[f64], n: usize, k: usize, device: Device) -> Result<V
         )));
     }
     let t = on_device(z, &[n as i64, k as i64], Kind::Double, device)?;
-    let (q, _) = t
-        .f_linalg_qr("reduced")
-        .map_err(internal("the QR factorization"))?;
+    let (q, _) = Tensor::f_linalg_qr(&t, "reduced").map_err(internal("the QR factorization"))?;
     host_f64(&q)
 }
 
@@ -463,7 +461,12 @@ pub fn least_squares(
     };
     let means: Vec<f64> = features.iter().map(|&f| m.mean[f]).collect();
     let intercept = if opts.intercept {
-        m.mean[y] - coefficients.iter().zip(&means).map(|(c, x)| c * x).sum::<f64>()
+        m.mean[y]
+            - coefficients
+                .iter()
+                .zip(&means)
+                .map(|(c, x)| c * x)
+                .sum::<f64>()
     } else {
         0.0
     };
@@ -482,11 +485,17 @@ pub fn least_squares(
     } else {
         yy
     };
-    let r2 = if total > 0.0 { 1.0 - rss / total } else { f64::NAN };
+    let r2 = if total > 0.0 {
+        1.0 - rss / total
+    } else {
+        f64::NAN
+    };
     let dof = m.rows as i64 - p as i64 - i64::from(opts.intercept);
     let standard_errors = if opts.ridge == 0.0 && rank == p && p > 0 && dof > 0 {
         let sigma2 = rss / dof as f64;
-        let mut se: Vec<f64> = (0..p).map(|i| (sigma2 * inverse[i * p + i]).sqrt()).collect();
+        let mut se: Vec<f64> = (0..p)
+            .map(|i| (sigma2 * inverse[i * p + i]).sqrt())
+            .collect();
         if opts.intercept {
             let mut q = 0.0;
             for r in 0..p {
@@ -584,7 +593,11 @@ mod tests {
     fn least_squares_recovers_a_line_and_reports_rank() {
         let x: Vec<f64> = (0..30).map(|i| i as f64).collect();
         let noise: Vec<f64> = (0..30).map(|i| ((i * 7 % 5) as f64 - 2.0) * 0.01).collect();
-        let y: Vec<f64> = x.iter().zip(&noise).map(|(x, e)| 2.0 * x - 1.0 + e).collect();
+        let y: Vec<f64> = x
+            .iter()
+            .zip(&noise)
+            .map(|(x, e)| 2.0 * x - 1.0 + e)
+            .collect();
         let dup = x.clone();
         let b = batch(&[("x", x), ("d", dup), ("y", y)]);
         let l = layout(&b, &["x", "y"]);
@@ -609,12 +622,8 @@ mod tests {
             .unwrap()
             .moments()
             .unwrap();
-        let fit2 = least_squares(
-            &m2,
-            LeastSquaresOptions { label: 2, ..opts },
-            Device::Cpu,
-        )
-        .unwrap();
+        let fit2 =
+            least_squares(&m2, LeastSquaresOptions { label: 2, ..opts }, Device::Cpu).unwrap();
         assert_eq!(fit2.rank, 1);
         assert!((fit2.coefficients[0] - 1.0).abs() < 1e-3, "{fit2:?}");
         assert!((fit2.coefficients[1] - 1.0).abs() < 1e-3, "{fit2:?}");

@@ -23,7 +23,10 @@ fn blob(blobs: &Blobs, op: &str, name: &str) -> Result<bytes::Bytes> {
 }
 
 fn f64_blob(blobs: &Blobs, op: &str, name: &str) -> Result<Vec<f64>> {
-    decode_f64(&blob(blobs, op, name)?, &format!("linalg {op}'s '{name}' blob"))
+    decode_f64(
+        &blob(blobs, op, name)?,
+        &format!("linalg {op}'s '{name}' blob"),
+    )
 }
 
 fn reply(json: serde_json::Value, name: &str, bytes: Vec<u8>) -> Result<Vec<ActionResult>> {
@@ -36,10 +39,11 @@ impl Service {
         match req {
             Linalg::Moments(on) => self.kernel(on, |m| m.moments()?.to_bytes()).await,
             Linalg::Sums(on) => self.kernel(on, |m| m.sums()?.to_bytes()).await,
-            Linalg::Product { on, k } => {
+            Linalg::Product(req) => {
                 let center = f64_blob(&blobs, "product", "center")?;
                 let v = f64_blob(&blobs, "product", "v")?;
-                self.kernel(on, move |m| m.product(&center, &v, k)?.to_bytes())
+                let k = req.k;
+                self.kernel(req.on(), move |m| m.product(&center, &v, k)?.to_bytes())
                     .await
             }
             solve => self.solve(solve, blobs).await,
@@ -75,15 +79,18 @@ impl Service {
     /// A dense solve on this server's device.
     async fn solve(&self, req: Linalg, blobs: Blobs) -> Result<Vec<ActionResult>> {
         let device = self.device.resolve()?;
-        let moments = |op: &str| -> Result<Moments> {
-            Moments::from_bytes(&blob(&blobs, op, "moments")?)
-        };
+        let moments =
+            |op: &str| -> Result<Moments> { Moments::from_bytes(&blob(&blobs, op, "moments")?) };
         let out = match req {
             Linalg::Eigen { k, gramian } => {
                 let m = moments("eigen")?;
                 let n = m.width();
                 let e = blocking(move || {
-                    let a = if gramian { m.gramian() } else { m.covariance()? };
+                    let a = if gramian {
+                        m.gramian()
+                    } else {
+                        m.covariance()?
+                    };
                     la::top_eigen(&a, n, k, device)
                 })
                 .await?;
@@ -147,7 +154,7 @@ impl Service {
                     encode_f64(&values),
                 )
             }
-            Linalg::Moments(_) | Linalg::Sums(_) | Linalg::Product { .. } => {
+            Linalg::Moments(_) | Linalg::Sums(_) | Linalg::Product(_) => {
                 Err(Error::internal("a partition kernel reached the solver"))
             }
         };

@@ -47,6 +47,29 @@ impl OnPartition {
     }
 }
 
+/// `product`'s body: a partition (as [`OnPartition`]) and the columns of `V`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProductOn {
+    pub job: String,
+    pub partition: u32,
+    pub version: String,
+    pub k: usize,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub release: bool,
+}
+
+impl ProductOn {
+    pub fn on(&self) -> OnPartition {
+        OnPartition {
+            job: self.job.clone(),
+            partition: self.partition,
+            version: self.version.clone(),
+            release: self.release,
+        }
+    }
+}
+
 /// The body of a `linalg` action.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
@@ -59,11 +82,7 @@ pub enum Linalg {
     Sums(OnPartition),
     /// `(X - c)ᵀ (X - c) V` on a cached partition, for the `center` blob
     /// `c` (width values) and the `v` blob (`width × k`): a `result` blob.
-    Product {
-        #[serde(flatten)]
-        on: OnPartition,
-        k: usize,
-    },
+    Product(ProductOn),
     /// The `k` leading eigenpairs of the covariance (or, with `gramian`,
     /// the uncentered Gramian) of the `moments` blob: JSON `values`,
     /// `total`, and a `vectors` blob (`width × k`).

@@ -28,8 +28,8 @@ mod envelope;
 mod linalg;
 
 pub use actions::*;
-pub use linalg::{Linalg, MatrixOptions, OnPartition};
 pub use envelope::{Envelope, ENVELOPE_MAGIC};
+pub use linalg::{Linalg, MatrixOptions, OnPartition, ProductOn};
 
 /// Column names from a comma-separated list, as the `x-stoker-keep` header,
 /// a state's `features` metadata and the command line's flags carry them:

@@ -241,6 +241,7 @@ fn run(input: &[u8]) -> Result<()> {
         | Action::DropJob(_)
         | Action::UnloadModel(_)
         | Action::Health
+        | Action::Linalg(_)
         | Action::Stats => {}
     }
     Ok(())

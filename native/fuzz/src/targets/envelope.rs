@@ -68,6 +68,29 @@ pub fn action_bodies() -> Vec<(&'static str, serde_json::Value)> {
             json!({"spec": {"type": "mlp", "hidden": [3], "output_dim": 1}}),
         ),
         (action::UNLOAD_MODEL, json!({"name": "churn", "version": 1})),
+        (
+            action::CREATE_JOB,
+            json!({"job": "m", "features": ["a", "v"], "label": "", "matrix": {"precision": "float32"},
+                   "keep_existing": true}),
+        ),
+        (
+            action::LINALG,
+            json!({"op": "moments", "job": "m", "partition": 0, "version": "v1", "release": true}),
+        ),
+        (
+            action::LINALG,
+            json!({"op": "product", "job": "m", "partition": 1, "version": "v1", "k": 4}),
+        ),
+        (
+            action::LINALG,
+            json!({"op": "eigen", "k": 3, "gramian": true}),
+        ),
+        (action::LINALG, json!({"op": "ritz", "n": 5, "k": 2})),
+        (
+            action::LINALG,
+            json!({"op": "least_squares", "label": 0, "intercept": false, "ridge": 0.5}),
+        ),
+        (action::LINALG, json!({"op": "matrix", "of": "covariance"})),
         (action::HEALTH, json!({})),
         (action::STATS, json!({})),
     ]

@@ -115,5 +115,4 @@ impl MatrixWork {
             last_used: Mutex::new(Instant::now()),
         })
     }
-
 }

@@ -10,6 +10,7 @@ mod actions;
 mod auth;
 mod common;
 mod limits;
+mod linalg;
 mod serving;
 mod tls;
 mod trials;

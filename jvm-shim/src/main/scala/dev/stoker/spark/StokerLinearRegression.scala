@@ -151,6 +151,8 @@ class StokerLinearRegressionModel private[spark] (override val uid: String,
         case v: Number => sum += beta(at) * v.doubleValue(); at += 1
         case s: scala.collection.Seq[_] =>
           s.foreach { e => sum += beta(at) * e.asInstanceOf[Number].doubleValue(); at += 1 }
+        case other => throw new InvalidInputException(
+          s"feature column '${names(i)}' holds ${other.getClass.getSimpleName}, not numbers")
       }
       if (at != beta.length) {
         throw new InvalidInputException(s"a row has $at features, the model ${beta.length}")

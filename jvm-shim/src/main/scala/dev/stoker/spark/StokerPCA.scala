@@ -184,6 +184,8 @@ class StokerPCAModel private[spark] (override val uid: String, val pc: DenseMatr
         case s: scala.collection.Seq[_] =>
           s.foreach { e => x(at) = e.asInstanceOf[Number].doubleValue(); at += 1 }
         case v: Vector => v.foreachActive((j, value) => x(at + j) = value); at += v.size
+        case other => throw new InvalidInputException(
+          s"input column '${names(i)}' holds ${other.getClass.getSimpleName}, not numbers")
       }
       if (at != n) {
         throw new InvalidInputException(s"a row has $at input values, the model $n")
