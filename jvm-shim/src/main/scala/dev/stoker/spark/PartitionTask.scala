@@ -199,9 +199,19 @@ private[spark] object PartitionTask {
             case _: CacheMissException if !sent =>
               stopIfKilled()
               sent = true
-              if (!put(client, job, partition, validation, data())) {
-                outcome = Some(Outcome.Empty(partition))
+              val rows = data()
+              val put1 = try put(client, job, partition, validation, rows)
+              catch {
+                // Another partition's last request on this server released the job's
+                // last cached partition, and the job with it, between this task's
+                // create and its put (a single-pass job, or a fit of one round): the
+                // job comes back once, here, instead of Spark retrying the task.
+                case _: NotFoundException =>
+                  stopIfKilled()
+                  createJob(client, job)
+                  put(client, job, partition, validation, rows)
               }
+              if (!put1) outcome = Some(Outcome.Empty(partition))
           }
         }
         outcome.get
