@@ -219,7 +219,7 @@ pub fn combine(a: &[u8], b: &[u8]) -> Result<Vec<u8>> {
 
 /// Raw little-endian float64 values (how dense matrices travel as blobs).
 pub fn decode_f64(bytes: &[u8], what: &str) -> Result<Vec<f64>> {
-    if bytes.len() % 8 != 0 {
+    if !bytes.len().is_multiple_of(8) {
         return Err(Error::invalid(format!(
             "{what} has {} bytes, not a whole number of float64 values",
             bytes.len()

@@ -61,7 +61,8 @@ pub struct Job {
 
 /// A training job's model and how it trains, or a matrix job's columns.
 enum Work {
-    Train(Training),
+    // Boxed: a job holds one, and the setup is most of a job's size.
+    Train(Box<Training>),
     Matrix(MatrixWork),
 }
 
@@ -148,7 +149,7 @@ impl Job {
         Ok(Job {
             name: req.job,
             data: req.data,
-            work: Work::Train(Training {
+            work: Work::Train(Box::new(Training {
                 setup: Setup {
                     source,
                     features: req.features,
@@ -165,7 +166,7 @@ impl Job {
                 },
                 batch_size: req.batch_size,
                 class_weights: req.class_weights,
-            }),
+            })),
             resolved: Mutex::new(None),
             idle: Mutex::new(Vec::new()),
             round_input: Mutex::new(None),
