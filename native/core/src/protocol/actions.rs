@@ -369,7 +369,22 @@ mod tests {
         );
         let names: std::collections::HashSet<_> = ACTIONS.iter().map(|(n, _)| *n).collect();
         assert_eq!(names.len(), ACTIONS.len());
-        assert_eq!(ACTIONS.len(), 9);
+        assert_eq!(ACTIONS.len(), 10);
+        // linalg's ops are tagged by `op`, and an unknown op or field is refused.
+        let a = Action::parse(
+            action::LINALG,
+            serde_json::json!({"op": "product", "job": "m", "partition": 2, "version": "v1", "k": 3}),
+        )
+        .unwrap();
+        assert!(
+            matches!(&a, Action::Linalg(super::super::Linalg::Product(p)) if p.k == 3 && p.on().partition == 2)
+        );
+        assert!(Action::parse(action::LINALG, serde_json::json!({"op": "invert"})).is_err());
+        assert!(Action::parse(
+            action::LINALG,
+            serde_json::json!({"op": "eigen", "k": 1, "extra": true})
+        )
+        .is_err());
     }
 
     #[test]
