@@ -247,6 +247,14 @@ def _linalg() -> Any:
     return SparkContext._jvm.dev.stoker.spark.StokerLinalg
 
 
+def _square(of: str, df: DataFrame, columns: str | list[str], precision: str, server: str):
+    from stoker.spark import _stoker_errors
+
+    with _stoker_errors():
+        m = getattr(_linalg(), of)(df._jdf, _columns(columns), precision, server)
+    return _matrix(m)
+
+
 def gramian(
     df: DataFrame,
     columns: str | list[str],
@@ -255,11 +263,7 @@ def gramian(
     server_address: str = "",
 ) -> np.ndarray:
     """AᵀA of numeric columns (or one vector / array column), as numpy (n, n)."""
-    from stoker.spark import _stoker_errors
-
-    with _stoker_errors():
-        m = _linalg().gramian(df._jdf, _columns(columns), precision, server_address)
-    return _matrix(m)
+    return _square("gramian", df, columns, precision, server_address)
 
 
 def covariance(
@@ -270,11 +274,7 @@ def covariance(
     server_address: str = "",
 ) -> np.ndarray:
     """The sample covariance (numpy.cov of the columns, rowvar=False)."""
-    from stoker.spark import _stoker_errors
-
-    with _stoker_errors():
-        m = _linalg().covariance(df._jdf, _columns(columns), precision, server_address)
-    return _matrix(m)
+    return _square("covariance", df, columns, precision, server_address)
 
 
 def svd(
