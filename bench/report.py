@@ -3,11 +3,14 @@
 Ratios: for each case, every stoker variant against the peer (speed-up: above 1
 means stoker is faster) and against the bound (the fraction of the bound reached).
 The analysis in bench/notes.md (written by people, after reading the numbers) is
-included as it is.
+included as it is. A benchmark with no results in the data (a fresh checkout's
+`--only` run, or one whose results file was lost) keeps its section from the
+current docs/benchmarks.md, so a partial run never erases the others' figures.
 """
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -29,7 +32,23 @@ GOALS = {
     "8": "at most 0.5x the peer's time to the target, and the outer optimizer in fewer "
     "rounds than plain averaging on both tasks (then it would become the default)",
     "9": "a held-out accuracy at least as good in at most 1/3 of the best peer's time",
+    "10": "at least 5x Spark ML on CPU, each answer within tolerance of the peer's",
 }
+
+
+def existing_sections(text: str) -> dict[int, list[str]]:
+    """The `## N ...` sections of a report, by benchmark number, as their lines."""
+    sections: dict[int, list[str]] = {}
+    current: list[str] | None = None
+    for line in text.splitlines():
+        heading = re.match(r"## (\d+) ", line)
+        if heading:
+            current = sections.setdefault(int(heading.group(1)), [])
+        elif line.startswith("## "):
+            current = None
+        if current is not None:
+            current.append(line)
+    return sections
 
 
 def speedup(r: dict, other: dict) -> float:
@@ -86,7 +105,16 @@ def write_report(data: dict) -> None:
     lines.append("")
     if NOTES.exists():
         lines += [NOTES.read_text().strip(), ""]
-    for bench in sorted(by_bench, key=lambda b: int(b.split()[0])):
+    report = DOCS / "benchmarks.md"
+    kept = existing_sections(report.read_text()) if report.exists() else {}
+    numbers = {int(b.split()[0]): b for b in by_bench}
+    for n in sorted(set(numbers) | set(kept)):
+        if n not in numbers:  # not in this data: the section as it was
+            lines += kept[n]
+            if lines[-1]:
+                lines.append("")
+            continue
+        bench = numbers[n]
         rows = by_bench[bench]
         number = bench.split()[0]
         lines += [f"## {bench}", "", f"Goal: {GOALS.get(number, '')}.", ""]
@@ -121,7 +149,7 @@ def write_report(data: dict) -> None:
             lines += ["", f"![{bench}](bench/{plot.name})", ""]
         else:
             lines.append("")
-    (DOCS / "benchmarks.md").write_text("\n".join(lines) + "\n")
+    report.write_text("\n".join(lines).rstrip("\n") + "\n")
 
 
 def plot_bench(bench: str, cases: dict[str, list[dict]]) -> Path | None:
