@@ -7,14 +7,14 @@
 //! once, the probabilities come to the host once per chunk (the metrics need
 //! them there, and they are what `transform` would return).
 
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 use stoker_core::evaluation::Evaluation;
 use stoker_core::Result;
 
 use crate::data::Dataset;
 use crate::model::{Model, INFERENCE_CHUNK};
-use crate::torch::{internal, to_vec_f32};
+use crate::torch::{internal, to_vec, to_vec_f32};
 use crate::train::loss;
 
 /// Scores `model` on every row of `data`.
@@ -44,12 +44,7 @@ pub fn evaluate(model: &mut Model, data: &Dataset) -> Result<Evaluation> {
         outputs.extend(to_vec_f32(&model.outputs_of(out)?)?);
         start += len;
     }
-    let labels: Vec<f64> = data
-        .labels
-        .f_to_kind(Kind::Double)
-        .and_then(|l| l.f_to_device(Device::Cpu))
-        .and_then(|l| Vec::<f64>::try_from(&l))
-        .map_err(internal("reading validation labels"))?;
+    let labels: Vec<f64> = to_vec(&data.labels)?;
     let loss_sum = loss_sum
         .f_double_value(&[])
         .map_err(internal("reading the validation loss"))?;

@@ -50,15 +50,21 @@ pub fn filled_matrix<E: stoker_core::Element + tch::kind::Element>(
     Ok(t)
 }
 
-/// Copies a tensor's elements to a host `Vec<f32>` (casting if needed).
-pub fn to_vec_f32(t: &Tensor) -> stoker_core::Result<Vec<f32>> {
+/// Copies a tensor's elements to a host `Vec<E>`, row-major (casting to
+/// `E` and moving to the CPU if needed).
+pub fn to_vec<E: tch::kind::Element + Copy>(t: &Tensor) -> stoker_core::Result<Vec<E>> {
     let flat = t
-        .f_to_kind(Kind::Float)
+        .f_to_kind(E::KIND)
         .and_then(|t| t.f_to_device(Device::Cpu))
         .and_then(|t| t.f_contiguous())
         .and_then(|t| t.f_view([-1]))
         .map_err(internal("copying a tensor to the host"))?;
-    Vec::<f32>::try_from(&flat).map_err(internal("reading tensor values"))
+    Vec::<E>::try_from(&flat).map_err(internal("reading tensor values"))
+}
+
+/// [`to_vec`] as f32 (model outputs, states).
+pub fn to_vec_f32(t: &Tensor) -> stoker_core::Result<Vec<f32>> {
+    to_vec(t)
 }
 
 /// An F32 state tensor holds exactly the 4 bytes per element its shape needs
