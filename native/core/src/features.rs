@@ -14,7 +14,7 @@ use arrow::datatypes::{DataType, Schema};
 
 use crate::error::{Error, Result};
 use crate::numeric::{describe_non_finite, first_null, is_numeric, Element, Values};
-use crate::vectors::{spark_vector_size, write_list, write_spark_vector};
+use crate::vectors::{list_ranges, spark_vector_size, write_list, write_spark_vector};
 
 /// How one feature column is laid out.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,7 +143,11 @@ impl FeatureLayout {
         Ok(match column.data_type() {
             DataType::List(_) => column.as_list::<i32>().value_length(first) as usize,
             DataType::LargeList(_) => column.as_list::<i64>().value_length(first) as usize,
-            DataType::Struct(_) => spark_vector_size(column.as_struct(), name, first)?,
+            DataType::Struct(_) => {
+                let a = column.as_struct();
+                let (values, _) = list_ranges(a.column(3).as_ref())?;
+                spark_vector_size(a, name, first, &values)?
+            }
             other => return Err(Error::internal(format!("no sample width for {other}"))),
         })
     }
