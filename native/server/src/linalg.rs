@@ -85,6 +85,9 @@ impl Service {
             Linalg::Eigen { k, gramian } => {
                 let m = moments("eigen")?;
                 let n = m.width();
+                // The column means come back too: a PCA needs them, and asking
+                // for them separately would send the n x n moments again.
+                let mean = m.mean.clone();
                 let e = blocking(move || {
                     let a = if gramian {
                         m.gramian()
@@ -95,7 +98,9 @@ impl Service {
                 })
                 .await?;
                 reply(
-                    serde_json::json!({"n": n, "k": k, "values": e.values, "total": e.total}),
+                    serde_json::json!({
+                        "n": n, "k": k, "values": e.values, "total": e.total, "mean": mean,
+                    }),
                     "vectors",
                     encode_f64(&e.vectors),
                 )

@@ -85,7 +85,7 @@ pub enum Linalg {
     Product(ProductOn),
     /// The `k` leading eigenpairs of the covariance (or, with `gramian`,
     /// the uncentered Gramian) of the `moments` blob: JSON `values`,
-    /// `total`, and a `vectors` blob (`width × k`).
+    /// `total`, the column `mean`, and a `vectors` blob (`width × k`).
     Eigen {
         k: usize,
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]

@@ -120,8 +120,7 @@ class StokerPCA(override val uid: String) extends Estimator[StokerPCAModel] with
       else {
         val moments = job.pass("moments", last = true)
         val eigen = job.solve("eigen", List("k" -> JInt($(k))), Seq("moments" -> moments))
-        val mean = MatrixJob.doubles(job.solve("matrix", List("of" -> JString("mean")),
-          Seq("moments" -> moments)).blob("matrix").get)
+        val mean = MatrixJob.numbers(eigen.json \ "mean")
         val values = MatrixJob.numbers(eigen.json \ "values")
         val total = Envelope.number(eigen.json \ "total")
         (MatrixJob.doubles(eigen.blob("vectors").get), values.map(_ / total), mean)
