@@ -111,11 +111,20 @@ def _readable(cls: type) -> type:
     return cls
 
 
+def _doubles(java_array: Any) -> np.ndarray:
+    """A JVM double[] as a numpy array, in one py4j call: py4j hands a byte[] over
+    whole, while list() on its proxy fetches element by element (3.5 s for a
+    2,048 x 16 matrix here)."""
+    from pyspark import SparkContext
+
+    raw = SparkContext._jvm.dev.stoker.spark.MatrixJob.bytes(java_array)  # type: ignore[union-attr]
+    return np.frombuffer(bytes(raw), dtype="<f8").copy()
+
+
 def _matrix(java_matrix: Any) -> np.ndarray:
     """A Spark ML DenseMatrix (through py4j) as a numpy array."""
     rows, cols = java_matrix.numRows(), java_matrix.numCols()
-    values = np.array(list(java_matrix.toArray()), dtype=np.float64)
-    return values.reshape((cols, rows)).T.copy()
+    return _doubles(java_matrix.toArray()).reshape((cols, rows)).T.copy()
 
 
 class _JavaStage:
@@ -170,11 +179,11 @@ class StokerPCAModel(JavaModel, _PCAParams, JavaMLWritable):
 
     @property
     def explained_variance(self) -> np.ndarray:
-        return np.array(list(self._java_obj.explainedVariance().toArray()))
+        return _doubles(self._java_obj.explainedVariance().toArray())
 
     @property
     def mean(self) -> np.ndarray:
-        return np.array(list(self._java_obj.mean().toArray()))
+        return _doubles(self._java_obj.mean().toArray())
 
 
 @_readable
@@ -212,7 +221,7 @@ class StokerLinearRegressionModel(JavaModel, _LeastSquaresParams, JavaMLWritable
 
     @property
     def coefficients(self) -> np.ndarray:
-        return np.array(list(self._java_obj.coefficients().toArray()))
+        return _doubles(self._java_obj.coefficients().toArray())
 
     @property
     def intercept(self) -> float:
@@ -226,7 +235,7 @@ class StokerLinearRegressionModel(JavaModel, _LeastSquaresParams, JavaMLWritable
             "rank": int(s.rank()),
             "rss": float(s.rss()),
             "r2": float(s.r2()),
-            "coefficient_standard_errors": np.array(list(s.coefficientStandardErrors())),
+            "coefficient_standard_errors": _doubles(s.coefficientStandardErrors()),
         }
 
 
@@ -292,7 +301,7 @@ def svd(
 
     with _stoker_errors():
         pair = _linalg().svd(df._jdf, _columns(columns), k, precision, server_address, method)
-    return np.array(list(pair._1().toArray())), _matrix(pair._2())
+    return _doubles(pair._1().toArray()), _matrix(pair._2())
 
 
 def lstsq(
