@@ -215,13 +215,13 @@ impl Matrix {
 /// Column blocks of [`symmetric_gram`]: 256 keeps each product a large
 /// GEMM (rows × 256 by rows × the rest) while cutting the work to ~56% of
 /// a full `XᵀX` at 2,048 columns.
-pub const GRAM_BLOCK: i64 = 256;
+const GRAM_BLOCK: i64 = 256;
 
 /// `XᵀX`, computing only the column blocks on and above the diagonal and
 /// mirroring them: libtorch has no SYRK, and a full GEMM does every
 /// off-diagonal product twice. At 10,000 x 2,048 float64 here the scatter
 /// took 3.4 s as one GEMM. Below two blocks it is one GEMM.
-pub fn symmetric_gram(x: &Tensor) -> std::result::Result<Tensor, tch::TchError> {
+fn symmetric_gram(x: &Tensor) -> std::result::Result<Tensor, tch::TchError> {
     let w = x.size2()?.1;
     if w < 2 * GRAM_BLOCK {
         return x.f_tr()?.f_mm(x);

@@ -117,6 +117,18 @@ impl Job {
 }
 
 impl Partition {
+    /// A partition that holds `data` (`rows` rows, `bytes` on its device),
+    /// used now.
+    fn new(key: PartitionKey, rows: usize, bytes: usize, data: Cached) -> Partition {
+        Partition {
+            key,
+            rows,
+            bytes,
+            data: Mutex::new(data),
+            last_used: Mutex::new(Instant::now()),
+        }
+    }
+
     /// The partition's tensors for one round, marked used now. A shallow
     /// copy (new handles on the same storage): the lock is held for the
     /// copy only, so several trials' rounds read one partition at once

@@ -19,6 +19,15 @@ fn layout(b: &RecordBatch, names: &[&str]) -> FeatureLayout {
     FeatureLayout::resolve(&b.schema(), &names, Some(b)).unwrap()
 }
 
+/// The moments of `names` in `b`, computed on the CPU in `precision`.
+fn moments_of(b: &RecordBatch, names: &[&str], precision: Precision) -> Moments {
+    let l = layout(b, names);
+    Matrix::from_batches(std::slice::from_ref(b), &l, precision, Device::Cpu)
+        .unwrap()
+        .moments()
+        .unwrap()
+}
+
 #[test]
 fn moments_in_both_precisions_and_products() {
     let x1: Vec<f64> = (0..40).map(|i| 1e4 + (i as f64 * 0.3).sin()).collect();
@@ -26,30 +35,14 @@ fn moments_in_both_precisions_and_products() {
     let c: Vec<f64> = vec![3.25; 40];
     let b = batch(&[("a", x1.clone()), ("b", x2.clone()), ("c", c)]);
     let l = layout(&b, &["a", "b", "c"]);
-    let m64 = Matrix::from_batches(
-        std::slice::from_ref(&b),
-        &l,
-        Precision::Float64,
-        Device::Cpu,
-    )
-    .unwrap()
-    .moments()
-    .unwrap();
+    let m64 = moments_of(&b, &["a", "b", "c"], Precision::Float64);
     let mean1 = x1.iter().sum::<f64>() / 40.0;
     assert!((m64.mean[0] - mean1).abs() < 1e-9);
     let s11: f64 = x1.iter().map(|v| (v - mean1).powi(2)).sum();
     assert!((m64.scatter[0] - s11).abs() < 1e-9 * s11);
     assert_eq!(m64.scatter[8], 0.0, "a constant column has no spread");
     assert_eq!(m64.columns, vec!["a", "b", "c"]);
-    let m32 = Matrix::from_batches(
-        std::slice::from_ref(&b),
-        &l,
-        Precision::Float32,
-        Device::Cpu,
-    )
-    .unwrap()
-    .moments()
-    .unwrap();
+    let m32 = moments_of(&b, &["a", "b", "c"], Precision::Float32);
     assert!((m32.scatter[4] - m64.scatter[4]).abs() < 1e-3 * m64.scatter[4]);
     assert_eq!(m32.scatter[8], 0.0);
 
@@ -89,16 +82,7 @@ fn least_squares_recovers_a_line_and_reports_rank() {
         .collect();
     let dup = x.clone();
     let b = batch(&[("x", x), ("d", dup), ("y", y)]);
-    let l = layout(&b, &["x", "y"]);
-    let m = Matrix::from_batches(
-        std::slice::from_ref(&b),
-        &l,
-        Precision::Float64,
-        Device::Cpu,
-    )
-    .unwrap()
-    .moments()
-    .unwrap();
+    let m = moments_of(&b, &["x", "y"], Precision::Float64);
     let opts = LeastSquaresOptions {
         label: 1,
         intercept: true,
@@ -111,11 +95,7 @@ fn least_squares_recovers_a_line_and_reports_rank() {
     assert_eq!(fit.standard_errors.len(), 2);
     assert!(fit.r2 > 0.999);
     // Two identical columns: rank 1, the weight split evenly (least norm).
-    let l2 = layout(&b, &["x", "d", "y"]);
-    let m2 = Matrix::from_batches(&[b], &l2, Precision::Float64, Device::Cpu)
-        .unwrap()
-        .moments()
-        .unwrap();
+    let m2 = moments_of(&b, &["x", "d", "y"], Precision::Float64);
     let fit2 = least_squares(&m2, LeastSquaresOptions { label: 2, ..opts }, Device::Cpu).unwrap();
     assert_eq!(fit2.rank, 1);
     assert!((fit2.coefficients[0] - 1.0).abs() < 1e-3, "{fit2:?}");

@@ -107,12 +107,11 @@ impl MatrixWork {
         let matrix = Matrix::from_batches(batches, &layout, self.precision, self.device)
             .map_err(|e| e.context(key.to_string()))?;
         lock(&self.layout).get_or_insert(layout);
-        Ok(Partition {
-            rows: matrix.rows(),
-            bytes: matrix.bytes(),
+        Ok(Partition::new(
             key,
-            data: Mutex::new(Cached::Matrix(matrix)),
-            last_used: Mutex::new(Instant::now()),
-        })
+            matrix.rows(),
+            matrix.bytes(),
+            Cached::Matrix(matrix),
+        ))
     }
 }

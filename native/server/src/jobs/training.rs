@@ -136,13 +136,12 @@ impl Job {
             .dataset(&fixed, batches, task)
             .map_err(|e| e.context(key.to_string()))?;
         lock(&self.resolved).get_or_insert(fixed);
-        Ok(Partition {
-            rows: data.rows(),
-            bytes: data.bytes(),
+        Ok(Partition::new(
             key,
-            data: Mutex::new(Cached::Rows(data)),
-            last_used: Mutex::new(Instant::now()),
-        })
+            data.rows(),
+            data.bytes(),
+            Cached::Rows(data),
+        ))
     }
 
     /// The feature layout and loss the job's partitions fixed, if any arrived.
